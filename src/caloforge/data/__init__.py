@@ -6,6 +6,13 @@
 ...         print(batch.total_energy().mean())
 """
 
-from caloforge.data.batch import PARTICLES, PDG_NAMES, Conditions, Hits, PointCloudBatch, ShowerBatch
+from caloforge.data.batch import (
+    PARTICLES,
+    PDG_NAMES,
+    Conditions,
+    Hits,
+    PointCloudBatch,
+    ShowerBatch,
+)
 
 __all__ = ["PARTICLES", "PDG_NAMES", "Conditions", "Hits", "PointCloudBatch", "ShowerBatch"]

@@ -216,9 +216,12 @@ class ShowerBatch:
 
     def layer_energies(self) -> np.ndarray:
         """(N, n_layers) energy per layer in MeV."""
-        geo = self.geometry_object
-        return np.add.reduceat(self.energies, geo.layer_offsets[:-1], axis=1, dtype=np.float64) \
-            if geo.n_voxels else np.zeros((len(self), geo.n_layers))
+        off = self.geometry_object.layer_offsets
+        out = np.zeros((len(self), len(off) - 1))
+        for k in range(len(off) - 1):  # a loop over layers: empty layers give 0
+            if off[k + 1] > off[k]:
+                out[:, k] = self.energies[:, off[k]:off[k + 1]].sum(axis=1, dtype=np.float64)
+        return out
 
     def with_threshold(self, threshold_mev: float | None = None) -> ShowerBatch:
         """Copy with cells below the readout threshold set to 0 (default: the geometry's)."""

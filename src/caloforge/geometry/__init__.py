@@ -9,7 +9,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from functools import lru_cache
+from functools import cache
 
 from caloforge.errors import GeometryError
 from caloforge.geometry.base import CartesianGeometry, CylindricalGeometry, Geometry, LayerSpec
@@ -30,7 +30,7 @@ def list_geometries() -> list[str]:
     return list(_FACTORIES)
 
 
-@lru_cache(maxsize=None)
+@cache
 def get_geometry(name: str) -> Geometry:
     """The geometry called ``name`` (see :func:`list_geometries`)."""
     if isinstance(name, Geometry):  # pragma: no cover - convenience
@@ -42,6 +42,14 @@ def get_geometry(name: str) -> Geometry:
             f"unknown geometry {name!r}; known: {', '.join(_FACTORIES)}"
         ) from None
     return factory()
+
+
+def register_geometry(geometry: Geometry, overwrite: bool = False) -> None:
+    """Make a user-built geometry (e.g. a small test grid) known by its name."""
+    if geometry.name in _FACTORIES and not overwrite:
+        raise GeometryError(f"geometry {geometry.name!r} is already registered")
+    _FACTORIES[geometry.name] = lambda: geometry
+    get_geometry.cache_clear()
 
 
 def geometries_with_voxels(n_voxels: int) -> list[str]:
@@ -57,4 +65,5 @@ __all__ = [
     "geometries_with_voxels",
     "get_geometry",
     "list_geometries",
+    "register_geometry",
 ]
