@@ -74,3 +74,14 @@ def test_help_lists_commands(capsys):
         main(["--help"])
     out = capsys.readouterr().out
     assert "info" in out and "convert" in out
+
+
+def test_geometry_command(capsys):
+    assert main(["geometry"]) == 0
+    out = capsys.readouterr().out
+    assert "ild-ecal: 30 layers, 27000 voxels" in out and "calochallenge-3" in out
+    assert main(["geometry", "calogan"]) == 0
+    out = capsys.readouterr().out
+    assert "3x96" in out and "12x6" in out and "LAr" in out
+    assert main(["geometry", "nope"]) == 1
+    assert "unknown geometry 'nope'" in capsys.readouterr().err

@@ -63,7 +63,7 @@ class LayerSpec:
         return self.repeats * per_cell
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, repr=False)
 class Geometry:
     """Base class: layer structure, voxel bookkeeping and readout constants.
 
@@ -245,7 +245,7 @@ class Geometry:
         return f"<Geometry {self.summary()}>"
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, repr=False)
 class CartesianGeometry(Geometry):
     """Rectangular cells on a grid per layer, centred on the beam axis.
 
@@ -323,7 +323,7 @@ class CartesianGeometry(Geometry):
         return np.where(active, out, -1)
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, repr=False)
 class CylindricalGeometry(Geometry):
     """Cylindrical (r, alpha) binning per layer, as the CaloChallenge 2022 datasets.
 
