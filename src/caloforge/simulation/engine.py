@@ -7,7 +7,7 @@ on top of :class:`Deposits`, so every engine produces the same outputs.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
@@ -28,6 +28,8 @@ class Deposits:
     z: np.ndarray
     energy: np.ndarray
     layer: np.ndarray
+    # Engine bookkeeping (MeV): energy escaped, deposited in passive material, invisible.
+    info: dict = field(default_factory=dict)
 
     @property
     def total(self) -> float:
