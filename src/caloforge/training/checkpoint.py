@@ -1,0 +1,191 @@
+"""Model folders and training checkpoints, written atomically and read without unpickling.
+
+A *model folder* holds ``model.yaml`` (architecture, geometry, config, trained energy
+range, caloforge version) and ``model.safetensors`` (weights and fitted preprocessing).
+A *checkpoint* is a model folder plus ``training_state.pt`` (optimisers, schedulers,
+grad scaler, RNG states, step; plain tensors and numbers, read with
+``torch.load(weights_only=True)``) and ``run.yaml`` (the run configuration).
+
+Training output layout::
+
+    OUT/config.yaml                 run configuration (model + training + data)
+    OUT/checkpoints/step-000100/    one folder per checkpoint
+    OUT/checkpoints/latest.json     pointer to the newest complete checkpoint
+    OUT/model/                      the final model folder
+    OUT/metrics.jsonl               losses and validation observables
+
+Every folder is built under a temporary name and renamed into place, and the pointer is
+replaced only after that, so an interrupted write never loses the previous checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from caloforge.errors import CaloforgeError, FormatError
+from caloforge.geometry import get_geometry
+from caloforge.models.base import (
+    META_FILE,
+    WEIGHTS_FILE,
+    GenerativeModel,
+    get_model_class,
+    read_model_meta,
+)
+from caloforge.utils import atomic_path
+
+STATE_FILE = "training_state.pt"
+RUN_FILE = "run.yaml"
+LATEST = "latest.json"
+
+
+def _write_model_files(model: GenerativeModel, directory: Path) -> None:
+    from safetensors.torch import save_file
+
+    # Clone: safetensors refuses tensors that share storage (tied or viewed buffers).
+    state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    save_file(state, str(directory / WEIGHTS_FILE), metadata={"model": model.name})
+    (directory / META_FILE).write_text(yaml.safe_dump(model.metadata(), sort_keys=False))
+
+
+@contextlib.contextmanager
+def atomic_dir(target: Path):
+    """Yield a temporary folder next to ``target``; move it onto ``target`` on success
+    (replacing an existing folder only once the new one is complete)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.part")
+    tmp.mkdir()
+    try:
+        yield tmp
+        if target.exists():
+            old = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.old")
+            os.replace(target, old)
+            os.replace(tmp, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def save_model_dir(model: GenerativeModel, directory: str | Path) -> Path:
+    """Write a model folder atomically; returns its path."""
+    directory = Path(directory)
+    with atomic_dir(directory) as tmp:
+        _write_model_files(model, tmp)
+    return directory
+
+
+def load_model_dir(directory: str | Path, device: str | torch.device = "cpu") -> GenerativeModel:
+    """Rebuild a model from a model (or checkpoint) folder; clear errors for foreign or
+    corrupt files."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    meta = read_model_meta(directory)
+    try:
+        cls = get_model_class(meta["model"])
+        model = cls.from_config(meta["config"], get_geometry(meta["geometry"]))
+    except CaloforgeError as exc:
+        raise FormatError(f"cannot rebuild the model: {exc}", directory / META_FILE) from None
+    wpath = directory / WEIGHTS_FILE
+    if not wpath.is_file():
+        raise FormatError("model weights are missing", wpath)
+    try:
+        state = load_file(str(wpath))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise FormatError(f"corrupt or not a safetensors file ({exc})", wpath) from None
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[1:3]
+        raise FormatError(
+            f"weights do not match a {meta['model']!r} model with the stored config: "
+            f"{' '.join(s.strip() for s in first)}", wpath) from None
+    model.trained_version = str(meta.get("caloforge_version", "unknown"))
+    return model.to(device).eval()
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def save_checkpoint(out_dir: str | Path, step: int, model: GenerativeModel,
+                    training_state: dict[str, Any], run_config: dict[str, Any],
+                    keep: int = 2) -> Path:
+    """Write checkpoint ``step-NNNNNNNN`` atomically, update ``latest.json``, prune old ones.
+
+    ``training_state`` holds plain tensors / numbers / lists / dicts only (it is read back
+    with ``torch.load(weights_only=True)``).
+    """
+    ckdir = Path(out_dir) / "checkpoints"
+    name = f"step-{step:08d}"
+    with atomic_dir(ckdir / name) as tmp:
+        _write_model_files(model, tmp)
+        torch.save({**training_state, "global_rng": _rng_state()}, tmp / STATE_FILE)
+        (tmp / RUN_FILE).write_text(yaml.safe_dump(run_config, sort_keys=False))
+    with atomic_path(ckdir / LATEST, overwrite=True) as tmp:
+        tmp.write_text(json.dumps({"checkpoint": name, "step": step}))
+    existing = sorted(p for p in ckdir.glob("step-*") if p.is_dir())
+    for old in existing[:-keep] if keep > 0 else []:
+        if old.name != name:
+            shutil.rmtree(old, ignore_errors=True)
+    return ckdir / name
+
+
+def latest_checkpoint(out_dir: str | Path) -> Path | None:
+    """The newest complete checkpoint folder of a training output, or None."""
+    pointer = Path(out_dir) / "checkpoints" / LATEST
+    if not pointer.is_file():
+        return None
+    try:
+        name = json.loads(pointer.read_text())["checkpoint"]
+    except (ValueError, KeyError, TypeError):
+        raise FormatError("corrupt checkpoint pointer", pointer) from None
+    path = pointer.parent / str(name)
+    if not path.is_dir():
+        raise FormatError(f"checkpoint pointer names a missing folder {name!r}", pointer)
+    return path
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu"
+                    ) -> tuple[GenerativeModel, dict[str, Any], dict[str, Any]]:
+    """(model, training_state, run_config) of a checkpoint folder."""
+    path = Path(path)
+    model = load_model_dir(path, device)
+    spath = path / STATE_FILE
+    if not spath.is_file():
+        raise FormatError("training state is missing (a model folder, not a checkpoint)", spath)
+    try:
+        state = torch.load(spath, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure means a bad file
+        raise FormatError(f"corrupt or foreign training state ({type(exc).__name__}: "
+                          f"{str(exc).splitlines()[0] if str(exc) else ''})", spath) from None
+    if not isinstance(state, dict) or "step" not in state:
+        raise FormatError("training state lacks the step counter", spath)
+    try:
+        run = yaml.safe_load((path / RUN_FILE).read_text())
+    except (OSError, yaml.YAMLError):
+        raise FormatError("run configuration is missing or corrupt", path / RUN_FILE) from None
+    return model, state, run or {}
+
+
+def restore_global_rng(state: dict[str, Any]) -> None:
+    rng = state.get("global_rng", {})
+    if "torch" in rng:
+        torch.set_rng_state(rng["torch"])
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state(rng["cuda"])

@@ -1,0 +1,39 @@
+"""Fixtures for model tests: a registered 6x6x6 toy geometry and toy showers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from caloforge.models.toy import toy_geometry, toy_showers
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny networks run as fast on one thread, and the test machine's 2 cores are shared
+    (two threads under load were 10x slower); restore the setting for other tests."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def toy_geo():
+    return toy_geometry()
+
+
+@pytest.fixture(scope="session")
+def toy_data(toy_geo):
+    """256 toy showers, incident energies log-uniform in 1-100 GeV."""
+    rng = np.random.default_rng(1)
+    return toy_showers(toy_geo, np.exp(rng.uniform(np.log(1e3), np.log(1e5), 256)), rng)
+
+
+@pytest.fixture(scope="session")
+def two_energy_data():
+    """Toy showers at 2 GeV and 80 GeV only, on a 6x4x4 grid (conditioning tests)."""
+    rng = np.random.default_rng(2)
+    e = np.where(rng.random(512) < 0.5, 2e3, 80e3)
+    return toy_showers(toy_geometry("toy-6x4x4", 6, 4), e, rng)
