@@ -251,3 +251,22 @@ def test_streaming_large_file_bounded_memory(tmp_path):
     assert total > 0
     batch_bytes = batch * 40500 * 4
     assert peak < 4 * batch_bytes, f"peak {peak / 1e6:.0f} MB for {batch_bytes / 1e6:.0f} MB batches"
+
+
+def test_sparse_file_with_repeated_cells_sums_them(tmp_path, showers):
+    b = showers("calogan", 2)
+    path = tmp_path / "s.h5"
+    with write_showers(path, "caloforge", "calogan", sparse=True) as w:
+        w.append(b)
+    with h5py.File(path, "r+") as h5:  # append a duplicate entry for shower 1, cell 0
+        off = h5["hits/offsets"][:]
+        cell, energy = h5["hits/cell"][:], h5["hits/energy"][:]
+        cell = np.insert(cell, off[2], 0)
+        energy = np.insert(energy, off[2], 1.0)
+        off[2] += 1
+        for key, val in (("offsets", off), ("cell", cell), ("energy", energy)):
+            del h5[f"hits/{key}"]
+            h5[f"hits/{key}"] = val
+    r = read_showers(path)
+    assert r.energies[1, 0] == pytest.approx(b.energies[1, 0] + 1.0)
+    assert np.array_equal(r.energies[0], b.energies[0])

@@ -196,6 +196,12 @@ class ShowerBatch:
     def validate(self, source: str | None = None) -> None:
         """Raise :class:`InputError` naming ``source`` for NaN/inf or negative energies."""
         self.conditions.validate(source)
+        if self.energies.size == 0:
+            return
+        # Fast path: min/max need no temporary arrays and NaN propagates through min.
+        lo, hi = self.energies.min(), self.energies.max()
+        if np.isfinite(lo) and np.isfinite(hi) and lo >= 0:
+            return
         finite = np.isfinite(self.energies)
         if not finite.all():
             rows = np.flatnonzero(~finite.all(axis=1))

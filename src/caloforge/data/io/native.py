@@ -108,7 +108,11 @@ class NativeReader(ShowerReader):
             raise FormatError(f"hit cell index out of range 0..{n_vox - 1}", self.path)
         dense = np.zeros((stop - start, n_vox), np.float32)
         rows = np.repeat(np.arange(stop - start), np.diff(offsets))
-        np.add.at(dense, (rows, cell), energy)
+        flat = rows * n_vox + cell
+        if np.all(flat[1:] > flat[:-1]):  # caloforge writes each cell once, in order: assign
+            dense.reshape(-1)[flat] = energy
+        else:  # foreign or hand-made files may repeat a cell: sum its entries
+            np.add.at(dense, (rows, cell), energy)
         return ShowerBatch(self.geometry, dense, cond, self._overflow(start, stop))
 
     def read_points(self, start: int = 0, stop: int | None = None) -> PointCloudBatch:
