@@ -17,6 +17,12 @@ single network pass (the seed's MAF needed one pass per dimension, hence its 2 s
 Layers may differ in shape, so any geometry works (layers with fewer than two cells are
 fixed by their energy alone).
 
+The ``compact`` preset (the shipped CPU default) shares one lean affine layer flow across
+layers (layer one-hot in the context), models log(cell / readout threshold) with the
+cells below threshold dequantised under 0, and in :meth:`L2LFlows.finalize` calibrates
+per-cell occupancy cuts, hit-energy quantile maps and the mu90/sigma90 response on the
+training showers.
+
 >>> model = L2LFlows.from_config(None, "calogan", preset="tiny")
 >>> len(model.layer_flows)
 3
@@ -24,6 +30,7 @@ fixed by their energy alone).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -54,6 +61,30 @@ class L2LFlowsConfig(Config):
     lr: float = 1e-3
     lr_decay: float = 0.1  # learning rate falls by this factor over the run
     threshold_output: bool = True
+    # One layer flow shared by all layers (a layer one-hot joins its context): the size no
+    # longer grows with the number of layers.  Needs layers of equal cell count.
+    shared_layer_flow: bool = False
+    # Cell features: "logit_fraction" (logit of cell / layer energy) or "log_threshold"
+    # (log of cell / readout threshold, >= 0 for read-out cells; cells below threshold are
+    # dequantised as a normal N(-zero_width, (zero_width / 4)^2) cut below 0, which an
+    # affine flow fits exactly for cells that are always empty).
+    cell_feature: str = "logit_fraction"
+    zero_width: float = 2.0
+    # log_threshold only: after training, calibrate one cut per cell on this many
+    # generated showers so that every cell's occupancy matches the training data (the
+    # flow's leak across the gap between empty and hit cells is otherwise what sets the
+    # number of hits).  0 = cut at the threshold.
+    calibration_showers: int = 4000
+    # ... and map the hit energies of each (layer, ring of one cell pitch) group onto the
+    # training spectrum with this many quantiles (monotone, so a shower's ordering of
+    # hits is the flow's).  0 = no hit-energy calibration.
+    calibration_quantiles: int = 65
+    calibration_cell_rings: int = 3  # cells closer to the axis than this: one group each
+    # ... and calibrate the visible-energy response (median and width of E_vis / E_inc)
+    # in this many log-energy bins: r -> mu_ref + k (r - mu_gen), interpolated in log E.
+    calibration_energy_bins: int = 8
+    # Shared layer flow only: use AffineCouplingFlow (needs bins = 0), the fast sampler.
+    lean_affine: bool = False
 
     def validate(self) -> None:
         super().validate()
@@ -65,6 +96,20 @@ class L2LFlowsConfig(Config):
         if self.context_layers < 0 or self.context_embedding < 0 or self.dequantize < 0:
             from caloforge.errors import ConfigError
             raise ConfigError("context_layers, context_embedding and dequantize must be >= 0")
+        if self.lean_affine and (self.bins or not self.shared_layer_flow):
+            from caloforge.errors import ConfigError
+            raise ConfigError("lean_affine needs bins = 0 and shared_layer_flow = true")
+        if self.cell_feature not in ("logit_fraction", "log_threshold"):
+            from caloforge.errors import ConfigError
+            raise ConfigError(f"config key 'cell_feature' must be logit_fraction or "
+                              f"log_threshold, got {self.cell_feature!r}")
+        positive(self, "zero_width")
+        if self.calibration_quantiles < 0 or self.calibration_quantiles == 1:
+            from caloforge.errors import ConfigError
+            raise ConfigError("config key 'calibration_quantiles' must be 0 or >= 2")
+        if self.calibration_showers < 0:
+            from caloforge.errors import ConfigError
+            raise ConfigError("config key 'calibration_showers' must be >= 0")
 
 
 def spline_coupling_flow(features: int, context: int, transforms: int, bins: int,
@@ -94,6 +139,86 @@ def spline_coupling_flow(features: int, context: int, transforms: int, bins: int
     return Flow(layers, base)
 
 
+def _core90(values: Tensor) -> tuple[float, float]:
+    """Mean and rms of the narrowest window that holds 90 % of ``values``."""
+    v = torch.sort(values.double().flatten())[0]
+    n = len(v)
+    m = max(int(math.ceil(0.9 * n)), 1)
+    i = int(torch.argmin(v[m - 1:] - v[:n - m + 1]))
+    core = v[i:i + m]
+    return float(core.mean()), float(core.std()) if m > 1 else 0.0
+
+
+class AffineCouplingFlow(nn.Module):
+    """A lean conditional RealNVP for many features, cheaper than zuko's masked couplings.
+
+    Blocks of (fixed random permutation, coupling on the second half given the first,
+    coupling on the first half given the second): one gather per two couplings instead
+    of a gather and a scatter per coupling, which dominates sampling time at 900
+    features.  The latent stays in the permuted order (an i.i.d. normal does not care).
+    Log-scales are soft-clamped to +-``scale_clamp`` for stable training.
+    """
+
+    def __init__(self, features: int, context: int, transforms: int,
+                 hidden: tuple[int, ...], scale_clamp: float = 3.0) -> None:
+        super().__init__()
+        self.features = features
+        self.half = features // 2
+        self.scale_clamp = scale_clamp
+        blocks = max(1, (transforms + 1) // 2)
+        perms = torch.stack([torch.randperm(features) for _ in range(blocks)])
+        self.register_buffer("perms", perms)
+        self.register_buffer("inv_perms", torch.argsort(perms, 1))
+        self.nets = nn.ModuleList()
+        for j in range(2 * blocks):
+            n_in = self.half if j % 2 == 0 else features - self.half
+            n_out = features - n_in
+            dims = [n_in + context, *hidden]
+            layers: list[nn.Module] = []
+            for a, b in zip(dims[:-1], dims[1:]):
+                layers += [nn.Linear(a, b), nn.ELU()]
+            last = nn.Linear(dims[-1], 2 * n_out)
+            nn.init.zeros_(last.weight)  # start as the identity map
+            nn.init.zeros_(last.bias)
+            self.nets.append(nn.Sequential(*layers, last))
+
+    def _params(self, j: int, cond: Tensor, context: Tensor) -> tuple[Tensor, Tensor]:
+        out = self.nets[j](torch.cat([cond, context], 1))
+        shift, raw = out.chunk(2, 1)
+        c = self.scale_clamp
+        return shift, c * torch.tanh(raw / c)
+
+    def log_prob(self, x: Tensor, context: Tensor) -> Tensor:
+        """log density of ``x`` (B, features) given ``context`` (B, context)."""
+        h = self.half
+        logdet = x.new_zeros(len(x))
+        for blk in range(len(self.perms)):
+            x = x[:, self.perms[blk]]
+            a, b = x[:, :h], x[:, h:]
+            t, s = self._params(2 * blk, a, context)
+            b = (b - t) * torch.exp(-s)
+            logdet = logdet - s.sum(1)
+            t, s = self._params(2 * blk + 1, b, context)
+            a = (a - t) * torch.exp(-s)
+            logdet = logdet - s.sum(1)
+            x = torch.cat([a, b], 1)
+        base = -0.5 * (x ** 2).sum(1) - 0.5 * self.features * math.log(2 * math.pi)
+        return base + logdet
+
+    def sample_from(self, z: Tensor, context: Tensor) -> Tensor:
+        """Map standard-normal ``z`` (B, features) to data space."""
+        h = self.half
+        x = z
+        for blk in reversed(range(len(self.perms))):
+            a, b = x[:, :h], x[:, h:]
+            t, s = self._params(2 * blk + 1, b, context)
+            a = a * torch.exp(s) + t
+            t, s = self._params(2 * blk, a, context)
+            b = b * torch.exp(s) + t
+            x = torch.cat([a, b], 1)[:, self.inv_perms[blk]]
+        return x
+
+
 @register("l2lflows")
 class L2LFlows(GenerativeModel):
     """Per-layer conditional spline flows plus a layer-energy flow."""
@@ -106,6 +231,12 @@ class L2LFlows(GenerativeModel):
         "tiny": {"context_embedding": 16, "transforms": 2, "bins": 4, "hidden": [32],
                  "energy_transforms": 2, "energy_bins": 4, "energy_hidden": [32],
                  "lr": 3e-3},
+        # The shipped CPU default: one shared affine layer flow on threshold-relative log
+        # energies (a few hundred thousand weights, a few ms per 30x30x30 shower on CPU).
+        "compact": {"shared_layer_flow": True, "cell_feature": "log_threshold", "bins": 0,
+                    "lean_affine": True,
+                    "hidden": [96], "context_embedding": 32, "transforms": 6,
+                    "lr": 1e-3, "lr_decay": 0.05},
     }
 
     def __init__(self, config: L2LFlowsConfig, geometry: Geometry) -> None:
@@ -126,6 +257,25 @@ class L2LFlows(GenerativeModel):
         self.voxel_std = Standardize(geometry.n_voxels, min_std=1e-2)  # logit units
         self.layer_flows = nn.ModuleDict()
         self.context_nets = nn.ModuleDict()
+        if c.cell_feature == "log_threshold":
+            # per-cell cut on the log feature (finalize() calibrates it; 0 = threshold)
+            self.register_buffer("cell_cut", torch.zeros(geometry.n_voxels))
+            groups = self._voxel_groups(geometry, c.calibration_cell_rings)
+            self.register_buffer("voxel_group", groups, persistent=False)
+            n_g, k = int(groups.max()) + 1, max(c.calibration_quantiles, 2)
+            # identity maps until calibrated (equal knots in and out)
+            knots = torch.linspace(0.0, 10.0, k).expand(n_g, k).clone()
+            self.register_buffer("hit_q_gen", knots.clone())
+            self.register_buffer("hit_q_ref", knots.clone())
+            nb = max(c.calibration_energy_bins, 1)
+            self.register_buffer("resp_log_e", torch.linspace(0.0, 1.0, nb))
+            self.register_buffer("resp_mu_gen", torch.ones(nb))
+            self.register_buffer("resp_mu_ref", torch.ones(nb))
+            self.register_buffer("resp_k", torch.ones(nb))
+        self.shared = bool(c.shared_layer_flow)
+        if self.shared:
+            self._build_shared(geometry)
+            return
         for k in self.modelled:
             prev = self._previous(k)
             raw = sum(cells[j] for j in prev)
@@ -137,6 +287,76 @@ class L2LFlows(GenerativeModel):
                 ctx = raw + 2
             self.layer_flows[str(k)] = spline_coupling_flow(cells[k], ctx, c.transforms, c.bins,
                                                             c.hidden)
+
+    @staticmethod
+    def _voxel_groups(geometry: Geometry, inner_rings: int = 0) -> Tensor:
+        """Group of each voxel for the hit-energy calibration: its layer and its ring
+        (distance from the axis in units of the smallest cell pitch)."""
+        import numpy as np
+
+        xy = np.asarray(geometry.cell_centres, dtype=np.float64)[:, :2]
+        ux = np.unique(np.round(xy[:, 0], 3))
+        pitch = float(np.min(np.diff(ux))) if len(ux) > 1 else 1.0
+        ring = np.floor(np.hypot(xy[:, 0], xy[:, 1]) / pitch).astype(np.int64)
+        n_ring = int(ring.max()) + 1
+        layer = np.asarray(geometry.layer_of_voxel, dtype=np.int64)
+        group = layer * n_ring + ring
+        # The cells of the shower core (ring < inner_rings) are groups of their own: they
+        # carry most of the energy and set the per-layer centres of gravity.
+        inner = np.flatnonzero(ring < inner_rings)
+        group[inner] = group.max() + 1 + np.arange(len(inner))
+        _, group = np.unique(group, return_inverse=True)
+        return torch.as_tensor(group.astype(np.int64))
+
+    def _map_hits(self, h: Tensor, s: slice) -> Tensor:
+        """Piecewise-linear map of generated hit excesses ``h`` (B, cells of slice ``s``)
+        from the generated onto the training quantiles of each voxel's group."""
+        g = self.voxel_group[s]
+        qg, qr = self.hit_q_gen[g], self.hit_q_ref[g]  # (cells, K)
+        k = qg.shape[1]
+        ht = h.t().contiguous()
+        j = torch.searchsorted(qg, ht).clamp(1, k - 1) - 1  # left knot
+        x0, x1 = qg.gather(1, j), qg.gather(1, j + 1)
+        y0, y1 = qr.gather(1, j), qr.gather(1, j + 1)
+        t = ((ht - x0) / (x1 - x0).clamp_min(1e-9)).clamp(0, 1)
+        out = y0 + t * (y1 - y0)
+        # beyond the top knot: continue with unit slope (rare, very energetic hits)
+        out = torch.where(ht > qg[:, -1:], qr[:, -1:] + (ht - qg[:, -1:]), out)
+        return out.t()
+
+    def _build_shared(self, geometry: Geometry) -> None:
+        """One flow for all modelled layers; context = embedding of the previous
+        ``context_layers`` layers (zero-padded in front), layer one-hot, layer energy,
+        incident energy."""
+        c = self.config
+        sizes = {self.cells[k] for k in self.modelled}
+        if len(sizes) != 1:
+            from caloforge.errors import ConfigError
+            raise ConfigError(f"shared_layer_flow needs layers of one cell count; geometry "
+                              f"{geometry.name!r} has {sorted(sizes)}")
+        self.n_cells = sizes.pop()
+        self.n_mod = len(self.modelled)
+        raw = c.context_layers * self.n_cells
+        if raw and c.context_embedding:
+            self.context_nets["shared"] = nn.Sequential(nn.Linear(raw, c.context_embedding),
+                                                        nn.ELU())
+            emb = c.context_embedding
+        else:
+            emb = raw
+        self.register_buffer("layer_onehot", torch.eye(self.n_mod), persistent=False)
+        if c.lean_affine:
+            self.layer_flows["shared"] = AffineCouplingFlow(
+                self.n_cells, emb + self.n_mod + 2, c.transforms, tuple(c.hidden))
+        else:
+            self.layer_flows["shared"] = spline_coupling_flow(
+                self.n_cells, emb + self.n_mod + 2, c.transforms, c.bins, c.hidden)
+        # Column index of every modelled layer's cells in the voxel vector.
+        idx = torch.cat([torch.arange(self._slice(k).start, self._slice(k).stop)
+                         for k in self.modelled])
+        self.register_buffer("mod_index", idx, persistent=False)
+        self.register_buffer("mod_energy_index",
+                             torch.tensor([self.active.index(k) for k in self.modelled]),
+                             persistent=False)
 
     def _previous(self, k: int) -> list[int]:
         """Up to ``context_layers`` previous non-empty layers, nearest first."""
@@ -170,8 +390,41 @@ class L2LFlows(GenerativeModel):
         v = a + (1 - 2 * a) * u
         return torch.log(v) - torch.log1p(-v)
 
+    @property
+    def _log_thr(self) -> bool:
+        return self.config.cell_feature == "log_threshold"
+
+    def _threshold(self, x: Tensor) -> Tensor:
+        """Cells below the readout threshold set to 0 (log_threshold mode only): the model
+        learns what the detector reads out, and its layer energies are read-out sums."""
+        if not self._log_thr:
+            return x
+        thr = self.geometry.readout_threshold_mev
+        return torch.where(x >= thr, x, torch.zeros_like(x))
+
+    def _log_features(self, x: Tensor, noise: Tensor) -> Tensor:
+        """log(cell / threshold) for hits (>= 0); cells below threshold get
+        ``zero_width * (noise / 4 - 1)`` (``noise`` standard normal), kept below 0."""
+        thr = self.geometry.readout_threshold_mev
+        hit = x >= thr
+        w = self.config.zero_width
+        return torch.where(hit, torch.log(x.clamp_min(thr) / thr),
+                           (w * (0.25 * noise - 1.0)).clamp_max(-1e-3))
+
+    def _cell_features(self, x: Tensor, el: Tensor, gen: torch.Generator | None) -> Tensor:
+        if self._log_thr:
+            noise = torch.randn(x.shape, generator=gen, device=x.device)
+            return self._log_features(x, noise)
+        noise = None
+        if self.config.dequantize:
+            noise = torch.rand(x.shape, generator=gen, device=x.device) * self.config.dequantize
+        return self._fractions(x, el, noise)
+
     def fit_preprocessing(self, x: Tensor, e_inc: Tensor) -> None:
         super().fit_preprocessing(x, e_inc)
+        if self._log_thr:
+            x = torch.cat([self._threshold(x[i:i + 1000].float())
+                           for i in range(0, len(x), 1000)])
         el = self._layer_energies(x.double()).float()
         self.energy_std.fit(self._energy_features(el, e_inc), e_inc)
         # Fit on the same dequantised fractions that training sees: a cell that is always
@@ -180,9 +433,7 @@ class L2LFlows(GenerativeModel):
 
         def chunks():  # bounded memory: 1000 showers at a time
             for i in range(0, len(x), 1000):
-                xs = x[i:i + 1000].float()
-                noise = torch.rand(xs.shape, generator=gen) * self.config.dequantize
-                yield self._fractions(xs, el[i:i + 1000], noise)
+                yield self._cell_features(x[i:i + 1000].float(), el[i:i + 1000], gen)
 
         self.voxel_std.fit_chunks(chunks())
 
@@ -206,18 +457,19 @@ class L2LFlows(GenerativeModel):
 
     # ---- training ---------------------------------------------------------------------------
     def training_step(self, batch: TrainBatch, phase: str, ctx: StepContext) -> dict[str, float]:
-        x, e_inc = batch.x, batch.e_inc
+        x, e_inc = self._threshold(batch.x), batch.e_inc
         c = self.energy(e_inc)
         el = self._layer_energies(x)
         e_feat = self.energy_std(self._energy_features(el, e_inc), e_inc)
-        noise = None
-        if self.config.dequantize:
-            noise = torch.rand(x.shape, generator=ctx.generator, device=x.device) \
-                * self.config.dequantize
-        y = self.voxel_std(self._fractions(x, el, noise), e_inc)
+        y = self.voxel_std(self._cell_features(x, el, ctx.generator), e_inc)
         # No autocast: spline log-densities and their Jacobians overflow in bf16/fp16, so
         # the flows train in float32 even when the loop enables mixed precision.
         nll_e = -self.energy_flow(c).log_prob(e_feat).mean() / e_feat.shape[1]
+        if self.shared:
+            nll_l = self._shared_nll(y, el, e_feat, c)
+            loss = nll_e + nll_l
+            ctx.step("flows", loss)
+            return {"nll_energy": nll_e.item(), "nll_layers": nll_l.item()}
         nll_layers = []
         for k in self.modelled:
             i = self.active.index(k)
@@ -230,28 +482,240 @@ class L2LFlows(GenerativeModel):
         ctx.step("flows", loss)
         return {"nll_energy": nll_e.item(), "nll_layers": nll_l.item()}
 
+    def _shared_context_all(self, y: Tensor, e_feat: Tensor, c: Tensor) -> Tensor:
+        """Context of every modelled layer at once, ``(B * n_mod, ctx)``."""
+        b, m, n, p = len(y), self.n_mod, self.n_cells, self.config.context_layers
+        img = y[:, self.mod_index].view(b, m, n)
+        parts = []
+        if p:
+            pad = torch.cat([img.new_zeros(b, p, n), img], 1)  # layer k sits at p + k
+            # previous layers nearest first, as in the per-layer flows
+            prev = torch.cat([pad[:, p - j:p - j + m] for j in range(1, p + 1)], 2)
+            prev = prev.reshape(b * m, p * n)
+            net = self.context_nets["shared"] if "shared" in self.context_nets else None
+            parts.append(net(prev) if net is not None else prev)
+        parts.append(self.layer_onehot.expand(b, m, m).reshape(b * m, m))
+        parts.append(e_feat[:, self.mod_energy_index].reshape(b * m, 1))
+        parts.append(c.expand(b, 1).repeat_interleave(m, 0))
+        return torch.cat(parts, 1)
+
+    def _shared_nll(self, y: Tensor, el: Tensor, e_feat: Tensor, c: Tensor) -> Tensor:
+        b, m, n = len(y), self.n_mod, self.n_cells
+        ctx = self._shared_context_all(y, e_feat, c)
+        target = y[:, self.mod_index].view(b * m, n)
+        flow = self.layer_flows["shared"]
+        lp = flow.log_prob(target, ctx) if isinstance(flow, AffineCouplingFlow) \
+            else flow(ctx).log_prob(target)
+        mask = (el[:, self.mod_energy_index] > 0).float().reshape(-1)  # empty layers: no shape
+        return -(lp * mask).sum() / mask.sum().clamp_min(1) / n
+
+    def _shared_layer_context(self, i: int, y: Tensor, e_feat: Tensor, c: Tensor) -> Tensor:
+        """Context of modelled layer number ``i`` during generation."""
+        b, n, p = len(y), self.n_cells, self.config.context_layers
+        parts = []
+        if p:
+            prev = []
+            for j in range(1, p + 1):
+                if i - j >= 0:
+                    s = self._slice(self.modelled[i - j])
+                    prev.append(y[:, s])
+                else:
+                    prev.append(y.new_zeros(b, n))
+            prev = torch.cat(prev, 1)
+            net = self.context_nets["shared"] if "shared" in self.context_nets else None
+            parts.append(net(prev) if net is not None else prev)
+        parts.append(self.layer_onehot[i].expand(b, self.n_mod))
+        parts.append(e_feat[:, self.active.index(self.modelled[i])].unsqueeze(1))
+        parts.append(c)
+        return torch.cat(parts, 1)
+
     # ---- generation ------------------------------------------------------------------------
     def _sample_flow(self, flow: Flow, context: Tensor, features: int,
                      generator: torch.Generator | None) -> Tensor:
         z = torch.randn(len(context), features, generator=generator, device=context.device)
+        if isinstance(flow, AffineCouplingFlow):
+            return flow.sample_from(z, context)
         return flow(context).transform.inv(z)
 
     def generate(self, e_inc: Tensor, generator: torch.Generator | None) -> Tensor:
+        return self._generate(e_inc, generator)[0]
+
+    @torch.no_grad()
+    def finalize(self, x: Tensor, e_inc: Tensor, generator: torch.Generator) -> None:
+        """log_threshold: calibrate the per-cell cuts so that each cell's occupancy in
+        generated showers equals that of the training showers ``x`` (same energies)."""
+        n = min(self.config.calibration_showers, len(x))
+        if not self._log_thr or n == 0:
+            return
+        thr = self.geometry.readout_threshold_mev
+        occ = torch.zeros(self.geometry.n_voxels, dtype=torch.float64)
+        for i in range(0, len(x), 1000):
+            occ += (x[i:i + 1000] >= thr).sum(0).double().cpu()
+        occ /= len(x)
+        was_training = self.training
+        self.eval()
+        # Generate at the training energies, with the current cuts switched off.
+        parts = [self._generate(e_inc[i:i + 500].to(self.device), generator, calibrated=False)
+                 for i in range(0, n, 500)]
+        feats = torch.cat([p[1].cpu() for p in parts])
+        gen_r = torch.cat([p[0].sum(1).double().cpu() for p in parts]) / e_inc[:n].double().cpu()
+        del parts
+        self.train(was_training)
+        ordered, _ = torch.sort(feats, 0)
+        k = ((1.0 - occ) * n).round().long().clamp(0, n - 1)
+        cut = ordered.gather(0, k[None]).squeeze(0)
+        # Cells never hit in training stay empty; cuts are never below the empty mode.
+        cut = torch.where(occ > 0, cut, torch.full_like(cut, 50.0))
+        cut = cut.clamp(-self.config.zero_width, 50.0)
+        self.cell_cut.copy_(cut.to(self.cell_cut))
+        if self.config.calibration_quantiles:
+            self._fit_hit_map(x, feats, cut)
+        if self.config.calibration_energy_bins:
+            real_r = torch.cat([(x[i:i + 1000].double() * (x[i:i + 1000] >= thr)).sum(1).cpu()
+                                for i in range(0, len(x), 1000)]) / e_inc.double().cpu()
+            self._fit_response(e_inc.cpu(), real_r, e_inc[:n].cpu(), gen_r)
+
+    def _fit_response(self, e_real: Tensor, r_real: Tensor, e_gen: Tensor, r_gen: Tensor
+                      ) -> None:
+        """Per log-energy bin: mean and rms of the response in the narrowest window
+        holding 90 % of the showers (the mu90 / sigma90 of calorimetry)."""
+        nb = len(self.resp_log_e)
+        lo, hi = float(torch.log(e_real.min())), float(torch.log(e_real.max()))
+        edges = torch.linspace(lo, hi, nb + 1, dtype=torch.float64)
+        centres, mg, mr, kk = [], [], [], []
+        for b in range(nb):
+            sr = (torch.log(e_real.double()) >= edges[b]) & (torch.log(e_real.double()) <= edges[b + 1])
+            sg = (torch.log(e_gen.double()) >= edges[b]) & (torch.log(e_gen.double()) <= edges[b + 1])
+            if sr.sum() < 50 or sg.sum() < 50:
+                continue
+            m_r, s_r = _core90(r_real[sr])
+            m_g, s_g = _core90(r_gen[sg])
+            centres.append(float(torch.log(e_real[sr].double()).median()))
+            mr.append(m_r)
+            mg.append(m_g)
+            kk.append(s_r / max(s_g, 1e-12))
+        if not centres:
+            return
+        pad = nb - len(centres)  # fewer filled bins: repeat the last knot
+        centres += [centres[-1] + 1e-3 * (i + 1) for i in range(pad)]
+        for v in (mr, mg, kk):
+            v += [v[-1]] * pad
+        self.resp_log_e.copy_(torch.tensor(centres))
+        self.resp_mu_ref.copy_(torch.tensor(mr))
+        self.resp_mu_gen.copy_(torch.tensor(mg))
+        self.resp_k.copy_(torch.tensor(kk).clamp(0.5, 2.0))
+
+    def _interp_response(self, log_e: Tensor, table: Tensor) -> Tensor:
+        xk = self.resp_log_e
+        j = torch.searchsorted(xk, log_e.contiguous()).clamp(1, len(xk) - 1) - 1 \
+            if len(xk) > 1 else torch.zeros_like(log_e, dtype=torch.long)
+        if len(xk) == 1:
+            return table[j]
+        x0, x1 = xk[j], xk[j + 1]
+        t = ((log_e - x0) / (x1 - x0).clamp_min(1e-9)).clamp(0, 1)
+        return table[j] + t * (table[j + 1] - table[j])
+
+    def _calibrate_response(self, el: Tensor, e_inc: Tensor) -> Tensor:
+        """Layer energies rescaled so that E_vis / E_inc has the calibrated median and
+        width at this incident energy (all layers by one factor per shower)."""
+        log_e = torch.log(e_inc)
+        mg, mr = self._interp_response(log_e, self.resp_mu_gen), \
+            self._interp_response(log_e, self.resp_mu_ref)
+        k = self._interp_response(log_e, self.resp_k)
+        r = el.sum(1) / e_inc
+        r_new = (mr + k * (r - mg)).clamp_min(0)
+        return el * (r_new / r.clamp_min(1e-30))[:, None]
+
+    def _fit_hit_map(self, x: Tensor, feats: Tensor, cut: Tensor) -> None:
+        """Quantiles of log(E / threshold) of training hits and of the generated hit
+        excesses (feature - cut) per voxel group."""
+        thr = self.geometry.readout_threshold_mev
+        groups = self.voxel_group.cpu()
+        n_g, k = self.hit_q_gen.shape
+        levels = torch.linspace(0, 1, k, dtype=torch.float64)
+
+        def group_quantiles(vals: Tensor, grp: Tensor) -> tuple[Tensor, Tensor]:
+            order = torch.argsort(grp * 1000.0 + vals.double().clamp(0, 999))
+            vals, grp = vals[order].double(), grp[order]
+            counts = torch.bincount(grp, minlength=n_g)
+            starts = torch.cumsum(counts, 0) - counts
+            pos = starts[:, None] + (levels[None] * (counts[:, None] - 1).clamp_min(0)).round().long()
+            q = vals[pos.clamp(max=max(len(vals) - 1, 0))] if len(vals) else torch.zeros(n_g, k)
+            return q.float(), counts
+
+        ref_v, ref_g = [], []
+        for i in range(0, len(x), 1000):
+            xs = x[i:i + 1000].cpu()
+            hit = xs >= thr
+            ref_v.append(torch.log(xs[hit] / thr))
+            ref_g.append(groups.expand_as(xs)[hit])
+        q_ref, n_ref = group_quantiles(torch.cat(ref_v), torch.cat(ref_g))
+        hit = feats >= cut[None]
+        h = (feats - cut[None])[hit]
+        q_gen, n_gen = group_quantiles(h, groups.expand_as(feats)[hit])
+        # Groups with too few hits on either side keep the identity map.
+        ok = (n_ref >= 50) & (n_gen >= 50)
+        q_gen = torch.where(ok[:, None], q_gen, self.hit_q_gen.cpu())
+        q_ref = torch.where(ok[:, None], q_ref, self.hit_q_gen.cpu())
+        # strictly increasing input knots for the interpolation
+        q_gen = q_gen + torch.arange(k) * 1e-6
+        self.hit_q_gen.copy_(q_gen.to(self.hit_q_gen))
+        self.hit_q_ref.copy_(q_ref.to(self.hit_q_ref))
+
+    def _generate(self, e_inc: Tensor, generator: torch.Generator | None,
+                  calibrated: bool = True) -> tuple[Tensor, Tensor | None]:
+        """Voxel energies (MeV) and, in log_threshold mode, the raw log features."""
         c = self.energy(e_inc)
         n_e = len(self.active)
         e_feat = self._sample_flow(self.energy_flow, c, n_e, generator)
         e_feat = e_feat.clamp(-10, 10)  # guard against rare outliers of the flow's tails
         el = (torch.exp(self.energy_std.inverse(e_feat, e_inc)) - self.config.energy_eps) \
             .clamp_min(0) * e_inc[:, None]
+        if calibrated and self._log_thr and self.config.calibration_energy_bins:
+            el = self._calibrate_response(el, e_inc)
         y = torch.zeros(len(c), self.geometry.n_voxels, device=c.device)
         x = torch.zeros_like(y)
         a = self.config.alpha
+        thr = self.geometry.readout_threshold_mev
+        feats = torch.zeros_like(y) if self._log_thr else None
         for i, k in enumerate(self.active):
             s = self._slice(k)
             if k in self.modelled:
-                ctx = self._context(k, y, e_feat, c)
-                y[:, s] = self._sample_flow(self.layer_flows[str(k)], ctx, self.cells[k],
-                                            generator).clamp(-20, 20)
+                if self.shared:
+                    ctx = self._shared_layer_context(self.modelled.index(k), y, e_feat, c)
+                    flow = self.layer_flows["shared"]
+                else:
+                    ctx = self._context(k, y, e_feat, c)
+                    flow = self.layer_flows[str(k)]
+                y[:, s] = self._sample_flow(flow, ctx, self.cells[k], generator).clamp(-20, 20)
+                if self._log_thr:
+                    f = y[:, s] * self.voxel_std.std[s] + self.voxel_std.mean[s]
+                    feats[:, s] = f
+                    # Below the cut (0 = the readout threshold): not read out.
+                    if calibrated:
+                        cut = self.cell_cut[s]
+                        g = self._map_hits((f - cut).clamp_min(0), s)
+                    else:
+                        cut, g = torch.zeros_like(f[0]), f
+                    cell = torch.where(f >= cut, thr * torch.exp(g.clamp(0, 20)),
+                                       torch.zeros_like(f))
+                    # Rescale the hits to the sampled layer energy (the energy flow knows
+                    # the correlations between layers, which fix the resolution).
+                    # Scale only the energy above threshold where the layer energy allows
+                    # it, so that rescaling keeps every hit (a plain factor < 1 would push
+                    # the many hits near threshold below it and lose them).
+                    hit = cell > 0
+                    n_hit = hit.sum(1, keepdim=True)
+                    tot = cell.sum(1, keepdim=True)
+                    target = el[:, i:i + 1]
+                    above = tot - n_hit * thr
+                    ok = (target > n_hit * thr) & (above > 0)
+                    s_above = (target - n_hit * thr) / above.clamp_min(1e-30)
+                    shifted = torch.where(hit, thr + (cell - thr) * s_above, cell)
+                    scaled = cell * (target / tot.clamp_min(1e-30))
+                    x[:, s] = torch.where(ok, shifted, torch.where(tot > 0, scaled,
+                                                                   torch.zeros_like(cell)))
+                    continue
                 logit = y[:, s] * self.voxel_std.std[s] + self.voxel_std.mean[s]
                 u = ((torch.sigmoid(logit) - a) / (1 - 2 * a)).clamp_min(0)
                 # Drop the dequantisation floor, then rescale to the sampled layer energy.
@@ -260,5 +724,5 @@ class L2LFlows(GenerativeModel):
             else:
                 u = torch.ones(len(c), self.cells[k], device=c.device)
             x[:, s] = u * el[:, i:i + 1]
-        return x
+        return x, feats
 

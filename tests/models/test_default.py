@@ -1,0 +1,52 @@
+"""The shipped default model: it loads from the package, is small, and generates sensible
+ILD ECAL photon showers that follow the requested incident energy."""
+
+import numpy as np
+import pytest
+
+from caloforge import zoo
+from caloforge.models import list_zoo, load
+from caloforge.models.base import WEIGHTS_FILE
+
+DEFAULT = "ild-ecal-photons"
+
+
+def test_default_is_shipped_and_small():
+    assert DEFAULT in list_zoo()
+    folder = zoo.path(DEFAULT)
+    assert (folder / "MODEL_CARD.md").is_file()
+    assert (folder / WEIGHTS_FILE).stat().st_size < 20 * 2**20
+
+
+@pytest.fixture(scope="module")
+def default_model():
+    return load(DEFAULT)
+
+
+def test_default_generates_conditioned_showers(default_model):
+    model = default_model
+    assert model.geometry.name == "ild-ecal" and model.geometry.n_voxels == 27000
+    lo, hi = model.energy_range_mev
+    assert lo <= 10.5e3 and hi >= 99.5e3
+    n = 60
+    low = model.sample(np.full(n, 20e3), 1).energies
+    high = model.sample(np.full(n, 90e3), 2).energies
+    for x in (low, high):
+        assert x.shape == (n, 27000)
+        assert np.isfinite(x).all() and (x >= 0).all()
+    thr = model.geometry.readout_threshold_mev
+    assert ((low > 0) & (low < thr)).sum() == 0  # read-out showers: nothing below threshold
+    # Visible energy scales with the incident energy (sampling fraction about 2.4 %), so
+    # a model that ignored its condition would fail the ratio test.
+    r_low, r_high = low.sum(1) / 20e3, high.sum(1) / 90e3
+    assert 0.018 < np.median(r_low) < 0.03 and 0.018 < np.median(r_high) < 0.03
+    assert 3.8 < high.sum(1).mean() / low.sum(1).mean() < 5.2
+    # More hits at higher energy, in the range of the reference (~250-900 hits).
+    h_low, h_high = (low >= thr).sum(1).mean(), (high >= thr).sum(1).mean()
+    assert 150 < h_low < h_high < 1200
+
+
+def test_default_is_reproducible(default_model):
+    a = default_model.sample(np.array([30e3, 70e3]), 5).energies
+    b = default_model.sample(np.array([30e3, 70e3]), 5).energies
+    assert np.array_equal(a, b)
