@@ -6,6 +6,9 @@ import os
 
 import numpy as np
 import pytest
+import torch
+
+from caloforge.models.toy import toy_geometry, toy_showers
 
 os.environ.setdefault("CALOFORGE_NO_PROGRESS", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
@@ -28,3 +31,34 @@ def make_showers(geometry: str, n: int = 6, seed: int = 0, occupancy: float = 0.
 @pytest.fixture
 def showers():
     return make_showers
+
+
+# ---- models and training: a registered 6x6x6 toy geometry and toy showers ----------
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny networks run as fast on one thread, and the test machine's 2 cores are shared
+    (two threads under load were 10x slower); restore the setting for other tests."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def toy_geo():
+    return toy_geometry()
+
+
+@pytest.fixture(scope="session")
+def toy_data(toy_geo):
+    """256 toy showers, incident energies log-uniform in 1-100 GeV."""
+    rng = np.random.default_rng(1)
+    return toy_showers(toy_geo, np.exp(rng.uniform(np.log(1e3), np.log(1e5), 256)), rng)
+
+
+@pytest.fixture(scope="session")
+def two_energy_data():
+    """Toy showers at 2 GeV and 80 GeV only, on a 6x4x4 grid (conditioning tests)."""
+    rng = np.random.default_rng(2)
+    e = np.where(rng.random(512) < 0.5, 2e3, 80e3)
+    return toy_showers(toy_geometry("toy-6x4x4", 6, 4), e, rng)
