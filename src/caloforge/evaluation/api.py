@@ -170,7 +170,8 @@ def _nanmean(values: list[float]) -> float:
 
 def _spectrum_metrics(ref: SampleSummary, gen: SampleSummary, edges_mip: np.ndarray,
                       threshold_mip: float) -> dict[str, Any]:
-    """Separation power and chi2/ndf of the cell spectra, all cells and above the cut."""
+    """Separation power and chi2/ndf of the cell spectra, all cells and above the cut
+    (only the part above the cut gets a verdict when a threshold is applied)."""
     above = np.concatenate([[False], edges_mip[:-1] >= threshold_mip * (1 - 1e-9), [True]])
     out = {}
     for key, sel in (("all_cells", slice(None)), ("above_threshold", above)):
@@ -179,7 +180,11 @@ def _spectrum_metrics(ref: SampleSummary, gen: SampleSummary, edges_mip: np.ndar
         res = {"separation_power": M.separation_power(r, g),
                "separation_power_floor": M.separation_power(a, b),
                "chi2_ndf": M.chi2_ndf(r, g), "chi2_ndf_floor": M.chi2_ndf(a, b)}
-        res["verdict"] = M.verdict(res["separation_power"], res["separation_power_floor"])
+        # Cells below the readout threshold are not read out: their part of the spectrum is
+        # shown for information but does not enter the verdict (a generator of read-out
+        # showers has none by design).
+        res["verdict"] = "grey" if key == "all_cells" and threshold_mip > 0 else \
+            M.verdict(res["separation_power"], res["separation_power_floor"])
         out[key] = res
     return out
 
