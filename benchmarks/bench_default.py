@@ -12,24 +12,13 @@ from __future__ import annotations
 import argparse
 import time
 
-import numpy as np
 import torch
+
+# Scripts in benchmarks/ run with this folder on sys.path: share the timing loop.
+from bench_generation import time_model  # noqa: E402
 
 from caloforge.models import load
 from caloforge.simulation import simulate
-
-
-def time_model(model, batch_size: int, min_showers: int, min_seconds: float) -> float:
-    """Mean ms per shower over repeated calls (after one warm-up call)."""
-    rng = np.random.default_rng(0)
-    lo, hi = model.energy_range_mev
-    gen = torch.Generator().manual_seed(0)
-    model.sample(rng.uniform(lo, hi, batch_size), gen, batch_size)  # warm-up
-    n, t0 = 0, time.perf_counter()
-    while n < min_showers or time.perf_counter() - t0 < min_seconds:
-        model.sample(rng.uniform(lo, hi, batch_size), gen, batch_size)
-        n += batch_size
-    return 1e3 * (time.perf_counter() - t0) / n
 
 
 def main() -> None:
