@@ -92,6 +92,25 @@ def _score(code):
     return -code - 2
 
 
+@njit(cache=True, inline="always")
+def _push(st_t, st_sl, st_f, sp, res, ptype, sl, energy, x, y, z, u, v, w):
+    """Put a secondary on the particle stack; count (and drop) it if the stack is full."""
+    if sp < _STACK:
+        st_t[sp] = ptype
+        st_sl[sp] = sl
+        st_f[sp, 0] = energy
+        st_f[sp, 1] = x
+        st_f[sp, 2] = y
+        st_f[sp, 3] = z
+        st_f[sp, 4] = u
+        st_f[sp, 5] = v
+        st_f[sp, 6] = w
+        st_f[sp, 7] = 0.0
+        return sp + 1
+    res[R_STACK_OVERFLOW] += 1.0
+    return sp
+
+
 @njit(cache=True)
 def _rotate(u, v, w, cost, phi):
     """Direction after a deflection by polar cosine ``cost`` and azimuth ``phi``."""
@@ -323,20 +342,8 @@ def transport(ptype, penergy, ppos, pdir, slab_lo, slab_hi, slab_mat, slab_layer
                             te = 0.0
                         cth = math.cos(_ME / (te + _ME))
                         nu, nv, nw = _rotate(u, v, w, cth, 2.0 * math.pi * _rand(state))
-                        if sp < _STACK:
-                            st_t[sp] = ELECTRON if kk == 0 else POSITRON
-                            st_sl[sp] = sl
-                            st_f[sp, 0] = te
-                            st_f[sp, 1] = x
-                            st_f[sp, 2] = y
-                            st_f[sp, 3] = z
-                            st_f[sp, 4] = nu
-                            st_f[sp, 5] = nv
-                            st_f[sp, 6] = nw
-                            st_f[sp, 7] = 0.0
-                            sp += 1
-                        else:
-                            res[R_STACK_OVERFLOW] += 1.0
+                        ptype = ELECTRON if kk == 0 else POSITRON
+                        sp = _push(st_t, st_sl, st_f, sp, res, ptype, sl, te, x, y, z, nu, nv, nw)
                     break
                 elif r < fp + _at(tab, m, T.COL_F_COMPTON, gi, gf):
                     # Compton scattering, Klein-Nishina (Butcher & Messel sampling).
@@ -368,20 +375,8 @@ def transport(ptype, penergy, ppos, pdir, slab_lo, slab_hi, slab_mat, slab_layer
                     pw = e * w - e1 * gw
                     pn = math.sqrt(pu * pu + pv * pv + pw * pw)
                     if pn > 0.0 and te > 0.0:
-                        if sp < _STACK:
-                            st_t[sp] = ELECTRON
-                            st_sl[sp] = sl
-                            st_f[sp, 0] = te
-                            st_f[sp, 1] = x
-                            st_f[sp, 2] = y
-                            st_f[sp, 3] = z
-                            st_f[sp, 4] = pu / pn
-                            st_f[sp, 5] = pv / pn
-                            st_f[sp, 6] = pw / pn
-                            st_f[sp, 7] = 0.0
-                            sp += 1
-                        else:
-                            res[R_STACK_OVERFLOW] += 1.0
+                        sp = _push(st_t, st_sl, st_f, sp, res, ELECTRON, sl, te, x, y, z,
+                                   pu / pn, pv / pn, pw / pn)
                     e = e1
                     u = gu
                     v = gv
@@ -389,20 +384,10 @@ def transport(ptype, penergy, ppos, pdir, slab_lo, slab_hi, slab_mat, slab_layer
                 else:
                     # Photo-absorption: the photo-electron takes the energy (binding
                     # energy deposited on the spot, which is where it goes anyway).
-                    if sp < _STACK:
-                        st_t[sp] = ELECTRON
-                        st_sl[sp] = sl
-                        st_f[sp, 0] = e
-                        st_f[sp, 1] = x
-                        st_f[sp, 2] = y
-                        st_f[sp, 3] = z
+                    if sp < _STACK:  # draw the direction only for a particle that is kept
                         ct = 2.0 * _rand(state) - 1.0
                         nu, nv, nw = _rotate(u, v, w, ct, 2.0 * math.pi * _rand(state))
-                        st_f[sp, 4] = nu
-                        st_f[sp, 5] = nv
-                        st_f[sp, 6] = nw
-                        st_f[sp, 7] = 0.0
-                        sp += 1
+                        sp = _push(st_t, st_sl, st_f, sp, res, ELECTRON, sl, e, x, y, z, nu, nv, nw)
                     else:
                         res[R_STACK_OVERFLOW] += 1.0
                     break
@@ -456,20 +441,8 @@ def transport(ptype, penergy, ppos, pdir, slab_lo, slab_hi, slab_mat, slab_layer
                     ph = 2.0 * math.pi * _rand(state)
                     for kk in range(2):
                         sgn = 1.0 if kk == 0 else -1.0
-                        if sp < _STACK:
-                            st_t[sp] = PHOTON
-                            st_sl[sp] = sl
-                            st_f[sp, 0] = _ME
-                            st_f[sp, 1] = x
-                            st_f[sp, 2] = y
-                            st_f[sp, 3] = z
-                            st_f[sp, 4] = sgn * st_ * math.cos(ph)
-                            st_f[sp, 5] = sgn * st_ * math.sin(ph)
-                            st_f[sp, 6] = sgn * ct
-                            st_f[sp, 7] = 0.0
-                            sp += 1
-                        else:
-                            res[R_STACK_OVERFLOW] += 1.0
+                        sp = _push(st_t, st_sl, st_f, sp, res, PHOTON, sl, _ME, x, y, z,
+                                   sgn * st_ * math.cos(ph), sgn * st_ * math.sin(ph), sgn * ct)
                 break
 
             gamma = 1.0 + e / mass
@@ -602,20 +575,8 @@ def transport(ptype, penergy, ppos, pdir, slab_lo, slab_hi, slab_mat, slab_layer
                     if th > math.pi:
                         th = math.pi
                     gu, gv, gw = _rotate(u, v, w, math.cos(th), 2.0 * math.pi * _rand(state))
-                    if sp < _STACK:
-                        st_t[sp] = PHOTON
-                        st_sl[sp] = sl
-                        st_f[sp, 0] = k
-                        st_f[sp, 1] = x
-                        st_f[sp, 2] = y
-                        st_f[sp, 3] = z
-                        st_f[sp, 4] = gu
-                        st_f[sp, 5] = gv
-                        st_f[sp, 6] = gw
-                        st_f[sp, 7] = 0.0
-                        sp += 1
-                    else:
-                        res[R_STACK_OVERFLOW] += 1.0
+                    sp = _push(st_t, st_sl, st_f, sp, res, PHOTON, sl, k, x, y, z,
+                               gu, gv, gw)
                     e -= k
                 else:
                     # Delta ray.  Electrons: Moller, eps = T_d / T in [T_cut/T, 1/2],
@@ -660,20 +621,8 @@ def transport(ptype, penergy, ppos, pdir, slab_lo, slab_hi, slab_mat, slab_layer
                         u = pu / pn
                         v = pv / pn
                         w = pw / pn
-                    if sp < _STACK:
-                        st_t[sp] = ELECTRON
-                        st_sl[sp] = sl
-                        st_f[sp, 0] = td
-                        st_f[sp, 1] = x
-                        st_f[sp, 2] = y
-                        st_f[sp, 3] = z
-                        st_f[sp, 4] = du
-                        st_f[sp, 5] = dv
-                        st_f[sp, 6] = dw
-                        st_f[sp, 7] = 0.0
-                        sp += 1
-                    else:
-                        res[R_STACK_OVERFLOW] += 1.0
+                    sp = _push(st_t, st_sl, st_f, sp, res, ELECTRON, sl, td, x, y, z,
+                               du, dv, dw)
     res[R_NDEP] = nd
     res[R_NHAD] = nh
     return res
