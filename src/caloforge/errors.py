@@ -43,3 +43,14 @@ class OutputExistsError(CaloforgeError):
 
 class LossyConversionError(CaloforgeError):
     """A conversion would drop information the target format cannot hold."""
+
+
+class ResourceError(CaloforgeError):
+    """The system refused what a command needs: the disk is full, a folder is read-only or
+    not ours, a quota is exceeded, a device is missing or failing."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what batch systems send before killing a job), raised as an exception so
+    that cleanup code runs.  A :class:`KeyboardInterrupt` so that every handler written
+    for Ctrl-C (removing temporary files, saving a checkpoint) also handles it."""

@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import pkgutil
+import signal
 import sys
+import threading
 
 from caloforge import __version__
-from caloforge.errors import CaloforgeError
+from caloforge.errors import CaloforgeError, Terminated
+from caloforge.utils.safe_io import as_resource_error
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,20 +36,58 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _raise_terminated(signum: int, frame: object) -> None:
+    # Later SIGTERMs are ignored so that the cleanup the first one started can finish.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise Terminated(f"terminated by signal {signum}")
+
+
+def _quiet_broken_pipe() -> int:
+    """The reader of our stdout went away (``caloforge info f.h5 | head``): stop quietly.
+
+    As the Python documentation advises, point stdout at devnull so that the interpreter's
+    final flush does not raise again.
+    """
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    return 128 + signal.SIGPIPE
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    prog = f"caloforge {args.command}"
+    previous = signal.getsignal(signal.SIGTERM)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _raise_terminated)
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # a closed pipe must fail here, inside the handlers below
+        return code
     except CaloforgeError as exc:
-        print(f"caloforge {args.command}: error: {exc}", file=sys.stderr)
+        print(f"{prog}: error: {exc}", file=sys.stderr)
         return 1
+    except Terminated:
+        print(f"{prog}: terminated (SIGTERM)", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
-        print(f"caloforge {args.command}: interrupted", file=sys.stderr)
+        print(f"{prog}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        return _quiet_broken_pipe()
+    except (OSError, RuntimeError) as exc:
+        # Full disk, read-only folder, quota, I/O error -- also as h5py wraps them.
+        err = as_resource_error(exc)
+        if err is None:
+            raise
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        return 1
+    finally:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":  # pragma: no cover

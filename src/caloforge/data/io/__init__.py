@@ -26,6 +26,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import h5py
+
 from caloforge.data.batch import ShowerBatch
 from caloforge.data.io.base import ShowerReader, ShowerWriter, open_h5
 from caloforge.data.io.calochallenge import (
@@ -39,6 +41,7 @@ from caloforge.data.io.native import NativeReader, NativeWriter, is_native
 from caloforge.data.io.pointcloud import PointCloudReader, PointCloudWriter, is_pointcloud
 from caloforge.errors import ConfigError, FormatError
 from caloforge.utils.atomic import atomic_path
+from caloforge.utils.safe_io import GuardedFile, as_resource_error
 
 # Detection order matters: the native format is checked first because it is the most
 # specific; the foreign formats have disjoint required keys.
@@ -106,20 +109,32 @@ def write_showers(path: str | Path, format: str = "caloforge", geometry: str = "
                   lossy: bool = False, **options: Any) -> Iterator[ShowerWriter]:
     """Write showers batch by batch; the file appears only once everything is written.
 
-    ``lossy`` allows dropping what the format cannot hold (extra conditions, overflow,
-    point positions inside a cell).  Native-format option: ``sparse`` (True / False /
+    ``lossy`` allows dropping what the format cannot hold (per-shower conditions that are
+    not constant over the file, overflow, point positions inside a cell); conditions that
+    are constant over the file are kept as file attributes by every format.  A failed
+    write (disk full, quota, I/O error) raises :class:`~caloforge.errors.ResourceError`
+    naming ``path``, and no file is left behind.  Native-format option: ``sparse`` (True / False /
     None = decide from the occupancy of the first batch).
     """
     _check_format(format)
     writer_cls = _FORMATS[format][2]
     with atomic_path(path, overwrite) as tmp:
-        h5 = open_h5(tmp, "w")
         try:
-            writer = writer_cls(h5, geometry, Path(path), metadata, lossy, **options)
-            yield writer
-            writer.finalize()
+            sink = GuardedFile(tmp)
+        except OSError as exc:
+            raise as_resource_error(exc, path) from None
+        try:
+            h5 = h5py.File(sink, "w")
+            try:
+                writer = writer_cls(h5, geometry, Path(path), metadata, lossy, **options)
+                writer.io_guard = sink
+                yield writer
+                writer.finalize()
+            finally:
+                h5.close()
         finally:
-            h5.close()
+            sink.close()
+        sink.raise_if_failed(path)
 
 
 __all__ = [

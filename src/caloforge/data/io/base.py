@@ -23,6 +23,11 @@ from caloforge.geometry import Geometry, get_geometry
 from caloforge.utils.progress import progress
 
 METADATA_ATTR = "caloforge_metadata"
+#: attribute prefix of conditions that are constant over a file whose format has no
+#: per-shower column for them (e.g. ``caloforge_condition_theta`` in radians)
+CONSTANT_ATTR = "caloforge_condition_"
+CONSTANT_SHAPES: dict[str, tuple[int, ...]] = {"theta": (), "phi": (), "particle": (),
+                                               "impact": (2,)}
 
 
 def open_h5(path: str | Path, mode: str = "r") -> h5py.File:
@@ -69,13 +74,32 @@ def read_rows(ds: h5py.Dataset, start: int, stop: int, path: str | Path) -> np.n
 
 
 def read_metadata(h5: h5py.File) -> dict[str, Any]:
-    raw = h5.attrs.get(METADATA_ATTR)
-    if raw is None:
-        return {}
+    """The JSON provenance attribute; {} when absent or unreadable (it is informative only)."""
     try:
-        return json.loads(raw)
-    except (TypeError, ValueError):
+        meta = json.loads(h5.attrs.get(METADATA_ATTR) or "{}")
+    except (OSError, TypeError, ValueError, KeyError):  # foreign or hostile attribute types
         return {}
+    return meta if isinstance(meta, dict) else {}
+
+
+def read_constant_conditions(h5: h5py.File, path: str | Path) -> dict[str, np.ndarray]:
+    """Per-file constant conditions stored as attributes by formats without per-shower
+    columns for them (see :meth:`ShowerWriter.finalize`)."""
+    found = {}
+    for name, shape in CONSTANT_SHAPES.items():
+        key = CONSTANT_ATTR + name
+        if key not in h5.attrs:
+            continue
+        try:
+            value = np.asarray(h5.attrs[key])
+        except (OSError, TypeError, ValueError) as exc:
+            raise FormatError(f"attribute {key!r} cannot be read ({exc})", path) from None
+        if value.dtype.kind not in "iuf" or value.shape != shape \
+                or not np.isfinite(value).all():
+            raise FormatError(f"attribute {key!r} must be {'a pair of' if shape else 'a'} "
+                              f"finite number{'s' if shape else ''}, found {value!r:.80}", path)
+        found[name] = value
+    return found
 
 
 def resolve_geometry(path: str | Path, found: str | None, requested: str | None,
@@ -108,6 +132,7 @@ class ShowerReader(ABC):
         self.h5 = h5
         self.validate = validate
         self.metadata: dict[str, Any] = read_metadata(h5)
+        self.constants = read_constant_conditions(h5, self.path)
         self.geometry_assumed = False
         self.geometry = self._geometry(geometry)
         self.n_showers = self._n_showers()
@@ -124,6 +149,12 @@ class ShowerReader(ABC):
 
     @abstractmethod
     def _read(self, start: int, stop: int) -> ShowerBatch: ...
+
+    def _conditions(self, incident_energy_mev: np.ndarray) -> Conditions:
+        """Conditions from per-shower incident energies plus the file's constants."""
+        n = len(incident_energy_mev)
+        extra = {name: np.repeat(v[None], n, axis=0) for name, v in self.constants.items()}
+        return Conditions(incident_energy_mev, **extra)
 
     # -- public -----------------------------------------------------------------------
     @property
@@ -205,6 +236,10 @@ class ShowerWriter(ABC):
         self.lossy = lossy
         self.options = options
         self.n_written = 0
+        #: set by write_showers: the file whose failed writes are raised after each batch
+        self.io_guard: Any = None
+        self._constants: dict[str, np.ndarray] = {}  # extra conditions constant so far
+        self._dropped: set[str] = set()  # varying extra conditions dropped (lossy)
         self._check_geometry()
 
     def _check_geometry(self) -> None:
@@ -214,19 +249,37 @@ class ShowerWriter(ABC):
     def _append(self, batch: ShowerBatch | PointCloudBatch) -> None: ...
 
     def _check_loss(self, batch: ShowerBatch | PointCloudBatch) -> None:
-        if self.lossy:
-            return
-        dropped = [c for c in batch.conditions.present
-                   if c != "incident_energy" and c not in self.stores]
+        """Conditions the format has no per-shower column for are kept if constant over
+        the file (as attributes); varying ones, and overflow energies the format cannot
+        hold, need ``lossy``."""
+        cond = batch.conditions
+        extra = {c for c in cond.present if c != "incident_energy" and c not in self.stores}
+        if self.n_written == 0:
+            self._constants = {c: np.array(getattr(cond, c)[0]) for c in extra}
+        varying = []
+        for name in sorted((extra | set(self._constants)) - self._dropped):
+            values, ref = getattr(cond, name), self._constants.get(name)
+            if values is None or ref is None:
+                varying.append(f"{name} (set for some showers only)")
+            elif not np.all(values == ref):
+                first = values[np.flatnonzero(np.any((values != ref).reshape(len(values), -1),
+                                                     axis=1))[0]]
+                varying.append(f"{name} (e.g. {_fmt(ref)} and {_fmt(first)})")
+        problems = list(varying)
         if isinstance(batch, ShowerBatch) and batch.overflow is not None \
                 and not self.stores_overflow and np.any(batch.overflow):
-            dropped.append("overflow energies")
-        if dropped:
+            problems.append("overflow energies")
+        if problems and not self.lossy:
             from caloforge.errors import LossyConversionError
 
             raise LossyConversionError(
-                f"format {self.format!r} cannot store {', '.join(dropped)}; they would be lost "
-                "(use --lossy / lossy=True to drop them)", self.target)
+                f"format {self.format!r} cannot store {', '.join(problems)}: it keeps only "
+                "conditions that are the same for every shower of the file; use --lossy / "
+                "lossy=True to drop them", self.target)
+        for item in varying:
+            name = item.split(" ", 1)[0]
+            self._dropped.add(name)
+            self._constants.pop(name, None)
 
     def voxelise(self, batch: ShowerBatch | PointCloudBatch) -> ShowerBatch:
         """Voxelise point clouds for voxel formats, refusing (unless lossy) to drop
@@ -265,12 +318,24 @@ class ShowerWriter(ABC):
         self._check_loss(batch)
         self._append(batch)
         self.n_written += len(batch)
+        if self.io_guard is not None:  # surface a full disk now, not at the end
+            self.h5.flush()
+            self.io_guard.raise_if_failed(self.target)
 
     def finalize(self) -> None:
-        """Write attributes once all batches are in."""
+        """Write attributes once all batches are in: provenance, the conditions that were
+        constant over the file, and the names of those dropped (lossy)."""
         meta = dict(self.metadata)
         meta.setdefault("geometry", self.geometry)
+        if self._dropped:
+            meta["dropped_conditions"] = sorted(self._dropped)
         self.h5.attrs[METADATA_ATTR] = json.dumps(meta, default=str)
+        for name, value in self._constants.items():
+            self.h5.attrs[CONSTANT_ATTR + name] = value
+
+
+def _fmt(value: np.ndarray) -> str:
+    return np.array2string(np.asarray(value), precision=4, separator=",")
 
 
 def append_rows(group: h5py.Group, key: str, data: np.ndarray, chunk_rows: int = 64,

@@ -51,7 +51,7 @@ class CaloChallengeReader(ShowerReader):
         return n
 
     def _read_conditions(self, start: int, stop: int) -> Conditions:
-        return Conditions(read_rows(self.h5["incident_energies"], start, stop, self.path))
+        return self._conditions(read_rows(self.h5["incident_energies"], start, stop, self.path))
 
     def _read(self, start: int, stop: int) -> ShowerBatch:
         return ShowerBatch(self.geometry, read_rows(self.h5["showers"], start, stop, self.path),

@@ -52,8 +52,8 @@ class CaloGANReader(ShowerReader):
         return n
 
     def _read_conditions(self, start: int, stop: int) -> Conditions:
-        return Conditions(read_rows(self.h5["energy"], start, stop, self.path)
-                          .astype(np.float64) * GEV)
+        return self._conditions(read_rows(self.h5["energy"], start, stop, self.path)
+                               .astype(np.float64) * GEV)
 
     def _read(self, start: int, stop: int) -> ShowerBatch:
         parts = [read_rows(self.h5[k], start, stop, self.path).reshape(stop - start, -1)

@@ -4,6 +4,13 @@ Photons (ILD ECAL): group ``30x30`` with ``energy`` (N, 1) incident energy in **
 ``layers`` (N, 30, 30, 30) cell energies in **MeV**, axes (layer, x, y).
 Pions (ILD AHCAL): group ``hcal_only`` with ``energy`` (N, 1) GeV and ``layers``
 (N, 48, 25, 25) MeV.
+
+Data types follow the original files: their production scripts (``create_hdf5.py`` of the
+"Getting High" and "Hadrons, Better, Faster, Stronger" code) store the incident energy
+from the float32 ``mcene`` branch and the layers as ``np.histogram2d`` output, float64.
+Downstream training code depends on it: the BIB-AE feeds the energy column to its critic
+without a cast, so float64 energies fail there on a dtype mismatch (its layers are cast).
+Constant conditions (e.g. theta) are root attributes, see :mod:`caloforge.data.io.base`.
 """
 
 from __future__ import annotations
@@ -25,6 +32,8 @@ from caloforge.geometry import get_geometry
 
 GROUPS = {"30x30": "ild-ecal", "hcal_only": "ild-ahcal"}
 GEV = 1000.0
+ENERGY_DTYPE = np.float32
+LAYERS_DTYPE = np.float64
 
 
 class ILDReader(ShowerReader):
@@ -52,8 +61,8 @@ class ILDReader(ShowerReader):
         return n
 
     def _read_conditions(self, start: int, stop: int) -> Conditions:
-        return Conditions(read_rows(self.group["energy"], start, stop, self.path)
-                          .astype(np.float64) * GEV)
+        return self._conditions(read_rows(self.group["energy"], start, stop, self.path)
+                               .astype(np.float64) * GEV)
 
     def _read(self, start: int, stop: int) -> ShowerBatch:
         layers = read_rows(self.group["layers"], start, stop, self.path)
@@ -75,16 +84,19 @@ class ILDWriter(ShowerWriter):
         batch = self.voxelise(batch)
         geo = get_geometry(self.geometry)
         shape = (len(batch), geo.n_layers) + geo.layer_shape(0)
-        append_rows(self.group, "energy", (batch.incident_energy / GEV).reshape(-1, 1), 4096)
-        append_rows(self.group, "layers", batch.energies.reshape(shape), 16, compression="gzip")
+        append_rows(self.group, "energy", (batch.incident_energy / GEV).reshape(-1, 1)
+                    .astype(ENERGY_DTYPE), 4096)
+        append_rows(self.group, "layers", batch.energies.reshape(shape).astype(LAYERS_DTYPE), 16,
+                    compression="gzip")
 
     def finalize(self) -> None:
         if "layers" not in self.group:
             geo = get_geometry(self.geometry)
             shape = (geo.n_layers,) + geo.layer_shape(0)
-            self.group.create_dataset("energy", shape=(0, 1), maxshape=(None, 1), dtype="f8")
+            self.group.create_dataset("energy", shape=(0, 1), maxshape=(None, 1),
+                                      dtype=ENERGY_DTYPE)
             self.group.create_dataset("layers", shape=(0,) + shape, maxshape=(None,) + shape,
-                                      dtype="f4")
+                                      dtype=LAYERS_DTYPE)
         super().finalize()
 
 

@@ -52,8 +52,8 @@ class PointCloudReader(ShowerReader):
         return events.shape[0]
 
     def _read_conditions(self, start: int, stop: int) -> Conditions:
-        return Conditions(read_rows(self.h5["energy"], start, stop, self.path)
-                          .astype(np.float64) * GEV)
+        return self._conditions(read_rows(self.h5["energy"], start, stop, self.path)
+                               .astype(np.float64) * GEV)
 
     def read_points(self, start: int = 0, stop: int | None = None) -> PointCloudBatch:
         start, stop = self._range(start, stop)
