@@ -11,6 +11,7 @@ import signal
 from collections.abc import Iterator
 from pathlib import Path
 
+import numba
 import numpy as np
 
 from caloforge import __version__
@@ -171,7 +172,9 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--workers must be <= {MAX_WORKERS} (got {workers})")
     output = check_output_path(args.output, args.overwrite)
     meta = {"simulation": cfg.to_dict(), "shard": list(shard), "first_index": start,
-            "stop_index": stop, "caloforge_version": __version__}
+            "stop_index": stop, "caloforge_version": __version__,
+            # the showers of a seed are reproducible with the same numpy and numba
+            "versions": {"numpy": np.__version__, "numba": numba.__version__}}
     rejected = 0
     with _sigterm_interrupts():
         batches = iter_simulate(args.detector, args.particle, energy, n, seed,

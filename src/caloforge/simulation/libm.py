@@ -4,8 +4,8 @@ numpy picks its ``exp``, ``log``, ``log10``, ``log1p``, ``power``, ``arctan2``..
 run time by CPU (AVX-512 / AVX2 / baseline kernels); they agree to ~1 ulp but not bit for
 bit, and one ulp in a cross-section table or an emission angle changes every later
 random decision of a shower.  Measured: the ild-ecal tables, and so the showers of a
-seed, changed with ``NPY_DISABLE_CPU_FEATURES="X86_V4 AVX512_ICL AVX512_SPR"``
-(docs/reproducibility in the simulation package doc).  Python's :mod:`math` calls the C
+seed, changed with ``NPY_DISABLE_CPU_FEATURES="X86_V4 AVX512_ICL AVX512_SPR"`` (see
+"Reproducibility" in :mod:`caloforge.simulation`).  Python's :mod:`math` calls the C
 library's scalar functions -- the same ones the compiled kernel calls -- whose results
 did not change with the CPU features (nor with glibc's FMA variants disabled).  The
 arrays handled here are small (table grids, a shower's secondaries), so the scalar loop
