@@ -13,6 +13,7 @@ from caloforge.data.io import open_showers, read_showers
 from caloforge.errors import CaloforgeError, InputError
 from caloforge.geometry import get_geometry
 from caloforge.simulation import Range, iter_simulate, shard_range, simulate
+from caloforge.simulation.api import pion_min_hits
 
 
 @pytest.fixture(autouse=True)
@@ -73,6 +74,37 @@ def test_pion_cleaning():
     b = simulate("ild-ahcal", "pi+", 10000.0, n=3, seed=4)
     assert np.all((b.energies > 0.25).sum(axis=1) >= 70)
     assert np.all(b.conditions.particle == 211)
+    assert b.metadata["rejected_showers"] >= 0
+
+
+def test_low_energy_pions_are_redrawn_not_aborted():
+    """2 GeV pions (bottom of the documented range) pass the energy-scaled default cut;
+    a shower's redraws come from its own stream, so shower i depends on (seed, i) only."""
+    assert pion_min_hits(2000.0) == 14 and pion_min_hits(10000.0) == pion_min_hits(5e5) == 70
+    b = simulate("ild-ahcal", "pi-", 2000.0, n=6, seed=3, min_hits=25, chunk_size=4)
+    assert np.all((b.energies > 0.25).sum(axis=1) >= 25)
+    assert b.metadata["rejected_showers"] > 0  # most 2 GeV showers have < 25 hits
+    tail = simulate("ild-ahcal", "pi-", 2000.0, n=6, seed=3, min_hits=25, start=4)
+    np.testing.assert_array_equal(tail.energies, b.energies[4:])
+    default = simulate("ild-ahcal", "pi+", (2000.0, 4000.0), n=4, seed=1)
+    cut = [pion_min_hits(e) for e in default.incident_energy]
+    assert np.all((default.energies > 0.25).sum(axis=1) >= cut)
+
+
+def test_impossible_hit_cut_fails_clearly():
+    with pytest.raises(InputError, match=r"none of 200 pi\+ showers of 2 GeV had 1000 cells"):
+        simulate("ild-ahcal", "pi+", 2000.0, n=1, min_hits=1000)
+
+
+def test_cli_reports_rejected_showers(tmp_path, capsys):
+    out = tmp_path / "pi.h5"
+    assert main(["simulate", "--detector", "ild-ahcal", "--particle", "pi+", "--energy", "2",
+                 "-n", "4", "--seed", "3", "--min-hits", "25", "-o", str(out)]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    with open_showers(out) as f:
+        rejected = f.metadata["rejected_showers"]
+    assert rejected > 0
+    assert lines[-1].startswith(f"hit cut: {rejected} showers with too few cells")
 
 
 @pytest.mark.parametrize("kw,match", [
@@ -82,13 +114,36 @@ def test_pion_cleaning():
     (dict(energy=(-5.0, 10.0)), "> 0"),
     (dict(energy=5e7), "outside the range"),
     (dict(particle="pi+", energy=500.0), "outside the range"),
-    (dict(n=0), "must be > 0"),
+    (dict(n=0), "n must be >= 1"),
+    (dict(n=-4), "n must be >= 1"),
+    (dict(n=2.5), "must be an integer"),
+    (dict(n=True), "must be an integer"),
+    (dict(seed=-1), "seed must be >= 0"),
+    (dict(energy=float("nan")), "energy"),
+    (dict(energy="ten"), "energy"),
+    (dict(theta=math.pi / 2), r"theta must lie in \[0, 90\)"),
+    (dict(theta=float("nan")), "theta"),
+    (dict(phi=(0.0, float("inf"))), "phi"),
+    (dict(impact=(1e6, 0.0)), "outside the ild-ecal front face"),
+    (dict(impact=(float("nan"), 0.0)), "impact"),
+    (dict(impact=(1.0,)), "impact"),
+    (dict(min_hits=-1), "min_hits must be >= 0"),
+    (dict(chunk_size=0), "chunk_size must be >= 1"),
+    (dict(chunk_size=-3), "chunk_size must be >= 1"),
+    (dict(workers=0), "workers must be >= 1"),
+    (dict(start=1, stop=1), "empty"),
 ])
 def test_bad_api_input(kw, match):
+    """The Python API refuses what the CLI refuses, before any shower is simulated."""
     args = dict(detector="ild-ecal", particle="photon", energy=1000.0, n=1) | kw
     with pytest.raises(CaloforgeError, match=match):
         list(iter_simulate(args.pop("detector"), args.pop("particle"), args.pop("energy"),
-                           args.pop("n")))
+                           args.pop("n"), **args))
+
+
+def test_impact_on_the_face_is_accepted():
+    b = simulate("ild-ecal", "photon", 1000.0, n=1, seed=0, impact=(70.0, -70.0))
+    assert b.total_energy()[0] > 0
 
 
 def test_range_parsing():

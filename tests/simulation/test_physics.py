@@ -18,9 +18,12 @@ References:
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 from scipy.optimize import curve_fit
+from scipy.stats import gaussian_kde
 
 from caloforge.geometry import get_geometry
 from caloforge.geometry.materials import get_material
@@ -31,9 +34,34 @@ from caloforge.simulation.hadronic import PionShowerModel
 E_C_W = get_material("W").critical_energy_mev
 
 
-def run(engine, particle: str, energy: float, n: int, seed: int = 0, **kw):
+# The seed of every sample here; the tolerances hold for any seed (they include 3
+# bootstrap standard errors), check with e.g. CALOFORGE_PHYSICS_SEED=3 pytest -s ...
+SEED = int(os.environ.get("CALOFORGE_PHYSICS_SEED", "0"))
+
+
+def run(engine, particle: str, energy: float, n: int, seed: int | None = None, **kw):
+    seed = SEED if seed is None else seed
     return [engine.simulate(Primary(particle, energy, **kw), np.random.default_rng((seed, i)))
             for i in range(n)]
+
+
+def bootstrap(statistic, showers, n_boot: int = 40) -> tuple[float, float]:
+    """``statistic(showers)`` and its standard error from resampling whole showers (the
+    cells or steps of one shower are correlated, showers are independent)."""
+    rng = np.random.default_rng(12345)
+    value = statistic(showers)
+    boots = [statistic([showers[i] for i in rng.integers(0, len(showers), len(showers))])
+             for _ in range(n_boot)]
+    return float(value), float(np.std(boots))
+
+
+def check_window(name: str, value: float, error: float, lo: float, hi: float,
+                 max_error: float) -> None:
+    """``value`` inside the physics window [lo, hi] within 3 statistical errors, and the
+    sample large enough for the check to mean something (error < ``max_error``)."""
+    print(f"\n{name}: {value:.4f} +- {error:.4f} (window {lo:g}..{hi:g}, seed {SEED})")
+    assert error < max_error, f"{name}: statistical error {error:.3g} too large"
+    assert lo - 3 * error < value < hi + 3 * error, f"{name} = {value:.4g} +- {error:.2g}"
 
 
 def layer_profile(deps, n_layers: int) -> np.ndarray:
@@ -48,13 +76,15 @@ def fit_tmax(depth_x0: np.ndarray, dens: np.ndarray) -> float:
     return (p[1] - 1) / p[2]
 
 
-def total_deposition_tmax(engine_all, particle: str, energy: float, n: int) -> float:
+def deposition_tmax(geometry, deps) -> float:
     """t_max of the energy deposited in all slabs (absorber + silicon), per X0."""
-    g = engine_all.geometry
-    x0 = np.array([s.radiation_lengths for s in g.layers])
+    x0 = np.array([s.radiation_lengths for s in geometry.layers])
     centre = np.cumsum(x0) - 0.5 * x0
-    prof = layer_profile(run(engine_all, particle, energy, n), g.n_layers)
-    return fit_tmax(centre, prof / x0)
+    return fit_tmax(centre, layer_profile(deps, geometry.n_layers) / x0)
+
+
+def total_deposition_tmax(engine_all, particle: str, energy: float, n: int) -> float:
+    return deposition_tmax(engine_all.geometry, run(engine_all, particle, energy, n))
 
 
 def silicon_tmax(engine, particle: str, energy: float, n: int) -> float:
@@ -108,15 +138,18 @@ def ahcal():
 @pytest.mark.parametrize("particle,c", [("photon", 0.5), ("electron", -0.5)])
 def test_shower_maximum_2gev(ecal_all, particle, c):
     """PDG: t_max = ln(E/E_c) + C.  Small sample at 2 GeV, where the approximation is
-    rougher; the 0.5 X0 requirement is checked at 10-100 GeV in the slow test."""
-    tmax = total_deposition_tmax(ecal_all, particle, 2000.0, 40)
-    assert abs(tmax - (np.log(2000.0 / E_C_W) + c)) < 0.8
+    rougher (0.8 X0); the 0.5 X0 requirement is checked at 10-100 GeV in the slow test."""
+    expect = np.log(2000.0 / E_C_W) + c
+    deps = run(ecal_all, particle, 2000.0, 60)
+    tmax, err = bootstrap(lambda d: deposition_tmax(ecal_all.geometry, d), deps)
+    check_window(f"{particle} t_max", tmax, err, expect - 0.8, expect + 0.8, 0.25)
 
 
 def test_lateral_containment_2gev(ecal):
     """90 % containment radius within 0.8-1.3 Moliere radii (PDG)."""
-    ratio = r90_mm(run(ecal, "photon", 2000.0, 20)) / moliere_radius_mm(ecal.geometry)
-    assert 0.8 <= ratio <= 1.3
+    rm = moliere_radius_mm(ecal.geometry)
+    ratio, err = bootstrap(lambda d: r90_mm(d) / rm, run(ecal, "photon", 2000.0, 30))
+    check_window("R90 / R_M", ratio, err, 0.8, 1.3, 0.08)
 
 
 def test_em_fraction_follows_groom(ahcal):
@@ -124,37 +157,59 @@ def test_em_fraction_follows_groom(ahcal):
     deps = run(ahcal, "pi+", 10000.0, 30)
     f_em = np.array([d.info["em_mev"] / 10000.0 for d in deps])
     groom = 1 - 10.0 ** (0.83 - 1)
-    assert abs(f_em.mean() - groom) < 0.08
-    assert f_em.std() > 0.05  # fluctuates from shower to shower
+    check_window("mean f_em", f_em.mean(), f_em.std(ddof=1) / np.sqrt(len(f_em)),
+                 groom - 0.08, groom + 0.08, 0.04)
+    # it fluctuates from shower to shower
+    spread, err = bootstrap(lambda d: np.std([x.info["em_mev"] / 1e4 for x in d]), deps)
+    check_window("f_em spread", spread, err, 0.05, 1.0, 0.04)
 
 
 def test_pion_is_non_compensating(ahcal):
     """e/pi > 1: pions deposit less visible energy than electrons (invisible energy)."""
-    e = np.mean([d.total for d in run(ahcal, "electron", 10000.0, 8)])
-    pi = np.mean([d.total for d in run(ahcal, "pi+", 10000.0, 20)])
-    assert 1.05 < e / pi < 1.6
+    e = np.array([d.total for d in run(ahcal, "electron", 10000.0, 8)])
+    pi = np.array([d.total for d in run(ahcal, "pi+", 10000.0, 20)])
+    ratio = e.mean() / pi.mean()
+    err = ratio * np.hypot(e.std(ddof=1) / e.mean() / np.sqrt(len(e)),
+                           pi.std(ddof=1) / pi.mean() / np.sqrt(len(pi)))
+    check_window("e/pi", ratio, err, 1.05, 1.6, 0.08)
 
 
 def test_pion_wider_than_electron(ahcal):
-    """The hadronic component spreads much wider laterally than an EM shower."""
-    assert r90_mm(run(ahcal, "pi+", 10000.0, 10)) > 2 * r90_mm(run(ahcal, "electron",
-                                                                    10000.0, 5))
+    """The hadronic component spreads much wider laterally than an EM shower.  Medians of
+    per-shower R90s: a pion's R90 ranges from ~50 to ~500 mm (a few far neutron hits),
+    so pooled or mean R90s are too noisy for a small sample."""
+    r_pi = np.array([r90_mm([d]) for d in run(ahcal, "pi+", 10000.0, 16)])
+    r_e = np.array([r90_mm([d]) for d in run(ahcal, "electron", 10000.0, 6)])
+    ratio, err = bootstrap(lambda idx: np.median(r_pi[idx]) / np.median(r_e),
+                           list(range(len(r_pi))))
+    err = np.hypot(err, ratio * r_e.std(ddof=1) / r_e.mean() / np.sqrt(len(r_e)))
+    check_window("median R90(pi) / median R90(e)", ratio, err, 2.0, np.inf, 1.0)
 
 
-@pytest.mark.parametrize("detector,particle,energy", [("ild-ecal", "photon", 5000.0),
-                                                      ("ild-ahcal", "pi+", 20000.0)])
-def test_shower_cell_spectrum_peaks_at_mip(detector, particle, energy):
-    """The cell-energy spectrum of showers peaks at the geometry's MIP value (within 10 %),
-    the feature seed 001 (Fig. 4) shows for Geant4 and asks generative models to learn."""
+def spectrum_peak(cells_mip: np.ndarray) -> float:
+    """Most probable cell energy (MIP units) in 0.3-3 MIP: the mode of a Gaussian kernel
+    density estimate, much less noisy than the fullest bin of a histogram."""
+    c = cells_mip[(cells_mip > 0.3) & (cells_mip < 3.0)]
+    grid = np.linspace(0.3, 3.0, 541)
+    return float(grid[np.argmax(gaussian_kde(c, bw_method=0.2)(grid))])
+
+
+@pytest.mark.parametrize("detector,particle,energy,n", [("ild-ecal", "photon", 5000.0, 30),
+                                                        ("ild-ahcal", "pi+", 20000.0, 10)])
+def test_shower_cell_spectrum_peaks_at_mip(detector, particle, energy, n):
+    """The cell-energy spectrum of showers peaks at the MIP scale, the feature seed 001
+    (Fig. 4) shows for Geant4 and asks generative models to learn.  The MIP value is the
+    most probable deposit at normal incidence; shower particles cross the cells at
+    angles and overlap, which moves the peak up: 1.16-1.20 MIP in the ECAL at 5 GeV for
+    seeds 0-4 (30 showers, +-0.02 each), hence the window 0.9-1.3 MIP.  (The old check,
+    the fullest bin of a 10-shower histogram within 1.0 +- 0.1, passed by luck: 1.075
+    on one seed and machine, 1.125 on another.)"""
     from caloforge.simulation import simulate
 
-    b = simulate(detector, particle, energy, n=10, seed=2)
-    mip = get_geometry(detector).mip_mev
-    cells = b.energies[b.energies > 0.3 * mip] / mip
-    hist, edges = np.histogram(cells, bins=np.linspace(0.3, 3.0, 55))
-    centres = 0.5 * (edges[1:] + edges[:-1])
-    mode = centres[np.argmax(np.convolve(hist, np.ones(3) / 3, mode="same"))]
-    assert mode == pytest.approx(1.0, abs=0.1)
+    b = simulate(detector, particle, energy, n=n, seed=SEED)
+    cells = b.energies / get_geometry(detector).mip_mev
+    peak, err = bootstrap(lambda rows: spectrum_peak(np.concatenate(rows)), list(cells))
+    check_window(f"{detector} {particle} cell-spectrum peak / MIP", peak, err, 0.9, 1.3, 0.05)
 
 
 # ---------------------------------------------------------------- slow (full statistics)

@@ -15,6 +15,9 @@ from __future__ import annotations
 
 import math
 import multiprocessing as mp
+import os
+import signal
+import threading
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -23,16 +26,29 @@ import numpy as np
 
 from caloforge.data.batch import PARTICLES, Conditions, PointCloudBatch, ShowerBatch
 from caloforge.errors import CaloforgeError, ConfigError, InputError
-from caloforge.geometry import Geometry, get_geometry
+from caloforge.geometry import CartesianGeometry, Geometry, get_geometry
 from caloforge.simulation.engine import Deposits, Primary
 from caloforge.simulation.outputs import cluster_points, point_pitch_mm, voxelise
 
 ENGINES = ("builtin", "geant4")
 PION_NAMES = ("pi+", "pi-")
-# Seed 001: showers with fewer than 70 cells above 0.25 MeV did not shower; rejected.
+# Seed 001 (10-100 GeV pions): showers with fewer than 70 cells above 0.25 MeV "did not
+# shower" and were rejected.  Below 10 GeV that cut would reject nearly every shower (a
+# 2 GeV pion lights ~20 AHCAL cells), so the default scales it with the energy:
+# min_hits(E) = 70 * min(E, 10 GeV) / 10 GeV, which rejects a similar share (~15-30 %)
+# at 2-10 GeV.
 PION_MIN_HITS = 70
+PION_MIN_HITS_FULL_MEV = 10000.0
 PION_HIT_THRESHOLD_MEV = 0.25
-MAX_ATTEMPTS = 1000
+# A rejected shower is redrawn from its own random stream; a shower with no accepted
+# draw in this many tries means an acceptance below ~1.5 % (95 % CL): the request fails.
+MAX_ATTEMPTS = 200
+
+
+def pion_min_hits(energy_mev: float) -> int:
+    """Default hit cut of a pion shower of ``energy_mev`` (see PION_MIN_HITS)."""
+    return int(round(PION_MIN_HITS * min(energy_mev, PION_MIN_HITS_FULL_MEV)
+                     / PION_MIN_HITS_FULL_MEV))
 
 
 @dataclass(frozen=True)
@@ -45,7 +61,7 @@ class Range:
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.lo) and math.isfinite(self.hi)) or self.hi < self.lo:
-            raise InputError(f"invalid range {self.lo}:{self.hi}")
+            raise InputError(f"invalid range {self.lo}:{self.hi} (finite numbers, LO <= HI)")
 
     @classmethod
     def of(cls, value: float | tuple | Range) -> Range:
@@ -68,8 +84,12 @@ class Range:
             hi = float(parts[1]) * scale if len(parts) > 1 else lo
         except ValueError:
             raise InputError(f"cannot parse {what} {text!r}; use X, LO:HI or LO:HI:log") from None
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            raise InputError(f"{what} {text!r} is not a finite number")
         if hi < lo:
             raise InputError(f"{what} range {text!r} is reversed")
+        if log and lo <= 0:
+            raise InputError(f"{what} range {text!r}: a log-uniform range needs LO > 0")
         return cls(lo, hi, log)
 
     def sample(self, rng: np.random.Generator) -> float:
@@ -79,6 +99,31 @@ class Range:
         if self.log:
             return float(math.exp(math.log(self.lo) + u * (math.log(self.hi) - math.log(self.lo))))
         return float(self.lo + u * (self.hi - self.lo))
+
+
+def check_count(value: Any, name: str, minimum: int = 1) -> int:
+    """``value`` as an int >= ``minimum``, or one clear :class:`InputError` naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise InputError(f"{name} must be an integer >= {minimum} (got {value!r})")
+    if value < minimum:
+        raise InputError(f"{name} must be >= {minimum} (got {value})")
+    return int(value)
+
+
+def face_limits(geo: Geometry) -> str:
+    """The front-face area with cells, in words (for error messages)."""
+    if isinstance(geo, CartesianGeometry):
+        hx, hy = geo.extent_mm(0)
+        return f"|x| < {hx:g} mm and |y| < {hy:g} mm"
+    r_max = max((max(e) for e in getattr(geo, "r_edges", ()) if len(e)), default=0.0)
+    return f"x^2 + y^2 < ({r_max:g} mm)^2"
+
+
+def impact_inside(geo: Geometry, x: float, y: float) -> bool:
+    """Whether a particle entering at (x, y) along the beam axis hits a cell of any layer."""
+    cells = geo.locate(np.full(geo.n_layers, x), np.full(geo.n_layers, y),
+                       np.arange(geo.n_layers))
+    return bool(np.any(cells >= 0))
 
 
 @dataclass(frozen=True)
@@ -96,14 +141,14 @@ class SimulationConfig:
     points: bool = False
     realistic: bool = False
     engine: str = "builtin"
-    min_hits: int | None = None  # None: 70 for pions (seed 001), 0 otherwise
+    min_hits: int | None = None  # None: pion default (pion_min_hits), 0 otherwise
     hit_threshold_mev: float = PION_HIT_THRESHOLD_MEV
 
-    @property
-    def effective_min_hits(self) -> int:
+    def min_hits_at(self, energy_mev: float) -> int:
+        """The hit cut applied to a shower of ``energy_mev`` (see :func:`pion_min_hits`)."""
         if self.min_hits is not None:
             return self.min_hits
-        return PION_MIN_HITS if self.particle in PION_NAMES else 0
+        return pion_min_hits(energy_mev) if self.particle in PION_NAMES else 0
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -119,18 +164,34 @@ class SimulationConfig:
         return cls(**d)
 
     def validate(self) -> None:
-        """Raise one clear :class:`CaloforgeError` for anything that cannot be simulated."""
+        """Raise one clear :class:`CaloforgeError` for anything that cannot be simulated.
+
+        Energies must lie in the engine's range (builtin: :data:`SUPPORTED_MEV`, i.e.
+        e+-/photons 10 MeV - 1 TeV, charged pions 2 - 500 GeV; Geant4: > 0), theta in
+        [0, 90) degrees, the impact point on the cells of the detector's front face.
+        """
         geo = get_geometry(self.detector)
         if self.particle not in PARTICLES:
             raise InputError(f"unknown particle {self.particle!r}; known: {', '.join(PARTICLES)}")
         if self.engine not in ENGINES:
             raise ConfigError(f"unknown engine {self.engine!r}; known: {', '.join(ENGINES)}")
+        check_count(self.n, "number of showers n")
+        check_count(self.seed, "seed", minimum=0)
         if self.energy.lo <= 0:
             raise InputError(f"incident energies must be > 0 (got {self.energy.lo / 1e3:g} GeV)")
-        if self.n <= 0:
-            raise InputError(f"number of showers must be > 0 (got {self.n})")
         if not 0 <= self.theta.lo <= self.theta.hi < 0.5 * math.pi:
-            raise InputError("theta must lie in [0, 90) degrees")
+            raise InputError("theta must lie in [0, 90) degrees (got "
+                             f"{math.degrees(self.theta.lo):g}:{math.degrees(self.theta.hi):g})")
+        if len(self.impact) != 2 or not all(math.isfinite(v) for v in self.impact):
+            raise InputError(f"impact must be two finite numbers x, y in mm (got {self.impact})")
+        if not impact_inside(geo, *self.impact):
+            raise InputError(
+                f"impact point ({self.impact[0]:g}, {self.impact[1]:g}) mm is outside the "
+                f"{geo.name} front face ({face_limits(geo)}): the showers would be empty")
+        if self.min_hits is not None:
+            check_count(self.min_hits, "min_hits", minimum=0)
+        if not (math.isfinite(self.hit_threshold_mev) and self.hit_threshold_mev >= 0):
+            raise InputError(f"hit_threshold_mev must be >= 0 (got {self.hit_threshold_mev})")
         if self.points:
             point_pitch_mm(geo)
         if self.engine == "builtin":
@@ -183,40 +244,47 @@ def shower_rng(seed: int, index: int) -> np.random.Generator:
 
 
 def _one_shower(cfg: SimulationConfig, engine, geo: Geometry, index: int
-                ) -> tuple[Primary, Deposits]:
+                ) -> tuple[Primary, Deposits, int]:
+    """Shower ``index`` and how many draws the hit cut rejected before it.  Redraws come
+    from the shower's own stream, so the result depends only on (seed, index)."""
     rng = shower_rng(cfg.seed, index)
     primary = Primary(cfg.particle, cfg.energy.sample(rng), float(cfg.impact[0]),
                       float(cfg.impact[1]), cfg.theta.sample(rng), cfg.phi.sample(rng))
-    min_hits = cfg.effective_min_hits
-    for _ in range(MAX_ATTEMPTS):
+    min_hits = cfg.min_hits_at(primary.energy_mev)
+    for rejected in range(MAX_ATTEMPTS):
         dep = engine.simulate(primary, rng)
         if min_hits <= 0:
-            return primary, dep
+            return primary, dep, rejected
         cells = voxelise([dep], geo, cfg.realistic)[0]
         if int((cells > cfg.hit_threshold_mev).sum()) >= min_hits:
-            return primary, dep
+            return primary, dep, rejected
     raise InputError(
-        f"shower {index}: no {cfg.particle} of {primary.energy_mev / 1e3:g} GeV gave "
-        f"{min_hits} hits above {cfg.hit_threshold_mev} MeV in {MAX_ATTEMPTS} attempts")
+        f"shower {index}: none of {MAX_ATTEMPTS} {cfg.particle} showers of "
+        f"{primary.energy_mev / 1e3:g} GeV had {min_hits} cells above "
+        f"{cfg.hit_threshold_mev:g} MeV (acceptance below ~1.5 %); lower --min-hits / "
+        "min_hits or raise the energy")
 
 
 def simulate_range(cfg: SimulationConfig, start: int, stop: int
                    ) -> ShowerBatch | PointCloudBatch:
-    """Showers ``start..stop-1`` (global indices) of the sample ``cfg``."""
+    """Showers ``start..stop-1`` (global indices) of the sample ``cfg``.  The batch's
+    ``metadata["rejected_showers"]`` counts the draws the hit cut rejected (and redrew)."""
     geo = get_geometry(cfg.detector)
     engine = make_engine(cfg.engine, geo)
     prims, deps = [], []
+    rejected = 0
     for i in range(start, stop):
-        p, d = _one_shower(cfg, engine, geo, i)
+        p, d, r = _one_shower(cfg, engine, geo, i)
         prims.append(p)
         deps.append(d)
+        rejected += r
     cond = Conditions(
         incident_energy=np.array([p.energy_mev for p in prims]),
         theta=np.array([p.theta for p in prims]),
         phi=np.array([p.phi for p in prims]),
         particle=np.full(len(prims), PARTICLES[cfg.particle]),
         impact=np.array([[p.x_mm, p.y_mm] for p in prims]).reshape(-1, 2))
-    meta = {"simulation": cfg.to_dict(), "first_index": start}
+    meta = {"simulation": cfg.to_dict(), "first_index": start, "rejected_showers": rejected}
     if not cfg.points:
         return ShowerBatch(geo.name, voxelise(deps, geo, cfg.realistic), cond, metadata=meta)
     cols: list[list[np.ndarray]] = [[], [], [], [], []]
@@ -230,19 +298,52 @@ def simulate_range(cfg: SimulationConfig, start: int, stop: int
                            lay.astype(np.int64), geo.name, meta)
 
 
+MAX_WORKERS = 1024  # a guard against typos; the pool never exceeds the number of chunks
+
+
+def _watch_parent() -> None:
+    """Worker-process initializer: ignore Ctrl-C (the parent handles it and stops the
+    pool) and exit as soon as the parent process dies, even by SIGKILL, instead of
+    waiting forever for work (the parent's end of the spawn pipe closes on its death)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    parent = mp.parent_process()
+    if parent is None:  # pragma: no cover - always set for spawned workers
+        return
+
+    def wait_then_exit() -> None:
+        parent.join()
+        os._exit(1)
+
+    threading.Thread(target=wait_then_exit, daemon=True, name="parent-watch").start()
+
+
 def _worker(args: tuple[dict, int, int]) -> ShowerBatch | PointCloudBatch:
     cfg, start, stop = args
     return simulate_range(SimulationConfig.from_dict(cfg), start, stop)
 
 
+def _as_range(value: float | tuple | Range, name: str) -> Range:
+    try:
+        return Range.of(value)
+    except (TypeError, ValueError, IndexError, InputError) as exc:
+        raise InputError(f"{name}: {value!r} is not a number or range ({exc})") from None
+
+
 def make_config(detector: str, particle: str, energy: float | tuple | Range, n: int,
-                 seed: int, **kw: Any) -> SimulationConfig:
+                seed: int, **kw: Any) -> SimulationConfig:
+    """A validated :class:`SimulationConfig` (one clear error for any bad value)."""
     for k in ("theta", "phi"):
         if k in kw:
-            kw[k] = Range.of(kw[k])
+            kw[k] = _as_range(kw[k], k)
     if "impact" in kw:
-        kw["impact"] = tuple(float(v) for v in kw["impact"])
-    cfg = SimulationConfig(detector, particle, Range.of(energy), int(n), int(seed), **kw)
+        try:
+            kw["impact"] = tuple(float(v) for v in kw["impact"])
+        except (TypeError, ValueError):
+            raise InputError(f"impact must be two numbers x, y in mm (got {kw['impact']!r})"
+                             ) from None
+    cfg = SimulationConfig(detector, particle, _as_range(energy, "energy"),
+                           check_count(n, "number of showers n"),
+                           check_count(seed, "seed", minimum=0), **kw)
     cfg.validate()
     return cfg
 
@@ -257,14 +358,19 @@ def iter_simulate(detector: str, particle: str, energy: float | tuple | Range, n
     (log-uniform).  Options: ``theta``, ``phi`` (rad, value or range), ``impact``
     (x, y mm), ``points`` (point clouds on the 6x6 finer grid), ``realistic`` (wafer gaps
     and staggering of Cartesian geometries), ``engine``, ``min_hits``.  ``workers`` > 1
-    uses that many processes; the showers are the same whatever ``workers`` is.
+    uses that many processes; the showers are the same whatever ``workers`` is.  Every
+    argument is checked before any shower is made.
     """
     from caloforge.utils import progress as bar
 
     cfg = make_config(detector, particle, energy, n, seed, **options)
+    check_count(chunk_size, "chunk_size")
+    check_count(workers, "workers")
+    if workers > MAX_WORKERS:
+        raise InputError(f"workers must be <= {MAX_WORKERS} (got {workers})")
     stop = cfg.n if stop is None else stop
-    if not 0 <= start <= stop <= cfg.n:
-        raise InputError(f"shower range {start}:{stop} outside 0:{cfg.n}")
+    if not 0 <= start < stop <= cfg.n:
+        raise InputError(f"shower range {start}:{stop} is empty or outside 0:{cfg.n}")
     make_engine(cfg.engine, cfg.detector)  # fail early (e.g. Geant4 missing)
     chunks = [(s, min(s + chunk_size, stop)) for s in range(start, stop, chunk_size)]
     pbar = bar(total=stop - start, desc=f"simulate {particle}", unit="shower", enabled=progress)
@@ -276,7 +382,9 @@ def iter_simulate(detector: str, particle: str, energy: float | tuple | Range, n
                 yield out
         else:
             ctx = mp.get_context("spawn")
-            with ctx.Pool(min(workers, len(chunks))) as pool:
+            # leaving the with-block (also on an exception or a closed generator)
+            # terminates the workers
+            with ctx.Pool(min(workers, len(chunks)), initializer=_watch_parent) as pool:
                 jobs = [(cfg.to_dict(), s, e) for s, e in chunks]
                 for out in pool.imap(_worker, jobs):
                     pbar.update(len(out))
@@ -287,13 +395,15 @@ def iter_simulate(detector: str, particle: str, energy: float | tuple | Range, n
 
 def simulate(detector: str, particle: str, energy: float | tuple | Range, n: int,
              seed: int = 0, **options: Any) -> ShowerBatch | PointCloudBatch:
-    """Simulate ``n`` showers in memory (see :func:`iter_simulate` for the options)."""
+    """Simulate ``n`` showers in memory (see :func:`iter_simulate` for the options).
+    ``metadata["rejected_showers"]`` counts the draws rejected by the hit cut."""
     parts = list(iter_simulate(detector, particle, energy, n, seed, **options))
     if isinstance(parts[0], ShowerBatch):
         out = ShowerBatch.concatenate(parts)
     else:
         out = concatenate_points(parts)
     out.metadata = dict(parts[0].metadata)
+    out.metadata["rejected_showers"] = sum(p.metadata["rejected_showers"] for p in parts)
     return out
 
 
@@ -316,6 +426,9 @@ def shard_range(n: int, shard: int, n_shards: int) -> tuple[int, int]:
     """Global shower indices ``[start, stop)`` of shard ``shard`` (0-based) of ``n_shards``."""
     if n_shards < 1 or not 0 <= shard < n_shards:
         raise InputError(f"shard {shard}/{n_shards} out of range (use i/N with 0 <= i < N)")
+    if n_shards > n:
+        raise InputError(f"shard {shard}/{n_shards}: more shards than showers ({n}), "
+                         "some shards would be empty")
     return n * shard // n_shards, n * (shard + 1) // n_shards
 
 

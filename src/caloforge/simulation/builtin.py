@@ -13,6 +13,7 @@ True
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -156,8 +157,9 @@ class BuiltinEngine:
         self.check(primary.particle, primary.energy_mev)
         state = rng.integers(0, np.iinfo(np.uint64).max, size=4, dtype=np.uint64,
                              endpoint=True)
-        st, ct = np.sin(primary.theta), np.cos(primary.theta)
-        direction = np.array([st * np.cos(primary.phi), st * np.sin(primary.phi), ct])
+        # math, not numpy: numpy's CPU-dispatched loops differ in the last bit (see libm)
+        st, ct = math.sin(primary.theta), math.cos(primary.theta)
+        direction = np.array([st * math.cos(primary.phi), st * math.sin(primary.phi), ct])
         pos = np.array([primary.x_mm, primary.y_mm, 0.0])
         if primary.particle in EM_CODES:
             dep, _, res = self.transport(np.array([EM_CODES[primary.particle]]),

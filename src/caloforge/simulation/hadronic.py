@@ -50,6 +50,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from caloforge.simulation import kernels as K
+from caloforge.simulation import libm
 
 PI0_MASS_MEV = 134.9768
 
@@ -58,7 +59,7 @@ def _isotropic(n: int, rng: np.random.Generator) -> np.ndarray:
     ct = rng.uniform(-1.0, 1.0, n)
     ph = rng.uniform(0.0, 2 * np.pi, n)
     st = np.sqrt(1.0 - ct**2)
-    return np.stack([st * np.cos(ph), st * np.sin(ph), ct], axis=1)
+    return np.stack([st * libm.cos(ph), st * libm.sin(ph), ct], axis=1)
 
 
 def _deflect(direction: np.ndarray, theta: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -71,8 +72,8 @@ def _deflect(direction: np.ndarray, theta: np.ndarray, rng: np.random.Generator)
     e1 = np.cross(d, helper)
     e1 /= np.linalg.norm(e1, axis=1, keepdims=True)
     e2 = np.cross(d, e1)
-    st, ct = np.sin(theta)[:, None], np.cos(theta)[:, None]
-    return ct * d + st * (np.cos(phi)[:, None] * e1 + np.sin(phi)[:, None] * e2)
+    st, ct = libm.sin(theta)[:, None], libm.cos(theta)[:, None]
+    return ct * d + st * (libm.cos(phi)[:, None] * e1 + libm.sin(phi)[:, None] * e2)
 
 
 @dataclass(frozen=True)
@@ -160,7 +161,7 @@ class PionShowerModel:
             es, is_pi0 = es[~soft], is_pi0[~soft]
             if len(es):
                 pt = rng.exponential(self.pt_mev, len(es))
-                theta = np.arctan2(pt, es)
+                theta = libm.arctan2(pt, es)
                 sec_dir = _deflect(np.repeat(d[None], len(es), 0), theta, rng)
                 # pi0 -> 2 photons, isotropic in the pi0 frame: E1 = E/2 (1 + beta cos)
                 e_pi0 = es[is_pi0]

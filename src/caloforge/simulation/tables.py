@@ -34,6 +34,7 @@ from functools import lru_cache
 import numpy as np
 
 from caloforge.geometry.materials import ELECTRON_MASS_MEV, K_BETHE, Material, get_material
+from caloforge.simulation import libm
 
 ME = ELECTRON_MASS_MEV
 R_E_MM = 2.8179403262e-12  # classical electron radius (mm)
@@ -46,7 +47,7 @@ LOG_E_MIN = math.log(1e-3)
 LOG_E_MAX = math.log(1e7)
 N_GRID = 401
 INV_DLOG = (N_GRID - 1) / (LOG_E_MAX - LOG_E_MIN)
-E_GRID = np.exp(np.linspace(LOG_E_MIN, LOG_E_MAX, N_GRID))
+E_GRID = libm.exp(np.linspace(LOG_E_MIN, LOG_E_MAX, N_GRID))
 
 # Fit of the photoelectric coefficient (cm^2/g) at 0.1 MeV: C * Z^4 / A (NIST XCOM W:
 # 3.7 cm^2/g at 100 keV, Fe ~0.19, energy slope ~k^-2.6 between 0.1 and 0.5 MeV).
@@ -84,11 +85,11 @@ class Cuts:
 
 def _density_effect(m: Material, beta_gamma: np.ndarray) -> np.ndarray:
     x0, x1, a, k, minus_c, delta0 = m.sternheimer
-    x = np.log10(np.maximum(beta_gamma, 1e-12))
+    x = libm.log10(np.maximum(beta_gamma, 1e-12))
     two_ln10 = 2.0 * math.log(10.0)
     out = np.where(x >= x1, two_ln10 * x - minus_c,
-                   two_ln10 * x - minus_c + a * np.clip(x1 - x, 0, None) ** k)
-    return np.where(x < x0, delta0 * 10 ** (2.0 * (x - x0)), out)
+                   two_ln10 * x - minus_c + a * libm.power(np.clip(x1 - x, 0, None), k))
+    return np.where(x < x0, delta0 * libm.power(10.0, 2.0 * (x - x0)), out)
 
 
 def electron_restricted_dedx(m: Material, t: np.ndarray, cut: float) -> np.ndarray:
@@ -99,9 +100,9 @@ def electron_restricted_dedx(m: Material, t: np.ndarray, cut: float) -> np.ndarr
     d = np.minimum(cut, 0.5 * t) / ME
     eexc2 = (m.mean_excitation_mev / ME) ** 2
     with np.errstate(divide="ignore", invalid="ignore"):
-        val = (np.log(2.0 * (tau + 2.0) / eexc2) - 1.0 - beta2 + np.log((tau - d) * d)
+        val = (libm.log(2.0 * (tau + 2.0) / eexc2) - 1.0 - beta2 + libm.log((tau - d) * d)
                + tau / (tau - d)
-               + (0.5 * d * d + (2.0 * tau + 1.0) * np.log1p(-d / tau)) / gamma**2)
+               + (0.5 * d * d + (2.0 * tau + 1.0) * libm.log1p(-d / tau)) / gamma**2)
     val = val - _density_effect(m, np.sqrt(tau * (tau + 2.0)))
     n_el = m.electron_density_per_mm3
     out = TWO_PI_RE2_MC2 * n_el * val / beta2
@@ -112,7 +113,7 @@ def brems_sigma(m: Material, t: np.ndarray, kc: float) -> np.ndarray:
     """Inverse mean free path (1/mm) for bremsstrahlung photons above ``kc``."""
     e = t + ME  # total energy carries the spectrum's upper limit (y = k / E)
     yc = np.clip(kc / e, 1e-300, 1.0)
-    integral = (4.0 / 3.0) * np.log(1.0 / yc) - (4.0 / 3.0) * (1.0 - yc) + 0.5 * (1.0 - yc**2)
+    integral = (4.0 / 3.0) * libm.log(1.0 / yc) - (4.0 / 3.0) * (1.0 - yc) + 0.5 * (1.0 - yc**2)
     return np.where(t > kc, integral / m.radiation_length_mm, 0.0)
 
 
@@ -121,7 +122,7 @@ def brems_soft_loss(m: Material, t: np.ndarray, kc: float) -> np.ndarray:
     e = t + ME
     yc = np.minimum(kc / e, 1.0)
     # E * int_0^yc (4/3 - 4/3 y + y^2) dy / X0
-    return e * ((4.0 / 3.0) * yc - (2.0 / 3.0) * yc**2 + yc**3 / 3.0) / m.radiation_length_mm
+    return e * ((4.0 / 3.0) * yc - (2.0 / 3.0) * yc**2 + yc * yc * yc / 3.0) / m.radiation_length_mm
 
 
 def moller_sigma(m: Material, t: np.ndarray, cut: float) -> np.ndarray:
@@ -134,7 +135,7 @@ def moller_sigma(m: Material, t: np.ndarray, cut: float) -> np.ndarray:
     xmax = 0.5
     with np.errstate(divide="ignore", invalid="ignore"):
         cross = ((xmax - xmin) * (1.0 - gg + 1.0 / (xmin * xmax) + 1.0 / ((1 - xmin) * (1 - xmax)))
-                 - gg * np.log(xmax * (1 - xmin) / (xmin * (1 - xmax)))) / beta2
+                 - gg * libm.log(xmax * (1 - xmin) / (xmin * (1 - xmax)))) / beta2
         cross = cross * TWO_PI_RE2_MC2 / t
     out = np.where(t > 2.0 * cut, cross * m.electron_density_per_mm3, 0.0)
     return np.maximum(np.nan_to_num(out, nan=0.0), 0.0)
@@ -143,7 +144,7 @@ def moller_sigma(m: Material, t: np.ndarray, cut: float) -> np.ndarray:
 def klein_nishina_per_electron(k: np.ndarray) -> np.ndarray:
     """Klein-Nishina total cross section per electron (mm^2)."""
     kap = k / ME
-    l2 = np.log1p(2.0 * kap)
+    l2 = libm.log1p(2.0 * kap)
     return 2.0 * math.pi * R_E_MM**2 * (
         (1.0 + kap) / kap**2 * (2.0 * (1.0 + kap) / (1.0 + 2.0 * kap) - l2 / kap)
         + l2 / (2.0 * kap) - (1.0 + 3.0 * kap) / (1.0 + 2.0 * kap) ** 2)
@@ -155,14 +156,14 @@ def pair_sigma(m: Material, k: np.ndarray) -> np.ndarray:
     full = 7.0 / (9.0 * m.radiation_length_mm)
     screened = 28.0 / 9.0 * math.log(183.0 * m.Z ** (-1.0 / 3.0)) - 2.0 / 27.0
     with np.errstate(divide="ignore", invalid="ignore"):
-        unscreened = 28.0 / 9.0 * np.log(2.0 * k / ME) - 218.0 / 27.0
+        unscreened = 28.0 / 9.0 * libm.log(2.0 * k / ME) - 218.0 / 27.0
     ratio = np.clip(np.nan_to_num(unscreened / screened, nan=0.0), 0.0, 1.0)
     return np.where(k > 2.0 * ME, full * ratio, 0.0)
 
 
 def photo_sigma(m: Material, k: np.ndarray) -> np.ndarray:
     """Photoelectric inverse mean free path (1/mm), power-law fit (see module doc)."""
-    per_gram = _PHOTO_C * m.Z**4 / m.A * (np.maximum(k, 1e-6) / 0.1) ** (-_PHOTO_SLOPE)
+    per_gram = _PHOTO_C * m.Z**4 / m.A * libm.power(np.maximum(k, 1e-6) / 0.1, -_PHOTO_SLOPE)
     return per_gram * m.density / 10.0  # cm^2/g * g/cm^3 = 1/cm -> 1/mm
 
 
