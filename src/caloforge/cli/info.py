@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from caloforge.cli._options import non_negative_int
 from caloforge.data.summary import format_summary, summarize
 
 
@@ -14,7 +15,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "ranges, sparsity and size of a shower file.")
     p.add_argument("files", nargs="+", metavar="FILE")
     p.add_argument("--geometry", help="geometry name, if the file does not say")
-    p.add_argument("--max-showers", type=int, default=2000,
+    p.add_argument("--max-showers", type=non_negative_int, default=2000,
                    help="showers scanned for voxel statistics (0 = all; default 2000)")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(func=run)
