@@ -210,3 +210,27 @@ def test_gap_in_a_subprocess(run_files, tmp_path):
     assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
     assert proc.stderr.startswith("caloforge merge: error: the shards miss 2 of the run's 6")
     assert not out.exists() and not leftovers(tmp_path)
+
+
+def test_empty_shards_of_a_small_run(tmp_path, capsys):
+    """With fewer showers than shards some shards are empty; they still count as given."""
+    small = [_simulate(tmp_path, f"t{i}.h5", "--shard", f"{i}/3", "-n", "2") for i in range(3)]
+    assert len(read_showers(small[0])) == 0
+    out = tmp_path / "small.h5"
+    assert run_cli(["merge", out, *small]) == 0
+    assert len(read_showers(out)) == 2 and _meta(out)["complete"] is True
+    expect_failure(capsys, ["merge", tmp_path / "x.h5", small[0], small[1]], "indices 1..1")
+
+
+def test_info_says_which_part_of_a_run_a_file_holds(run_files, tmp_path, capsys):
+    part = tmp_path / "part.h5"
+    assert run_cli(["merge", part, run_files["s0"], run_files["s2"], "--allow-partial"]) == 0
+    capsys.readouterr()
+    assert run_cli(["info", run_files["s1"], part, run_files["whole"]]) == 0
+    runs = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("run ")]
+    assert runs[0].endswith("part of it: indices 2..3 of 0..5")
+    assert runs[1].endswith("part of it: indices 0..1, 4..5 of 0..5")
+    assert runs[2].endswith("complete (6 showers)")
+    bad = _copy_with_meta(run_files["s1"], tmp_path / "bad.h5", stop_index=9)
+    assert run_cli(["info", "--json", bad]) == 0
+    assert "outside the run's 0:6" in json.loads(capsys.readouterr().out)["run"]
