@@ -89,3 +89,14 @@ def test_failed_quickstart_leaves_nothing_behind(tmp_path, monkeypatch, small_mi
     (reused / "notes.txt").write_text("mine")
     assert main(["quickstart", "--out", str(reused), "--overwrite", *argv]) in (1, 130)
     assert [p.name for p in reused.iterdir()] == ["notes.txt"]
+
+
+@pytest.mark.slow
+def test_quickstart_at_its_real_minimum_computes_everything(tmp_path):
+    """With the evaluation's real minimums (about 500 showers, ~1.5 min on 2 busy cores)
+    the smallest sample quickstart accepts leaves no metric uncomputed."""
+    out = tmp_path / "qs"
+    n = max(minimum_showers(classifier=False).values())
+    assert main(["quickstart", "--out", str(out), "--n", str(n), "--no-classifier",
+                 "--workers", "2", "--no-progress"]) == 0
+    assert json.loads((out / "report" / "metrics.json").read_text())["not_computed"] == []

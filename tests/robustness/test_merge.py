@@ -234,3 +234,12 @@ def test_info_says_which_part_of_a_run_a_file_holds(run_files, tmp_path, capsys)
     bad = _copy_with_meta(run_files["s1"], tmp_path / "bad.h5", stop_index=9)
     assert run_cli(["info", "--json", bad]) == 0
     assert "outside the run's 0:6" in json.loads(capsys.readouterr().out)["run"]
+
+
+def test_files_of_another_format_are_refused(run_files, tmp_path, capsys, untouched):
+    other = tmp_path / "cc.h5"
+    assert run_cli(["convert", run_files["s1"], other, "--to", "calochallenge", "--lossy"]) == 0
+    out = tmp_path / "m.h5"
+    expect_failure(capsys, ["merge", out, run_files["s0"], other, run_files["s2"]],
+                   "cc.h5", "format 'calochallenge' differs from 'caloforge'")
+    assert not out.exists()
