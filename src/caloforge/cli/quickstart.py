@@ -138,7 +138,10 @@ def _removed_on_failure(out: Path):
             shutil.rmtree(top, ignore_errors=True)
         else:
             for p in set(out.iterdir()) - before:
-                shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+                if p.is_dir():
+                    shutil.rmtree(p, ignore_errors=True)
+                else:
+                    p.unlink(missing_ok=True)
         raise
 
 
