@@ -159,17 +159,22 @@ def test_generic_run_metadata(run_files, tmp_path, capsys):
     def shard(name, lo, hi, run_id="gen-run-a"):
         with write_showers(tmp_path / name, "caloforge", "ild-ecal",
                            metadata={"run_id": run_id, "run_size": 6, "first_index": lo,
-                                     "stop_index": hi, "model": "toy"}) as w:
+                                     "stop_index": hi, "model": "toy", "n_showers": hi - lo,
+                                     "time_per_shower_ms": 1.0 + lo}) as w:
             w.append(whole[lo:hi])
         return str(tmp_path / name)
 
-    a, b, c = shard("a.h5", 3, 6), shard("b.h5", 0, 3), shard("c.h5", 0, 3, "gen-run-b")
+    a, b, c = shard("a.h5", 2, 6), shard("b.h5", 0, 2), shard("c.h5", 0, 2, "gen-run-b")
     out = tmp_path / "gen.h5"
     assert run_cli(["merge", out, a, b]) == 0
     np.testing.assert_array_equal(read_showers(out).incident_energy, whole.incident_energy)
     meta = _meta(out)
     assert meta["complete"] and meta["run_id"] == "gen-run-a" and meta["model"] == "toy"
-    expect_failure(capsys, ["merge", tmp_path / "x.h5", a], "indices 0..2")
+    # values that differ between the shards are not presented as the merged file's
+    assert "n_showers" not in meta and "time_per_shower_ms" not in meta
+    assert meta["per_input_metadata"] == {"n_showers": [4, 2],
+                                          "time_per_shower_ms": [3.0, 1.0]}
+    expect_failure(capsys, ["merge", tmp_path / "x.h5", a], "indices 0..1")
     expect_failure(capsys, ["merge", tmp_path / "x.h5", a, c], "run gen-run-b of 6 showers")
 
 

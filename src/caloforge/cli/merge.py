@@ -1,4 +1,10 @@
-"""``caloforge merge OUT SHARD...``: join the shards of a run (or concatenate files)."""
+"""``caloforge merge OUT SHARD...``: join the shards of a run (or concatenate files).
+
+The merged file's metadata is that of the inputs, minus the shard keys (see
+:mod:`caloforge.cli._shards`), plus ``merged_from``, ``run_id``, ``run_size`` and
+``complete``.  Values that differ between the inputs (a shard's own shower count or
+timing) are kept per input under ``per_input_metadata``, never presented as the whole's.
+"""
 
 from __future__ import annotations
 
@@ -56,7 +62,14 @@ def _plan(files: list[dict[str, Any]], allow_partial: bool
           ) -> tuple[list[tuple[str, int, int]], dict[str, Any]]:
     """Rows to copy, as (path, first row, stop row) in output order, and the metadata of
     the merged file."""
-    meta = {k: v for k, v in files[0]["meta"].items() if k not in SHARD_KEYS}
+    metas = [{k: v for k, v in f["meta"].items() if k not in SHARD_KEYS} for f in files]
+    differing = sorted({k for m in metas for k in m if any(k not in o or o[k] != m[k]
+                                                           for o in metas)})
+    # A value that differs between the inputs (e.g. a shard's own shower count or timing)
+    # would be wrong for the merged file: keep one value per input instead.
+    meta = {k: v for k, v in metas[0].items() if k not in differing}
+    if differing:
+        meta["per_input_metadata"] = {k: [m.get(k) for m in metas] for k in differing}
     meta["merged_from"] = [f["path"] for f in files]
     shards: list[ShardInfo | None] = [f["shard"] for f in files]
     if all(s is None for s in shards):
