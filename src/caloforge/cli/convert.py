@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+from caloforge.cli._options import positive_int
 from caloforge.data.io import FORMATS, POINT_FORMATS, open_showers, write_showers
+from caloforge.errors import InputError
 from caloforge.utils.progress import progress
 
 
@@ -24,7 +26,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         help="caloforge format: store hits only")
     layout.add_argument("--dense", dest="sparse", action="store_false",
                         help="caloforge format: store dense voxels")
-    p.add_argument("--batch-size", type=int, default=1000, help="showers per batch")
+    p.add_argument("--batch-size", type=positive_int, default=1000,
+                   help="showers per batch (default 1000)")
     p.set_defaults(func=run)
 
 
@@ -32,6 +35,8 @@ def convert(input_path: str, output_path: str, to: str, geometry: str | None = N
             overwrite: bool = False, lossy: bool = False, sparse: bool | None = None,
             batch_size: int = 1000, progress_bar: bool = True) -> int:
     """Convert a file; returns the number of showers written."""
+    if batch_size < 1:
+        raise InputError(f"batch size must be >= 1, got {batch_size}")
     options = {"sparse": sparse} if to == "caloforge" else {}
     with open_showers(input_path, geometry=geometry) as src:
         keep_points = src.is_point_cloud and to in POINT_FORMATS

@@ -8,9 +8,14 @@ incident energies, and the evaluation compares the two and writes its report.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
+
+from caloforge.cli._options import non_negative_int, positive_int
 
 DEFAULT_MODEL = "ild-ecal-photons"
 DETECTOR = "ild-ecal"
@@ -27,17 +32,23 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "the report. Takes a few minutes on 2 cores with the defaults.")
     p.add_argument("--out", default="caloforge-quickstart",
                    help="output folder (default ./caloforge-quickstart)")
-    p.add_argument("--n", type=int, default=1000, help="showers per sample (default 1000)")
-    p.add_argument("--seed", type=int, default=0, help="seed of simulation and generation")
+    p.add_argument("--n", type=positive_int, default=1000,
+                   help="showers per sample (default 1000; the evaluation needs at least "
+                        "about 500, checked before anything runs)")
+    p.add_argument("--seed", type=non_negative_int, default=0,
+                   help="seed of simulation and generation (default 0)")
     p.add_argument("--no-classifier", action="store_true",
                    help="skip the classifier test (the slowest part of the evaluation)")
     p.add_argument("--model", default=DEFAULT_MODEL,
                    help=f"shipped model or model folder (default {DEFAULT_MODEL})")
-    p.add_argument("--workers", type=int, default=2, help="simulation processes (default 2)")
-    p.add_argument("--threads", type=int, default=1,
+    p.add_argument("--workers", type=positive_int, default=2,
+                   help="simulation processes (default 2)")
+    p.add_argument("--threads", type=positive_int, default=1,
                    help="torch threads for generation and the classifier (default 1: on shared "
                         "CPUs more threads were measured to be much slower)")
-    p.add_argument("--overwrite", action="store_true", help="reuse a non-empty output folder")
+    p.add_argument("--overwrite", action="store_true",
+                   help="reuse a non-empty output folder (its reference.h5, generated.h5 "
+                        "and report/ are replaced)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 
@@ -46,28 +57,130 @@ def _say(msg: str) -> None:
     print(f"[quickstart] {msg}", flush=True)
 
 
+#: chance, per test, that a random half of the reference falls below the test's minimum
+HALF_SPLIT_RISK = 1e-6
+
+
+def _n_for_random_halves(per_half: int, splits: int) -> int:
+    """Smallest sample whose ``splits`` random halves all hold >= ``per_half`` showers,
+    except with probability HALF_SPLIT_RISK (each shower joins a half with p = 1/2)."""
+    from scipy.stats import binom
+
+    n = 2 * per_half
+    while 2 * splits * binom.cdf(per_half - 1, n, 0.5) > HALF_SPLIT_RISK:
+        n += 1
+    return n
+
+
+def minimum_showers(classifier: bool = True) -> dict[str, int]:
+    """Showers per sample that each test of the quickstart evaluation needs.
+
+    Every test compares the generated sample with the reference and, for its noise floor,
+    two halves of the reference with each other: random halves (the evaluation's
+    ``N_FLOOR_SPLITS`` of them for the histograms, one for FPD and KPD), exact halves for
+    the classifier.
+    """
+    from caloforge.evaluation import api as E
+    from caloforge.evaluation import classifier as C
+    from caloforge.evaluation import metrics as M
+
+    need = {"histograms": _n_for_random_halves(M.MIN_SHOWERS_HIST, E.N_FLOOR_SPLITS),
+            "FPD": _n_for_random_halves(M.MIN_SHOWERS_FPD, 1),
+            "KPD": _n_for_random_halves(M.MIN_SHOWERS_KPD, 1)}
+    if classifier:
+        need["classifier"] = 2 * C.MIN_SHOWERS_CLASSIFIER
+    return need
+
+
+def _check_model(model: str) -> None:
+    """Refuse a model that cannot generate the quickstart's showers, before simulating."""
+    import numpy as np
+
+    from caloforge.errors import GeometryMismatchError
+    from caloforge.models.base import load
+
+    loaded = load(model)
+    if loaded.geometry.name != DETECTOR:
+        raise GeometryMismatchError(f"--model {model}: generates {loaded.geometry.name} "
+                                    f"showers; the quickstart needs {DETECTOR}")
+    loaded.check_energies(np.array(ENERGY_GEV) * 1e3)
+
+
+def _check_folder(out: Path, overwrite: bool) -> None:
+    from caloforge.errors import InputError, OutputExistsError
+
+    if out.exists() and not out.is_dir():
+        raise InputError("--out exists and is not a folder", out)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise OutputExistsError("quickstart output folder is not empty (use --overwrite or "
+                                "another --out)", out)
+    existing = next(p for p in (out, *out.parents) if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise InputError(f"cannot write into {existing}", out)
+
+
+@contextlib.contextmanager
+def _removed_on_failure(out: Path):
+    """Create ``out``; if the body fails, remove what this run created there (the folder
+    itself if it did not exist), so that a rerun is not blocked by a half-made folder."""
+    top = next((p for p in reversed((out, *out.parents)) if not p.exists()), None)
+    before = set(out.iterdir()) if top is None else set()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        from caloforge.errors import InputError
+
+        raise InputError(f"cannot create the folder ({exc.strerror})", out) from None
+    try:
+        yield
+    except BaseException:
+        if top is not None:
+            shutil.rmtree(top, ignore_errors=True)
+        else:
+            for p in set(out.iterdir()) - before:
+                if p.is_dir():
+                    shutil.rmtree(p, ignore_errors=True)
+                else:
+                    p.unlink(missing_ok=True)
+        raise
+
+
 def quickstart(out: str | Path, n: int = 1000, seed: int = 0, classifier: bool = True,
                model: str = DEFAULT_MODEL, workers: int = 2, overwrite: bool = False,
                show_progress: bool | None = None) -> dict[str, Any]:
-    """Run the quickstart chain; returns a summary dict (paths, timings, key metrics)."""
+    """Run the quickstart chain; returns a summary dict (paths, timings, key metrics).
+
+    The sample size, the output folder and the model are checked before anything runs.
+    If a step fails, what this run created in ``out`` is removed again.
+    """
+    from caloforge.errors import InputError
+
+    need = minimum_showers(classifier)
+    if n < max(need.values()):
+        tests = ", ".join(f"{k} {v}" for k, v in need.items())
+        raise InputError(f"--n {n} is too small for the evaluation (showers needed per "
+                         f"sample: {tests}); use --n {max(need.values())} or more")
+    if seed < 0 or workers < 1:
+        raise InputError(f"seed must be >= 0 and workers >= 1 (got {seed}, {workers})")
+    out = Path(out)
+    _check_folder(out, overwrite)
+    _check_model(model)
+    with _removed_on_failure(out):
+        return _run_chain(out, n, seed, classifier, model, workers, show_progress)
+
+
+def _run_chain(out: Path, n: int, seed: int, classifier: bool, model: str, workers: int,
+               show_progress: bool | None) -> dict[str, Any]:
     import numpy as np
     import torch
 
     from caloforge import __version__
     from caloforge.data.io import write_showers
-    from caloforge.errors import InputError, OutputExistsError
     from caloforge.evaluation import ClassifierConfig, evaluate
     from caloforge.models.generation import generate_file
     from caloforge.simulation import iter_simulate
     from caloforge.simulation.api import make_config
 
-    if n < 20:
-        raise InputError(f"--n {n}: the evaluation needs at least 20 showers per sample")
-    out = Path(out)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise OutputExistsError("quickstart output folder is not empty (use --overwrite or "
-                                "another --out)", out)
-    out.mkdir(parents=True, exist_ok=True)
     ref_path, gen_path, report = out / "reference.h5", out / "generated.h5", out / "report"
     summary: dict[str, Any] = {"out": str(out), "n": n, "seed": seed, "model": model}
 
@@ -118,14 +231,14 @@ def quickstart(out: str | Path, n: int = 1000, seed: int = 0, classifier: bool =
         if isinstance(val, dict) and "auc" in val:
             summary[f"auc_{key}"] = val["auc"]
             summary[f"auc_{key}_floor"] = val.get("auc_floor")
+    summary["not_computed"] = list(res.metrics.get("not_computed", []))
     return summary
 
 
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    if args.threads and args.threads > 0:
-        torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     s = quickstart(args.out, args.n, args.seed, not args.no_classifier, args.model,
                    args.workers, args.overwrite, False if args.no_progress else None)
@@ -146,4 +259,9 @@ def run(args: argparse.Namespace) -> int:
     if s["verdict"]:
         _say("verdicts: " + ", ".join(f"{k} {v}" for k, v in s["verdict"].items()))
     _say(f"done in {time.perf_counter() - t0:.0f} s; report: {Path(s['report']) / 'index.html'}")
+    if s["not_computed"]:
+        from caloforge.errors import CaloforgeError
+
+        raise CaloforgeError(f"{len(s['not_computed'])} results could not be computed (first: "
+                             f"{s['not_computed'][0]}); the report lists them")
     return 0
