@@ -10,7 +10,10 @@ and the checkpoint stores the optimisers, schedulers, grad scaler, the noise gen
 the global torch RNG and the step, so ``N`` steps + resume + ``N`` steps give the same
 weights as ``2N`` steps in one go (bit for bit on CPU).
 
-The training data are held in memory (``max_showers`` caps how many are read).
+The training data are streamed from the file in chunks through a seeded shuffle window
+(:mod:`caloforge.training.dataset`), so memory stays bounded whatever the file size;
+fitted preprocessing and ``finalize`` see a bounded random subsample of the training
+showers (``finalize_showers``, at most ``fit_memory_mb`` of dense showers).
 
 >>> from caloforge.models.toy import toy_geometry, toy_showers
 >>> import numpy as np, tempfile
@@ -42,7 +45,7 @@ import torch
 import yaml
 
 from caloforge import __version__
-from caloforge.data.batch import ShowerBatch
+from caloforge.data.batch import Conditions, ShowerBatch
 from caloforge.errors import (
     CaloforgeError,
     ConfigError,
@@ -59,6 +62,7 @@ from caloforge.models.base import (
 )
 from caloforge.models.config import Config, positive, read_yaml
 from caloforge.training import checkpoint as ckpt
+from caloforge.training.dataset import ShowerStream, open_source, showers_fitting
 from caloforge.training.distributed import (
     DistInfo,
     any_process,
@@ -87,11 +91,15 @@ class TrainConfig(Config):
     amp: str = "auto"  # auto (bf16 on CUDA if supported, else fp16; none on CPU) | bf16 | fp16 | none
     max_showers: int = 0  # 0 = all showers of the file
     stop_after: int = 0  # stop this run after so many steps (resume later); 0 = no limit
-    finalize_showers: int = 50000  # training showers passed to the model's finalize()
+    finalize_showers: int = 50000  # training showers for fit_preprocessing() and finalize()
+    fit_memory_mb: float = 1024.0  # ... at most this much memory of dense float32 showers
+    chunk_showers: int = 256  # consecutive showers read from the file at once
+    shuffle_buffer_mb: float = 512.0  # showers shuffled together (a whole small file: all)
 
     def validate(self) -> None:
         super().validate()
-        positive(self, "batch_size", "keep_checkpoints", "finalize_showers")
+        positive(self, "batch_size", "keep_checkpoints", "finalize_showers", "fit_memory_mb",
+                 "chunk_showers", "shuffle_buffer_mb")
         for key in ("steps", "epochs", "checkpoint_every", "validate_every",
                     "validation_showers", "max_showers", "stop_after"):
             if getattr(self, key) < 0:
@@ -116,7 +124,8 @@ def load_run_config(path: str | Path) -> tuple[dict[str, Any], dict[str, Any], s
 
 
 def load_training_data(path: str | Path, max_showers: int = 0) -> ShowerBatch:
-    """Read a shower file (any supported format) into memory."""
+    """Read a shower file (any supported format) into memory (the whole of it: training
+    itself streams, see :class:`~caloforge.training.dataset.ShowerStream`)."""
     from caloforge.data.io import open_showers
 
     with open_showers(path) as f:
@@ -124,6 +133,12 @@ def load_training_data(path: str | Path, max_showers: int = 0) -> ShowerBatch:
         batch = f.read(0, n)
     batch.validate(str(path))
     return batch
+
+
+def _tensors(batch: ShowerBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    """(voxel energies, incident energies) as float32 tensors (what models train on)."""
+    return (torch.from_numpy(np.ascontiguousarray(batch.energies, dtype=np.float32)),
+            torch.from_numpy(batch.incident_energy.astype(np.float32)))
 
 
 def _amp_settings(amp: str, device: torch.device) -> tuple[torch.dtype | None, bool]:
@@ -176,6 +191,7 @@ class Trainer:
         self.device = device_for(device, self.dist)
         self.show_progress = show_progress
         state: dict[str, Any] | None = None
+        model = None
         if latest is not None:
             model, state, run = ckpt.load_checkpoint(latest, "cpu")
             if model.name != cls.name:
@@ -187,18 +203,28 @@ class Trainer:
             self.cfg = train_config or TrainConfig()
         if not isinstance(data, ShowerBatch):
             data_source = data_source or str(data)
-            data = load_training_data(data, self.cfg.max_showers)
-        elif self.cfg.max_showers > 0:
-            data = data[:self.cfg.max_showers]
         self.data_source = data_source
-        if latest is None:
-            model = cls.from_config(model_config, data.geometry, seed=self.seed, preset=preset)
-        if model.geometry.name != data.geometry:
+        self.source = open_source(data)
+        try:
+            self._build(cls, model, state, model_config,
+                        preset, device)
+        except BaseException:
+            self.source.close()
+            raise
+
+    def _build(self, cls: type[GenerativeModel], model: GenerativeModel | None,
+               state: dict[str, Any] | None, model_config: dict[str, Any] | Config | None,
+               preset: str | None, device: str) -> None:
+        """Model, data stream, optimisers and RNG, restored from ``state`` if resuming."""
+        if model is None:
+            model = cls.from_config(model_config, self.source.geometry, seed=self.seed,
+                                    preset=preset)
+        if model.geometry.name != self.source.geometry:
             raise GeometryMismatchError(
-                f"the model is built for geometry {model.geometry.name!r} but the data are on "
-                f"{data.geometry!r}", data_source or None)
+                f"the model is built for geometry {model.geometry.name!r} but the data are "
+                f"on {self.source.geometry!r}", self.data_source or None)
         self.model = model
-        self._split(data)
+        self._open_stream()
         if state is None:
             model.fit_preprocessing(*self._fit_subset())
         self.model.to(self.device)
@@ -225,42 +251,46 @@ class Trainer:
         self.run_config = {
             "model": self.model.name, "preset": preset, "geometry": self.model.geometry.name,
             "model_config": self.model.config.to_dict(), "training": self.cfg.to_dict(),
-            "seed": self.seed, "data": data_source, "device": str(device),
+            "seed": self.seed, "data": self.data_source, "device": str(device),
             "world_size": self.dist.world_size, "caloforge_version": __version__,
         }
 
     # ---- data ------------------------------------------------------------------------------
-    def _split(self, data: ShowerBatch) -> None:
-        if len(data) < 2:
+    def _open_stream(self) -> None:
+        cfg, n_vox = self.cfg, self.model.geometry.n_voxels
+        n = self.source.n_showers if cfg.max_showers <= 0 else \
+            min(cfg.max_showers, self.source.n_showers)
+        if n < 2:
             raise InputError("need at least 2 showers to train", self.data_source or None)
-        x = torch.from_numpy(np.ascontiguousarray(data.energies, dtype=np.float32))
-        e = torch.from_numpy(data.incident_energy.astype(np.float32))
-        order = torch.randperm(len(x), generator=torch.Generator().manual_seed(self.seed))
-        n_val = min(self.cfg.validation_showers, len(x) // 5) if self.cfg.validate_every else 0
-        val, train = order[:n_val], order[n_val:]
-        self.x_train, self.e_train = x[train], e[train]
-        self.x_val, self.e_val = x[val], e[val]
-        self.n_train = len(train)
-        if self.n_train < self.cfg.batch_size * self.dist.world_size:
+        n_val = min(cfg.validation_showers, n // 5) if cfg.validate_every else 0
+        buffer = showers_fitting(cfg.shuffle_buffer_mb, n_vox)
+        self.stream = ShowerStream(self.source, self.seed, n_val, cfg.chunk_showers, buffer, n)
+        self.n_train = self.stream.n_train
+        if self.n_train < cfg.batch_size * self.dist.world_size:
             raise InputError(f"{self.n_train} training showers are fewer than one batch of "
-                             f"{self.cfg.batch_size} x {self.dist.world_size} processes",
+                             f"{cfg.batch_size} x {self.dist.world_size} processes",
                              self.data_source or None)
+        self.validation_data = self.stream.validation_rows()
 
     def _fit_subset(self) -> tuple[torch.Tensor, torch.Tensor]:
-        n = min(self.n_train, self.cfg.finalize_showers)
-        return self.x_train[:n], self.e_train[:n]
+        """A random subsample of the training showers, bounded in number and memory
+        (what fitted preprocessing and ``finalize`` see)."""
+        cfg = self.cfg
+        n = min(self.n_train, cfg.finalize_showers,
+                showers_fitting(cfg.fit_memory_mb, self.model.geometry.n_voxels))
+        return _tensors(self.stream.gather(self.stream.subsample_index(n)))
 
     def _batch(self, step: int) -> TrainBatch:
         epoch, pos = divmod(step, self.steps_per_epoch)
-        if getattr(self, "_perm_epoch", None) != epoch:
-            g = torch.Generator().manual_seed(self.seed * 7_368_787 + epoch)
-            self._perm = torch.randperm(self.n_train, generator=g)
-            self._perm_epoch = epoch
         bs, world = self.cfg.batch_size, self.dist.world_size
         start = pos * bs * world + self.dist.rank * bs
-        idx = self._perm[start:start + bs]
-        return TrainBatch(self.x_train[idx].to(self.device, non_blocking=True),
-                          self.e_train[idx].to(self.device, non_blocking=True))
+        x, e_inc = _tensors(self.stream.rows(epoch, start, start + bs))
+        return TrainBatch(x.to(self.device, non_blocking=True),
+                          e_inc.to(self.device, non_blocking=True))
+
+    def close(self) -> None:
+        """Close the training file."""
+        self.stream.close()
 
     # ---- state -----------------------------------------------------------------------------
     def _state(self) -> dict[str, Any]:
@@ -271,6 +301,7 @@ class Trainer:
             "scaler": self.scaler.state_dict() if self.scaler is not None else {},
             "noise_generator": self.ctx.generator.get_state(),
             "finished": self.finished,
+            "data_order": self.stream.state(),
         }
 
     def _restore(self, state: dict[str, Any]) -> None:
@@ -286,6 +317,11 @@ class Trainer:
         except (KeyError, ValueError, RuntimeError) as exc:
             raise InputError(f"checkpoint training state does not fit this run: {exc}",
                              self.out) from None
+        stored = state.get("data_order")
+        if stored is not None and stored != self.stream.state():
+            raise InputError("the training data or their streaming settings differ from those "
+                             "of the checkpoint (another file, --max-showers, chunk or buffer "
+                             "size): the run cannot be resumed exactly", self.data_source or None)
         ckpt.restore_global_rng(state)
         self.step = int(state["step"])
         self.finished = bool(state.get("finished", False)) and self.step >= self.total_steps
@@ -302,11 +338,12 @@ class Trainer:
 
     # ---- validation -------------------------------------------------------------------------
     def validate(self) -> dict[str, float]:
-        if len(self.e_val) == 0:
+        if self.validation_data is None:
             return {}
-        geo = self.model.geometry.name
-        from caloforge.data.batch import Conditions
-        real = ShowerBatch(geo, self.x_val.numpy(), Conditions(self.e_val.numpy()))
+        # Incident energies only: the models are conditioned on nothing else yet.
+        held_out = self.validation_data
+        real = ShowerBatch(held_out.geometry, held_out.energies,
+                           Conditions(held_out.incident_energy))
         gen = torch.Generator(device=self.device).manual_seed(self.seed + 17)
         fake = self.model.sample(real.conditions, gen, batch_size=self.cfg.batch_size)
         self.model.train()
@@ -507,6 +544,7 @@ def train(model_name: str, data: ShowerBatch | str | Path, out_dir: str | Path,
     try:
         return trainer.run()
     finally:
+        trainer.close()
         shutdown(trainer.dist)
 
 
