@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 
 import numpy as np
 import pytest
 import torch
 
-from caloforge.errors import FormatError, InputError, OutputExistsError
+from caloforge.errors import CaloforgeError, FormatError, InputError, OutputExistsError
 from caloforge.training import TrainConfig, train
 from caloforge.training.checkpoint import latest_checkpoint, load_checkpoint
 
@@ -68,7 +70,8 @@ def test_failed_checkpoint_write_loses_nothing(toy_data, tmp_path, monkeypatch):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(torch, "save", failing_save)
-    with pytest.raises(OSError, match="No space"):
+    with pytest.raises(CaloforgeError, match="No space left on device; the last checkpoint "
+                                             "step-00000005 is intact"):
         train("wgan", toy_data, out, resume=True, progress=False)
     monkeypatch.setattr(torch, "save", real_save)
     assert latest_checkpoint(out) == before
@@ -77,9 +80,44 @@ def test_failed_checkpoint_write_loses_nothing(toy_data, tmp_path, monkeypatch):
     assert state["step"] == 5
 
 
-def test_interrupt_saves_a_checkpoint_and_resumes(toy_data, tmp_path, monkeypatch):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_signal_stops_after_the_step_and_resumes_bit_for_bit(signum, toy_data, tmp_path,
+                                                              monkeypatch):
+    """The signal arrives in the middle of step 8 (after it drew noise): the run finishes
+    that step, checkpoints step 8 and stops; the resumed run equals an uninterrupted one."""
     from caloforge.models.l2lflows import L2LFlows
+    from caloforge.training.interrupt import TrainingInterrupted
+    cfg = _cfg(steps=12, checkpoint_every=100)
+    straight = train("l2lflows", toy_data, tmp_path / "a", preset="tiny", train_config=cfg,
+                     seed=2, progress=False)
     real_step = L2LFlows.training_step
+    calls = {"n": 0}
+
+    def signalled(self, batch, phase, ctx):
+        calls["n"] += 1
+        losses = real_step(self, batch, phase, ctx)
+        if calls["n"] == 8:
+            os.kill(os.getpid(), signum)
+        return losses
+
+    monkeypatch.setattr(L2LFlows, "training_step", signalled)
+    with pytest.raises(TrainingInterrupted) as info:
+        train("l2lflows", toy_data, tmp_path / "r", preset="tiny", train_config=cfg, seed=2,
+              progress=False)
+    assert info.value.step == 8 and info.value.exit_code == 128 + signum
+    assert latest_checkpoint(tmp_path / "r").name == "step-00000008"
+    assert signal.getsignal(signum) is not None  # handlers restored
+    monkeypatch.setattr(L2LFlows, "training_step", real_step)
+    resumed = train("l2lflows", toy_data, tmp_path / "r", resume=True, progress=False)
+    _assert_same_weights(straight, resumed)
+
+
+def test_interrupt_inside_a_step_keeps_the_last_consistent_checkpoint(toy_data, tmp_path,
+                                                                    monkeypatch):
+    """An exception that aborts a step half-way (a second Ctrl-C) writes no checkpoint of
+    the half-updated state: the last periodic checkpoint stays the latest."""
+    from caloforge.models.wgan import WGAN
+    real_step = WGAN.training_step
     calls = {"n": 0}
 
     def interrupting(self, batch, phase, ctx):
@@ -88,14 +126,33 @@ def test_interrupt_saves_a_checkpoint_and_resumes(toy_data, tmp_path, monkeypatc
             raise KeyboardInterrupt
         return real_step(self, batch, phase, ctx)
 
-    monkeypatch.setattr(L2LFlows, "training_step", interrupting)
+    monkeypatch.setattr(WGAN, "training_step", interrupting)
     with pytest.raises(KeyboardInterrupt):
-        train("l2lflows", toy_data, tmp_path / "r", preset="tiny",
-              train_config=_cfg(steps=12, checkpoint_every=100), progress=False)
-    assert latest_checkpoint(tmp_path / "r").name == "step-00000007"
-    monkeypatch.setattr(L2LFlows, "training_step", real_step)
-    train("l2lflows", toy_data, tmp_path / "r", resume=True, progress=False)
-    assert (tmp_path / "r" / "model" / "model.yaml").is_file()
+        train("wgan", toy_data, tmp_path / "r", preset="tiny", train_config=_cfg(steps=12),
+              progress=False)
+    assert latest_checkpoint(tmp_path / "r").name == "step-00000005"
+
+
+def test_stop_after_does_not_stick_and_metrics_have_no_duplicates(toy_data, tmp_path,
+                                                                 recwarn):
+    out = tmp_path / "r"
+    cfg = _cfg(steps=20, validate_every=2, stop_after=7)
+    train("wgan", toy_data, out, preset="tiny", train_config=cfg, seed=4, progress=False)
+    assert latest_checkpoint(out).name == "step-00000007"
+    # A kill after step 8 was logged but before it was checkpointed, with a torn last line.
+    with open(out / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"step": 8, "phase": "gan"}) + "\n" + '{"step": 1')
+    # Resuming with the original options (less --stop-after) warns of nothing and runs on.
+    train("wgan", toy_data, out, preset="tiny", train_config=cfg.replace(stop_after=0),
+          seed=4, resume=True, progress=False)
+    assert not [w for w in recwarn if "ignoring" in str(w.message)]
+    assert (out / "model" / "model.yaml").is_file()  # ran to the end, not 7 more steps
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [*range(2, 21, 2), 20]  # the last: final validation
+    assert rows[-1]["phase"] == "final"
+    with pytest.warns(UserWarning, match="ignoring batch_size, seed"):
+        train("wgan", toy_data, tmp_path / "r", train_config=cfg.replace(batch_size=8),
+              seed=9, resume=True, progress=False)
 
 
 def test_corrupt_and_foreign_checkpoints(toy_data, tmp_path):

@@ -3,6 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import sys
+
+from caloforge.errors import ConfigError, InputError
+
+# Numeric options and their smallest allowed value (0 has a documented meaning where 0).
+_MINIMUM = {"epochs": 1, "steps": 1, "batch_size": 1, "threads": 1, "seed": 0,
+            "max_showers": 1, "stop_after": 1, "checkpoint_every": 1, "validate_every": 0}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -11,7 +18,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Train an architecture (wgan, bibae, l2lflows, ...) on showers of one "
                     "geometry. Writes OUT/config.yaml, checkpoints under OUT/checkpoints "
                     "(atomic, resumable with --resume), metrics in OUT/metrics.jsonl and the "
-                    "final model folder OUT/model. Multi-process: launch with "
+                    "final model folder OUT/model. SIGINT (Ctrl-C) and SIGTERM stop after the "
+                    "current step with a checkpoint that --resume continues bit for bit "
+                    "(exit code 130 / 143). Multi-process: launch with "
                     "'torchrun --nproc_per_node N -m caloforge.cli train ...'.")
     p.add_argument("--model", required=True, help="architecture name")
     p.add_argument("--data", required=True, help="training shower file (any format)")
@@ -20,15 +29,17 @@ def register(sub: argparse._SubParsersAction) -> None:
                                     "'preset') and 'training'")
     p.add_argument("--preset", help="model size preset (e.g. tiny, default)")
     length = p.add_mutually_exclusive_group()
-    length.add_argument("--epochs", type=int, help="passes over the training data")
-    length.add_argument("--steps", type=int, help="optimisation steps")
-    p.add_argument("--batch-size", type=int, help="showers per step and process")
+    length.add_argument("--epochs", type=int, help="passes over the training data (>= 1)")
+    length.add_argument("--steps", type=int, help="optimisation steps (>= 1)")
+    p.add_argument("--batch-size", type=int, help="showers per step and process (>= 1)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's)")
-    p.add_argument("--seed", type=int, default=0, help="seed of initialisation, shuffling, noise")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of initialisation, shuffling, noise (>= 0)")
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
     p.add_argument("--max-showers", type=int, help="read at most this many showers")
-    p.add_argument("--stop-after", type=int, help="stop this run after N steps (resume later)")
+    p.add_argument("--stop-after", type=int,
+                   help="stop this invocation after N steps (resume later; not remembered)")
     p.add_argument("--amp", choices=["auto", "bf16", "fp16", "none"],
                    help="mixed precision on CUDA (default auto)")
     p.add_argument("--checkpoint-every", type=int, help="steps between checkpoints")
@@ -37,11 +48,38 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def check_options(args: argparse.Namespace) -> None:
+    """Refuse out-of-range numbers and unknown or absent devices before any work."""
+    for key, low in _MINIMUM.items():
+        value = getattr(args, key)
+        if value is not None and value < low:
+            raise ConfigError(f"--{key.replace('_', '-')} must be >= {low}, got {value}")
+    check_train_device(args.device)
+
+
+def check_train_device(device: str) -> None:
+    """An existing device, including the CUDA index (cuda:3 on a one-GPU machine)."""
+    # TODO(lead): unify with the shared device check being added to caloforge.utils.
+    import torch
+
+    from caloforge.models.base import check_device
+
+    try:
+        dev = check_device(device)
+    except InputError as exc:
+        raise InputError(f"--device: {exc}") from None
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise InputError(f"--device: {device!r} requested but only "
+                         f"{torch.cuda.device_count()} CUDA device(s) are available")
+
+
 def run(args: argparse.Namespace) -> int:
+    check_options(args)
     # Imported here so that `caloforge --help` does not pay for torch.
     import torch
 
     from caloforge.models.base import get_model_class
+    from caloforge.training.interrupt import TrainingInterrupted
     from caloforge.training.loop import TrainConfig, load_run_config, train
 
     if args.threads:
@@ -59,9 +97,13 @@ def run(args: argparse.Namespace) -> int:
     if args.steps is not None:
         train_cfg["epochs"] = 0
     cfg = TrainConfig.from_dict(train_cfg, source=args.config)
-    model = train(args.model, args.data, args.out, model_cfg, args.preset or preset, cfg,
-                  args.device, args.seed, args.resume,
-                  progress=False if args.no_progress else None)
+    try:
+        model = train(args.model, args.data, args.out, model_cfg, args.preset or preset, cfg,
+                      args.device, args.seed, args.resume,
+                      progress=False if args.no_progress else None)
+    except TrainingInterrupted as stop:
+        print(f"caloforge train: {stop}", file=sys.stderr)
+        return stop.exit_code
     import os
     from pathlib import Path
     if os.environ.get("RANK", "0") == "0":  # one message per torchrun job

@@ -133,17 +133,36 @@ def save_checkpoint(out_dir: str | Path, step: int, model: GenerativeModel,
     """
     ckdir = Path(out_dir) / "checkpoints"
     name = f"step-{step:08d}"
+    existed = (ckdir / name).exists()
     with atomic_dir(ckdir / name) as tmp:
         _write_model_files(model, tmp)
         torch.save({**training_state, "global_rng": _rng_state()}, tmp / STATE_FILE)
         (tmp / RUN_FILE).write_text(yaml.safe_dump(run_config, sort_keys=False))
-    with atomic_path(ckdir / LATEST, overwrite=True) as tmp:
-        tmp.write_text(json.dumps({"checkpoint": name, "step": step}))
+    try:
+        with atomic_path(ckdir / LATEST, overwrite=True) as tmp:
+            tmp.write_text(json.dumps({"checkpoint": name, "step": step}))
+    except BaseException:
+        if not existed:  # the pointer still names the previous checkpoint: drop the orphan
+            shutil.rmtree(ckdir / name, ignore_errors=True)
+        raise
     existing = sorted(p for p in ckdir.glob("step-*") if p.is_dir())
     for old in existing[:-keep] if keep > 0 else []:
         if old.name != name:
             shutil.rmtree(old, ignore_errors=True)
     return ckdir / name
+
+
+def remove_stale_parts(out_dir: str | Path) -> list[Path]:
+    """Remove the temporary folders (``.*.part``, ``.*.old``) that a killed run left in
+    ``OUT/checkpoints``; returns what was removed."""
+    ckdir = Path(out_dir) / "checkpoints"
+    stale = [p for pattern in (".*.part", ".*.old") for p in ckdir.glob(pattern)]
+    for p in stale:
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+    return stale
 
 
 def latest_checkpoint(out_dir: str | Path) -> Path | None:

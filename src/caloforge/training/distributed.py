@@ -97,3 +97,13 @@ def barrier(info: DistInfo) -> None:
 def shutdown(info: DistInfo) -> None:
     if info.enabled and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def any_process(flag: bool, info: DistInfo) -> bool:
+    """True on every process if ``flag`` is true on any (e.g. a stop request that only
+    some processes received), so that all stop at the same step."""
+    if not info.enabled:
+        return flag
+    t = torch.tensor([int(flag)], device="cuda" if dist.get_backend() == "nccl" else "cpu")
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())

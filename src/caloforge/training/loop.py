@@ -10,7 +10,10 @@ and the checkpoint stores the optimisers, schedulers, grad scaler, the noise gen
 the global torch RNG and the step, so ``N`` steps + resume + ``N`` steps give the same
 weights as ``2N`` steps in one go (bit for bit on CPU).
 
-The training data are held in memory (``max_showers`` caps how many are read).
+The training data are streamed from the file in chunks through a seeded shuffle window
+(:mod:`caloforge.training.dataset`), so memory stays bounded whatever the file size;
+fitted preprocessing and ``finalize`` see a bounded random subsample of the training
+showers (``finalize_showers``, at most ``fit_memory_mb`` of dense showers).
 
 >>> from caloforge.models.toy import toy_geometry, toy_showers
 >>> import numpy as np, tempfile
@@ -26,9 +29,13 @@ The training data are held in memory (``max_showers`` caps how many are read).
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,8 +45,14 @@ import torch
 import yaml
 
 from caloforge import __version__
-from caloforge.data.batch import ShowerBatch
-from caloforge.errors import ConfigError, GeometryMismatchError, InputError, OutputExistsError
+from caloforge.data.batch import Conditions, ShowerBatch
+from caloforge.errors import (
+    CaloforgeError,
+    ConfigError,
+    GeometryMismatchError,
+    InputError,
+    OutputExistsError,
+)
 from caloforge.models.base import (
     GenerativeModel,
     StepContext,
@@ -49,8 +62,10 @@ from caloforge.models.base import (
 )
 from caloforge.models.config import Config, positive, read_yaml
 from caloforge.training import checkpoint as ckpt
+from caloforge.training.dataset import ShowerStream, open_source, showers_fitting
 from caloforge.training.distributed import (
     DistInfo,
+    any_process,
     barrier,
     broadcast_state,
     device_for,
@@ -58,7 +73,8 @@ from caloforge.training.distributed import (
     make_grad_sync,
     shutdown,
 )
-from caloforge.utils import progress
+from caloforge.training.interrupt import StopRequest, TrainingInterrupted
+from caloforge.utils import atomic_path, progress
 
 
 @dataclass
@@ -75,12 +91,20 @@ class TrainConfig(Config):
     amp: str = "auto"  # auto (bf16 on CUDA if supported, else fp16; none on CPU) | bf16 | fp16 | none
     max_showers: int = 0  # 0 = all showers of the file
     stop_after: int = 0  # stop this run after so many steps (resume later); 0 = no limit
-    finalize_showers: int = 50000  # training showers passed to the model's finalize()
+    finalize_showers: int = 50000  # training showers for fit_preprocessing() and finalize()
+    fit_memory_mb: float = 1024.0  # ... at most this much memory of dense float32 showers
+    chunk_showers: int = 256  # consecutive showers read from the file at once
+    shuffle_buffer_mb: float = 512.0  # showers shuffled together (a whole small file: all)
 
     def validate(self) -> None:
         super().validate()
-        positive(self, "batch_size", "keep_checkpoints")
-        if self.steps < 0 or self.epochs < 0 or (self.steps == 0 and self.epochs == 0):
+        positive(self, "batch_size", "keep_checkpoints", "finalize_showers", "fit_memory_mb",
+                 "chunk_showers", "shuffle_buffer_mb")
+        for key in ("steps", "epochs", "checkpoint_every", "validate_every",
+                    "validation_showers", "max_showers", "stop_after"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"config key {key!r} must be >= 0, got {getattr(self, key)}")
+        if self.steps == 0 and self.epochs == 0:
             raise ConfigError("give a positive number of steps or epochs")
         if self.amp not in ("auto", "bf16", "fp16", "none"):
             raise ConfigError(f"config key 'amp' must be auto|bf16|fp16|none, got {self.amp!r}")
@@ -100,7 +124,8 @@ def load_run_config(path: str | Path) -> tuple[dict[str, Any], dict[str, Any], s
 
 
 def load_training_data(path: str | Path, max_showers: int = 0) -> ShowerBatch:
-    """Read a shower file (any supported format) into memory."""
+    """Read a shower file (any supported format) into memory (the whole of it: training
+    itself streams, see :class:`~caloforge.training.dataset.ShowerStream`)."""
     from caloforge.data.io import open_showers
 
     with open_showers(path) as f:
@@ -108,6 +133,12 @@ def load_training_data(path: str | Path, max_showers: int = 0) -> ShowerBatch:
         batch = f.read(0, n)
     batch.validate(str(path))
     return batch
+
+
+def _tensors(batch: ShowerBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    """(voxel energies, incident energies) as float32 tensors (what models train on)."""
+    return (torch.from_numpy(np.ascontiguousarray(batch.energies, dtype=np.float32)),
+            torch.from_numpy(batch.incident_energy.astype(np.float32)))
 
 
 def _amp_settings(amp: str, device: torch.device) -> tuple[torch.dtype | None, bool]:
@@ -146,44 +177,54 @@ def validation_summary(batch: ShowerBatch) -> dict[str, float]:
 class Trainer:
     """Runs one training (see :func:`train`); attributes are for inspection in tests."""
 
-    def __init__(self, model_name: str, data: ShowerBatch, out_dir: str | Path,
+    def __init__(self, model_name: str, data: ShowerBatch | str | Path, out_dir: str | Path,
                  model_config: dict[str, Any] | Config | None = None,
                  preset: str | None = None, train_config: TrainConfig | None = None,
                  device: str = "cpu", seed: int = 0, resume: bool = False,
                  show_progress: bool | None = None, data_source: str = "") -> None:
-        self.cfg = train_config or TrainConfig()
         self.out = Path(out_dir)
         self.seed = int(seed)
         check_device(device)
+        cls = get_model_class(model_name)
+        latest = prepare_output(self.out, resume)
         self.dist: DistInfo = init_distributed(device)
         self.device = device_for(device, self.dist)
         self.show_progress = show_progress
-        self.data_source = data_source
-        cls = get_model_class(model_name)
-        latest = ckpt.latest_checkpoint(self.out) if self.out.exists() else None
-        if resume and latest is None:
-            raise InputError("nothing to resume: no checkpoint in the output folder", self.out)
-        if not resume and self.out.exists() and any(self.out.iterdir()):
-            raise OutputExistsError("training output folder is not empty (use --resume to "
-                                    "continue a run, or choose a new folder)", self.out)
         state: dict[str, Any] | None = None
+        model = None
         if latest is not None:
             model, state, run = ckpt.load_checkpoint(latest, "cpu")
             if model.name != cls.name:
                 raise InputError(f"the checkpoint holds a {model.name!r} model, not "
                                  f"{model_name!r}", latest)
-            self.seed = int(run.get("seed", self.seed))
-            preset = run.get("preset", preset)
-            self.cfg = TrainConfig.from_dict({**run.get("training", {}),
-                                              **_resume_overrides(train_config)})
+            self.cfg, self.seed, preset = resumed_settings(run, train_config, seed, preset)
+            ckpt.remove_stale_parts(self.out)
         else:
-            model = cls.from_config(model_config, data.geometry, seed=self.seed, preset=preset)
-        if model.geometry.name != data.geometry:
+            self.cfg = train_config or TrainConfig()
+        if not isinstance(data, ShowerBatch):
+            data_source = data_source or str(data)
+        self.data_source = data_source
+        self.source = open_source(data)
+        try:
+            self._build(cls, model, state, model_config,
+                        preset, device)
+        except BaseException:
+            self.source.close()
+            raise
+
+    def _build(self, cls: type[GenerativeModel], model: GenerativeModel | None,
+               state: dict[str, Any] | None, model_config: dict[str, Any] | Config | None,
+               preset: str | None, device: str) -> None:
+        """Model, data stream, optimisers and RNG, restored from ``state`` if resuming."""
+        if model is None:
+            model = cls.from_config(model_config, self.source.geometry, seed=self.seed,
+                                    preset=preset)
+        if model.geometry.name != self.source.geometry:
             raise GeometryMismatchError(
-                f"the model is built for geometry {model.geometry.name!r} but the data are on "
-                f"{data.geometry!r}", data_source or None)
+                f"the model is built for geometry {model.geometry.name!r} but the data are "
+                f"on {self.source.geometry!r}", self.data_source or None)
         self.model = model
-        self._split(data)
+        self._open_stream()
         if state is None:
             model.fit_preprocessing(*self._fit_subset())
         self.model.to(self.device)
@@ -202,47 +243,54 @@ class Trainer:
         self.phase_bounds = _phase_bounds(self.model, self.total_steps)
         self.step = 0
         self.finished = False
+        self.stop = StopRequest()
         if state is not None:
             self._restore(state)
+            if self.dist.is_main:
+                truncate_metrics(self.out / METRICS_FILE, self.step, self.finished)
         self.run_config = {
             "model": self.model.name, "preset": preset, "geometry": self.model.geometry.name,
             "model_config": self.model.config.to_dict(), "training": self.cfg.to_dict(),
-            "seed": self.seed, "data": data_source, "device": str(device),
+            "seed": self.seed, "data": self.data_source, "device": str(device),
             "world_size": self.dist.world_size, "caloforge_version": __version__,
         }
 
     # ---- data ------------------------------------------------------------------------------
-    def _split(self, data: ShowerBatch) -> None:
-        if len(data) < 2:
+    def _open_stream(self) -> None:
+        cfg, n_vox = self.cfg, self.model.geometry.n_voxels
+        n = self.source.n_showers if cfg.max_showers <= 0 else \
+            min(cfg.max_showers, self.source.n_showers)
+        if n < 2:
             raise InputError("need at least 2 showers to train", self.data_source or None)
-        x = torch.from_numpy(np.ascontiguousarray(data.energies, dtype=np.float32))
-        e = torch.from_numpy(data.incident_energy.astype(np.float32))
-        order = torch.randperm(len(x), generator=torch.Generator().manual_seed(self.seed))
-        n_val = min(self.cfg.validation_showers, len(x) // 5) if self.cfg.validate_every else 0
-        val, train = order[:n_val], order[n_val:]
-        self.x_train, self.e_train = x[train], e[train]
-        self.x_val, self.e_val = x[val], e[val]
-        self.n_train = len(train)
-        if self.n_train < self.cfg.batch_size * self.dist.world_size:
+        n_val = min(cfg.validation_showers, n // 5) if cfg.validate_every else 0
+        buffer = showers_fitting(cfg.shuffle_buffer_mb, n_vox)
+        self.stream = ShowerStream(self.source, self.seed, n_val, cfg.chunk_showers, buffer, n)
+        self.n_train = self.stream.n_train
+        if self.n_train < cfg.batch_size * self.dist.world_size:
             raise InputError(f"{self.n_train} training showers are fewer than one batch of "
-                             f"{self.cfg.batch_size} x {self.dist.world_size} processes",
+                             f"{cfg.batch_size} x {self.dist.world_size} processes",
                              self.data_source or None)
+        self.validation_data = self.stream.validation_rows()
 
     def _fit_subset(self) -> tuple[torch.Tensor, torch.Tensor]:
-        n = min(self.n_train, self.cfg.finalize_showers)
-        return self.x_train[:n], self.e_train[:n]
+        """A random subsample of the training showers, bounded in number and memory
+        (what fitted preprocessing and ``finalize`` see)."""
+        cfg = self.cfg
+        n = min(self.n_train, cfg.finalize_showers,
+                showers_fitting(cfg.fit_memory_mb, self.model.geometry.n_voxels))
+        return _tensors(self.stream.gather(self.stream.subsample_index(n)))
 
     def _batch(self, step: int) -> TrainBatch:
         epoch, pos = divmod(step, self.steps_per_epoch)
-        if getattr(self, "_perm_epoch", None) != epoch:
-            g = torch.Generator().manual_seed(self.seed * 7_368_787 + epoch)
-            self._perm = torch.randperm(self.n_train, generator=g)
-            self._perm_epoch = epoch
         bs, world = self.cfg.batch_size, self.dist.world_size
         start = pos * bs * world + self.dist.rank * bs
-        idx = self._perm[start:start + bs]
-        return TrainBatch(self.x_train[idx].to(self.device, non_blocking=True),
-                          self.e_train[idx].to(self.device, non_blocking=True))
+        x, e_inc = _tensors(self.stream.rows(epoch, start, start + bs))
+        return TrainBatch(x.to(self.device, non_blocking=True),
+                          e_inc.to(self.device, non_blocking=True))
+
+    def close(self) -> None:
+        """Close the training file."""
+        self.stream.close()
 
     # ---- state -----------------------------------------------------------------------------
     def _state(self) -> dict[str, Any]:
@@ -253,6 +301,7 @@ class Trainer:
             "scaler": self.scaler.state_dict() if self.scaler is not None else {},
             "noise_generator": self.ctx.generator.get_state(),
             "finished": self.finished,
+            "data_order": self.stream.state(),
         }
 
     def _restore(self, state: dict[str, Any]) -> None:
@@ -268,25 +317,33 @@ class Trainer:
         except (KeyError, ValueError, RuntimeError) as exc:
             raise InputError(f"checkpoint training state does not fit this run: {exc}",
                              self.out) from None
+        stored = state.get("data_order")
+        if stored is not None and stored != self.stream.state():
+            raise InputError("the training data or their streaming settings differ from those "
+                             "of the checkpoint (another file, --max-showers, chunk or buffer "
+                             "size): the run cannot be resumed exactly", self.data_source or None)
         ckpt.restore_global_rng(state)
         self.step = int(state["step"])
         self.finished = bool(state.get("finished", False)) and self.step >= self.total_steps
 
     def save(self) -> Path | None:
+        """Checkpoint the state after the last completed step (main process writes)."""
         path = None
         if self.dist.is_main:
-            path = ckpt.save_checkpoint(self.out, self.step, self.model, self._state(),
-                                        self.run_config, keep=self.cfg.keep_checkpoints)
+            with write_errors(self.out, "checkpoint"):
+                path = ckpt.save_checkpoint(self.out, self.step, self.model, self._state(),
+                                            self.run_config, keep=self.cfg.keep_checkpoints)
         barrier(self.dist)
         return path
 
     # ---- validation -------------------------------------------------------------------------
     def validate(self) -> dict[str, float]:
-        if len(self.e_val) == 0:
+        if self.validation_data is None:
             return {}
-        geo = self.model.geometry.name
-        from caloforge.data.batch import Conditions
-        real = ShowerBatch(geo, self.x_val.numpy(), Conditions(self.e_val.numpy()))
+        # Incident energies only: the models are conditioned on nothing else yet.
+        held_out = self.validation_data
+        real = ShowerBatch(held_out.geometry, held_out.energies,
+                           Conditions(held_out.incident_energy))
         gen = torch.Generator(device=self.device).manual_seed(self.seed + 17)
         fake = self.model.sample(real.conditions, gen, batch_size=self.cfg.batch_size)
         self.model.train()
@@ -296,15 +353,32 @@ class Trainer:
 
     def _log(self, record: dict[str, Any]) -> None:
         if self.dist.is_main:
-            with open(self.out / "metrics.jsonl", "a") as f:
+            with write_errors(self.out, METRICS_FILE), open(self.out / METRICS_FILE, "a") as f:
                 f.write(json.dumps(record) + "\n")
+
+    def _stop_requested(self) -> bool:
+        """Whether any process got SIGINT/SIGTERM (all must stop at the same step)."""
+        return any_process(bool(self.stop), self.dist)
+
+    def _interrupted(self) -> TrainingInterrupted:
+        path = self.save()
+        return TrainingInterrupted(self.stop.signum or signal.SIGINT, self.step, path)
 
     # ---- the loop ---------------------------------------------------------------------------
     def run(self) -> GenerativeModel:
+        """Train to the end (or ``stop_after`` steps), checkpointing on the way.
+
+        SIGINT/SIGTERM stop the run after the step under way with a checkpoint and raise
+        :class:`TrainingInterrupted`; ``--resume`` continues it bit for bit."""
+        with self.stop:
+            return self._run()
+
+    def _run(self) -> GenerativeModel:
         if self.dist.is_main:
-            self.out.mkdir(parents=True, exist_ok=True)
-            (self.out / "config.yaml").write_text(yaml.safe_dump(self.run_config,
-                                                                 sort_keys=False))
+            with write_errors(self.out, "config.yaml"):
+                self.out.mkdir(parents=True, exist_ok=True)
+                (self.out / "config.yaml").write_text(yaml.safe_dump(self.run_config,
+                                                                     sort_keys=False))
         cfg = self.cfg
         stop_at = self.total_steps if cfg.stop_after <= 0 else \
             min(self.total_steps, self.step + cfg.stop_after)
@@ -312,41 +386,16 @@ class Trainer:
                        enabled=self.show_progress if self.dist.is_main else False)
         bar.update(self.step)
         self.model.train()
-        t0, losses = time.perf_counter(), {}
+        t0 = time.perf_counter()
         try:
             while self.step < stop_at:
-                step = self.step
-                phase = _phase_at(self.phase_bounds, step)
-                self.ctx.step_index, self.ctx.epoch = step, step // self.steps_per_epoch
-                losses = self.model.training_step(self._batch(step), phase, self.ctx)
-                with warnings.catch_warnings():
-                    # Phased models leave some optimisers idle; their schedulers still tick.
-                    warnings.simplefilter("ignore", UserWarning)
-                    for s in self.schedulers.values():
-                        s.step()
-                self.step = step + 1
-                if self.step % self.steps_per_epoch == 0:
-                    self.model.on_epoch_end(self.step // self.steps_per_epoch - 1, self.ctx)
-                bar.update(1)
-                bar.set_postfix({"phase": phase, **{k: f"{v:.3g}" for k, v in losses.items()}},
-                                refresh=False)
-                record: dict[str, Any] = {}
-                if cfg.validate_every and self.step % cfg.validate_every == 0 \
-                        and self.dist.is_main:
-                    record = self.validate()
-                    bar.write(f"step {self.step}: " + ", ".join(
-                        f"{k} {v:.4g}" for k, v in record.items()))
-                if record or self.step % 50 == 0:
-                    self._log({"step": self.step, "phase": phase, **losses, **record,
-                               "elapsed_s": round(time.perf_counter() - t0, 2)})
-                if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 \
-                        and self.step < self.total_steps:
-                    self.save()
-        except KeyboardInterrupt:
+                if self._stop_requested():
+                    raise self._interrupted()
+                self._one_step(bar, t0)
+        finally:
             bar.close()
-            self.save()  # keep the work done so far; --resume continues from here
-            raise
-        bar.close()
+        if self._stop_requested():
+            raise self._interrupted()
         if self.step >= self.total_steps and not self.finished:
             self.model.finalize(*self._fit_subset(), self.ctx.generator)
             self.finished = True
@@ -354,25 +403,131 @@ class Trainer:
                 self._log({"step": self.step, "phase": "final", **self.validate()})
         self.save()
         if self.finished and self.dist.is_main:
-            self.model.save(self.out / "model")
+            with write_errors(self.out, "model"):
+                self.model.save(self.out / "model")
         barrier(self.dist)
         return self.model
 
+    def _one_step(self, bar: Any, t0: float) -> None:
+        """One optimisation step with its bookkeeping (log, validation, checkpoint)."""
+        cfg, step = self.cfg, self.step
+        phase = _phase_at(self.phase_bounds, step)
+        self.ctx.step_index, self.ctx.epoch = step, step // self.steps_per_epoch
+        losses = self.model.training_step(self._batch(step), phase, self.ctx)
+        with warnings.catch_warnings():
+            # Phased models leave some optimisers idle; their schedulers still tick.
+            warnings.simplefilter("ignore", UserWarning)
+            for s in self.schedulers.values():
+                s.step()
+        self.step = step + 1
+        if self.step % self.steps_per_epoch == 0:
+            self.model.on_epoch_end(self.step // self.steps_per_epoch - 1, self.ctx)
+        bar.update(1)
+        bar.set_postfix({"phase": phase, **{k: f"{v:.3g}" for k, v in losses.items()}},
+                        refresh=False)
+        record: dict[str, Any] = {}
+        if cfg.validate_every and self.step % cfg.validate_every == 0 and self.dist.is_main:
+            record = self.validate()
+            bar.write(f"step {self.step}: " + ", ".join(
+                f"{k} {v:.4g}" for k, v in record.items()))
+        if record or self.step % 50 == 0:
+            self._log({"step": self.step, "phase": phase, **losses, **record,
+                       "elapsed_s": round(time.perf_counter() - t0, 2)})
+        if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 \
+                and self.step < self.total_steps:
+            self.save()
 
-def _resume_overrides(cfg: TrainConfig | None) -> dict[str, Any]:
-    """On resume, the stored training config wins except for run-length and bookkeeping
-    settings, which may change between invocations."""
-    if cfg is None:
-        return {}
-    keep = ("steps", "epochs", "stop_after", "checkpoint_every", "validate_every",
-            "keep_checkpoints")
+
+METRICS_FILE = "metrics.jsonl"
+# Settings that may differ between a run and its resumption without breaking exactness
+# (run length and bookkeeping); ``stop_after`` applies to one invocation only.
+RESUMABLE_SETTINGS = ("steps", "epochs", "checkpoint_every", "validate_every",
+                      "keep_checkpoints")
+
+
+def resumed_settings(run: dict[str, Any], given: TrainConfig | None, seed: int,
+                     preset: str | None) -> tuple[TrainConfig, int, str | None]:
+    """(training config, seed, preset) of a resumed run.
+
+    The stored settings win, except run length and bookkeeping, which may change between
+    invocations, and ``stop_after``, which never carries over (resuming with the original
+    options runs to the end).  A setting given now that differs from the stored one (and
+    from its default) is ignored with a warning; unchanged options do not warn."""
+    stored = dict(run.get("training", {}))
+    given = given or TrainConfig()
     default = TrainConfig()
-    ignored = [k for k in cfg.to_dict() if k not in keep
-               and getattr(cfg, k) != getattr(default, k)]
+    merged = {**stored, "stop_after": given.stop_after}
+    ignored = []
+    for key, value in given.to_dict().items():
+        if key == "stop_after" or value == getattr(default, key):
+            continue
+        if key in RESUMABLE_SETTINGS:
+            merged[key] = value
+        elif key not in stored or value != stored[key]:
+            ignored.append(key)
+    stored_seed = int(run.get("seed", seed))
+    if seed not in (0, stored_seed):
+        ignored.append("seed")
+    stored_preset = run.get("preset", preset)
+    if preset is not None and preset != stored_preset:
+        ignored.append("preset")
     if ignored:
         warnings.warn(f"resuming with the stored training settings; ignoring "
                       f"{', '.join(ignored)} (exact resume needs them unchanged)", stacklevel=3)
-    return {k: getattr(cfg, k) for k in keep if getattr(cfg, k) != getattr(default, k)}
+    return TrainConfig.from_dict(merged), stored_seed, stored_preset
+
+
+def truncate_metrics(path: Path, step: int, finished: bool) -> None:
+    """Drop the metrics rows written after the checkpoint a run resumes from (they will be
+    written again), and a last line cut short by a kill."""
+    if not path.is_file():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+            row_step = int(row["step"])
+        except (ValueError, KeyError, TypeError):
+            continue
+        if row_step < step or (row_step == step and (finished or row.get("phase") != "final")):
+            keep.append(line + "\n")
+    with write_errors(path.parent, METRICS_FILE), atomic_path(path, overwrite=True) as tmp:
+        tmp.write_text("".join(keep))
+
+
+def prepare_output(out: Path, resume: bool) -> Path | None:
+    """Check the output folder before any expensive work; returns the checkpoint to
+    resume from (None for a new run).  The folder is created and probed for writing."""
+    if out.exists() and not out.is_dir():
+        raise InputError("training output path exists and is not a folder", out)
+    latest = ckpt.latest_checkpoint(out) if out.is_dir() else None
+    if resume and latest is None:
+        raise InputError("nothing to resume: no checkpoint in the output folder", out)
+    if not resume and out.is_dir() and any(out.iterdir()):
+        raise OutputExistsError("training output folder is not empty (use --resume to "
+                                "continue a run, or choose a new folder)", out)
+    with write_errors(out, "output folder"):
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write-test.{os.getpid()}.part"
+        probe.write_bytes(b"")
+        probe.unlink()
+    return latest
+
+
+@contextlib.contextmanager
+def write_errors(out: Path, what: str) -> Iterator[None]:
+    """Turn a failed write (full disk, read-only folder, quota) into one clear error that
+    says the last checkpoint is intact (writes are atomic: nothing half-written stays)."""
+    try:
+        yield
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        try:
+            latest = ckpt.latest_checkpoint(out) if out.is_dir() else None
+        except CaloforgeError:
+            latest = None
+        kept = f"; the last checkpoint {latest.name} is intact" if latest else ""
+        raise CaloforgeError(f"cannot write the {what}: {reason}{kept}", out) from None
 
 
 def train(model_name: str, data: ShowerBatch | str | Path, out_dir: str | Path,
@@ -380,21 +535,19 @@ def train(model_name: str, data: ShowerBatch | str | Path, out_dir: str | Path,
           train_config: TrainConfig | None = None, device: str = "cpu", seed: int = 0,
           resume: bool = False, progress: bool | None = None) -> GenerativeModel:
     """Train architecture ``model_name`` on ``data`` (a batch or a shower file), writing
-    checkpoints, metrics and the final model folder under ``out_dir``."""
-    source = ""
-    cfg = train_config or TrainConfig()
-    if not isinstance(data, ShowerBatch):
-        source = str(data)
-        data = load_training_data(data, cfg.max_showers)
-    elif cfg.max_showers > 0:
-        data = data[:cfg.max_showers]
-    trainer = Trainer(model_name, data, out_dir, model_config, preset, cfg, device, seed,
-                      resume, progress, source)
+    checkpoints, metrics and the final model folder under ``out_dir``.
+
+    Raises :class:`~caloforge.training.interrupt.TrainingInterrupted` (a
+    ``KeyboardInterrupt``) after checkpointing when SIGINT or SIGTERM arrives."""
+    trainer = Trainer(model_name, data, out_dir, model_config, preset, train_config, device,
+                      seed, resume, progress)
     try:
         return trainer.run()
     finally:
+        trainer.close()
         shutdown(trainer.dist)
 
 
-__all__ = ["TrainConfig", "Trainer", "load_run_config", "load_training_data", "train",
-           "validation_summary"]
+__all__ = ["METRICS_FILE", "TrainConfig", "Trainer", "TrainingInterrupted", "load_run_config",
+           "load_training_data", "prepare_output", "resumed_settings", "train",
+           "truncate_metrics", "validation_summary"]
