@@ -26,8 +26,6 @@ RNG state; the model only says *what* to update:
 from __future__ import annotations
 
 import contextlib
-import importlib
-import json
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -43,54 +41,23 @@ from caloforge.data.batch import Conditions, ShowerBatch
 from caloforge.errors import (
     CaloforgeError,
     ConfigError,
-    FormatError,
     GeometryError,
     InputError,
 )
 from caloforge.geometry import Geometry, get_geometry
-from caloforge.models.config import Config, read_yaml
+from caloforge.models.config import Config
+from caloforge.models.folder import (  # noqa: F401 - the public names of caloforge.models
+    META_FILE,
+    WEIGHTS_FILE,
+    list_zoo,
+    load,
+    read_model_meta,
+    resolve_model_dir,
+    save_model_dir,
+    zoo_dir,
+)
+from caloforge.models.registry import get_model_class, list_models, register  # noqa: F401
 from caloforge.models.transforms import EnergyCondition
-
-# Built-in architectures are imported on first use, so that `import caloforge.models`
-# (and the CLI) stay cheap.
-_BUILTIN: dict[str, str] = {
-    "wgan": "caloforge.models.wgan",
-    "bibae": "caloforge.models.bibae",
-    "l2lflows": "caloforge.models.l2lflows",
-}
-_REGISTRY: dict[str, type[GenerativeModel]] = {}
-
-WEIGHTS_FILE = "model.safetensors"
-META_FILE = "model.yaml"
-
-
-def register(name: str) -> Callable[[type[GenerativeModel]], type[GenerativeModel]]:
-    """Class decorator: make an architecture available under ``name``."""
-
-    def deco(cls: type[GenerativeModel]) -> type[GenerativeModel]:
-        if name in _REGISTRY and _REGISTRY[name] is not cls:
-            raise ConfigError(f"model name {name!r} is registered twice")
-        cls.name = name
-        _REGISTRY[name] = cls
-        return cls
-
-    return deco
-
-
-def list_models() -> list[str]:
-    """Names of all known architectures."""
-    return sorted(set(_BUILTIN) | set(_REGISTRY))
-
-
-def get_model_class(name: str) -> type[GenerativeModel]:
-    """The architecture registered as ``name``; unknown names raise :class:`ConfigError`."""
-    if name not in _REGISTRY and name in _BUILTIN:
-        importlib.import_module(_BUILTIN[name])
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise ConfigError(
-            f"unknown model {name!r}; known models: {', '.join(list_models())}") from None
 
 
 class TrainingDiverged(CaloforgeError):
@@ -320,9 +287,12 @@ class GenerativeModel(nn.Module):
                 "caloforge_version": __version__, "energy_range_mev": [lo, hi],
                 "config": self.config.to_dict()}
 
+    def load_metadata(self, meta: dict[str, Any]) -> None:
+        """Restore what ``model.yaml`` holds beyond the config (called before the weights
+        are loaded by :func:`~caloforge.models.folder.load_model_dir`)."""
+
     def save(self, directory: str | Path) -> Path:
         """Write ``model.yaml`` + ``model.safetensors`` into ``directory`` (created)."""
-        from caloforge.training.checkpoint import save_model_dir
         return save_model_dir(self, directory)
 
 
@@ -356,62 +326,3 @@ def build(name: str, geometry: str | Geometry, config: Config | dict[str, Any] |
           preset: str | None = None, seed: int = 0) -> GenerativeModel:
     """Untrained model ``name`` on ``geometry`` from a preset and config overrides."""
     return get_model_class(name).from_config(config, geometry, seed=seed, preset=preset)
-
-
-def zoo_dir() -> Path:
-    """Folder of the models shipped inside the package."""
-    import caloforge.zoo
-    return Path(caloforge.zoo.__file__).parent
-
-
-def list_zoo() -> list[str]:
-    """Names of the shipped trained models."""
-    return sorted(p.name for p in zoo_dir().iterdir() if (p / META_FILE).is_file())
-
-
-def resolve_model_dir(path_or_name: str | Path) -> Path:
-    """Folder holding ``model.yaml``: a model folder, a training output folder (its final
-    model or latest checkpoint), a checkpoint folder, or the name of a shipped model."""
-    p = Path(path_or_name)
-    if p.is_dir():
-        if (p / META_FILE).is_file():
-            return p
-        if (p / "model" / META_FILE).is_file():
-            return p / "model"
-        latest = p / "checkpoints" / "latest.json"
-        if latest.is_file():
-            try:
-                name = json.loads(latest.read_text())["checkpoint"]
-            except (ValueError, KeyError, TypeError):
-                raise FormatError("corrupt checkpoint pointer", latest) from None
-            return p / "checkpoints" / name
-        raise FormatError(f"no {META_FILE} (not a caloforge model or training folder)", p)
-    zoo = zoo_dir() / str(path_or_name)
-    if (zoo / META_FILE).is_file():
-        return zoo
-    if str(path_or_name) in list_models():
-        raise InputError(
-            f"{path_or_name!r} is an architecture, not a trained model: give a folder written "
-            f"by 'caloforge train' or a shipped model ({', '.join(list_zoo()) or 'none yet'})")
-    raise InputError(
-        f"no model folder or shipped model called {str(path_or_name)!r} (shipped: "
-        f"{', '.join(list_zoo()) or 'none yet'})")
-
-
-def load(path_or_name: str | Path, device: str | torch.device = "cpu") -> GenerativeModel:
-    """Load a trained model from a folder (see :func:`resolve_model_dir`) or the zoo.
-
-    Weights are read with safetensors only: nothing is unpickled.
-    """
-    from caloforge.training.checkpoint import load_model_dir
-    return load_model_dir(resolve_model_dir(path_or_name), device)
-
-
-def read_model_meta(directory: Path) -> dict[str, Any]:
-    """``model.yaml`` of a model folder, validated."""
-    meta = read_yaml(directory / META_FILE)
-    for key in ("model", "geometry", "config"):
-        if key not in meta:
-            raise FormatError(f"{META_FILE} lacks the key {key!r}", directory / META_FILE)
-    return meta
-
