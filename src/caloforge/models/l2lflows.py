@@ -36,11 +36,13 @@ import torch
 from torch import Tensor, nn
 from zuko.flows import Flow
 
+from caloforge.data.batch import Conditions
 from caloforge.geometry import Geometry
 from caloforge.models import calibration as calib
 from caloforge.models.base import GenerativeModel, StepContext, TrainBatch, register
 from caloforge.models.config import Config, positive
 from caloforge.models.flows import AffineCouplingFlow, sample_flow, spline_coupling_flow
+from caloforge.models.noise import ShowerNoise, Source, randn
 from caloforge.models.transforms import Standardize
 
 
@@ -387,12 +389,13 @@ class L2LFlows(GenerativeModel):
 
     # ---- generation ------------------------------------------------------------------------
     def _sample_flow(self, flow: Flow, context: Tensor, features: int,
-                     generator: torch.Generator | None) -> Tensor:
-        z = torch.randn(len(context), features, generator=generator, device=context.device)
+                     generator: Source) -> Tensor:
+        z = randn(generator, len(context), features, device=context.device)
         return sample_flow(flow, context, z)
 
-    def generate(self, e_inc: Tensor, generator: torch.Generator | None) -> Tensor:
-        return self._generate(e_inc, generator)[0]
+    def generate(self, e_inc: Tensor, noise: ShowerNoise,
+                 conditions: Conditions | None = None) -> Tensor:
+        return self._generate(e_inc, noise)[0]
 
     @torch.no_grad()
     def finalize(self, x: Tensor, e_inc: Tensor, generator: torch.Generator) -> None:
@@ -430,11 +433,13 @@ class L2LFlows(GenerativeModel):
                                      self.resp_k), table):
                     buf.copy_(val.to(buf))
 
-    def _generate(self, e_inc: Tensor, generator: torch.Generator | None,
+    def _generate(self, e_inc: Tensor, generator: Source,
                   calibrated: bool = True) -> tuple[Tensor, Tensor | None]:
         """Voxel energies (MeV) and, in log_threshold mode, the raw log features."""
         c = self.energy(e_inc)
         n_e = len(self.active)
+        if isinstance(generator, ShowerNoise):  # all normals of a shower in one draw
+            generator.reserve(n_e + sum(self.cells[k] for k in self.modelled))
         e_feat = self._sample_flow(self.energy_flow, c, n_e, generator)
         e_feat = e_feat.clamp(-10, 10)  # guard against rare outliers of the flow's tails
         el = (torch.exp(self.energy_std.inverse(e_feat, e_inc)) - self.config.energy_eps) \
