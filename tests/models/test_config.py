@@ -65,7 +65,7 @@ def test_zoo_loader(tmp_path, monkeypatch):
 
     from caloforge import zoo
     from caloforge.errors import InputError
-    from caloforge.models import base, load
+    from caloforge.models import folder, load
     from caloforge.models.toy import toy_geometry, toy_showers
     from caloforge.training import TrainConfig, train
 
@@ -79,7 +79,7 @@ def test_zoo_loader(tmp_path, monkeypatch):
     for f in (tmp_path / "run" / "model").iterdir():
         (fake_zoo / "toy-flows" / f.name).write_bytes(f.read_bytes())
     (fake_zoo / "toy-flows" / "MODEL_CARD.md").write_text("# toy\n")
-    monkeypatch.setattr(base, "zoo_dir", lambda: fake_zoo)
+    monkeypatch.setattr(folder, "zoo_dir", lambda: fake_zoo)
     assert zoo.available() == ["toy-flows"]
     assert zoo.model_card("toy-flows") == "# toy\n"
     m = zoo.load("toy-flows")

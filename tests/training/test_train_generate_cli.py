@@ -86,7 +86,7 @@ def test_generate_bad_input(trained_dir, tmp_path, capsys):
     assert "no model folder or shipped model" in capsys.readouterr().err
     assert main(["generate", "--model", str(trained_dir), "--energy", "abc", "-n", "2",
                  "-o", str(tmp_path / "y.h5")]) == 1
-    assert "EMIN:EMAX" in capsys.readouterr().err
+    assert "--energy 'abc'" in capsys.readouterr().err
 
 
 def test_train_bad_input(toy_file, tmp_path, capsys):

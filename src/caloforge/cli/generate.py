@@ -8,56 +8,122 @@ import argparse
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "generate", help="generate showers with a trained model",
-        description="Generate showers for given incident energies (GeV) and stream them to a "
-                    "file. The file records the model, versions, seed and the measured time "
-                    "per shower (metadata key time_per_shower_ms).")
+        description="Generate showers for given conditions and stream them to a file. Shower "
+                    "i depends only on (--seed, i): --batch-size and --threads do not change "
+                    "what is generated. The file records the model, versions, seed and the "
+                    "measured time per shower (metadata key time_per_shower_ms). Conditions "
+                    "outside what the model is trained on are refused.")
     p.add_argument("--model", required=True,
                    help="trained model: a folder from 'caloforge train' or a shipped model name")
-    energy = p.add_mutually_exclusive_group(required=True)
-    energy.add_argument("--energy", help="E or EMIN:EMAX in GeV (uniform)")
-    energy.add_argument("--energies", help="file of energies in GeV (text, one per line, or .npy)")
-    p.add_argument("-n", type=int, help="number of showers (default: all energies of --energies)")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--energy", help="E or EMIN:EMAX in GeV (uniform)")
+    source.add_argument("--energies", help="file of energies in GeV (text, one per line, or .npy)")
+    source.add_argument("--conditions", metavar="FILE",
+                        help="reuse the exact conditions of every shower of FILE: a shower file "
+                             "(any format caloforge reads) or a CSV/text table with a header "
+                             "of columns energy_gev (or energy_mev), theta_deg, phi_deg, "
+                             "impact_x_mm, impact_y_mm, particle")
+    p.add_argument("--theta", help="polar angle to the front-face normal in degrees: X or LO:HI "
+                                   "(uniform); default: normal incidence")
+    p.add_argument("--phi", help="azimuth in degrees: X or LO:HI (uniform); irrelevant at "
+                                 "theta = 0")
+    p.add_argument("--impact", metavar="X,Y", help="impact point on the front face (mm)")
+    p.add_argument("-n", type=int, help="number of showers (default: all energies of "
+                                        "--energies / all rows of --conditions)")
     p.add_argument("-o", "--output", required=True, help="output file")
     p.add_argument("--format", default="caloforge", help="output format (default caloforge)")
+    p.add_argument("--project", action="store_true",
+                   help="point-cloud models: deposit the points into the geometry's cells "
+                        "(energy conserved) to write a voxel format")
+    p.add_argument("--lossy", action="store_true",
+                   help="allow formats that cannot store all conditions to drop them")
     p.add_argument("--batch-size", type=int, default=100, help="showers per model call")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's)")
     p.add_argument("--allow-extrapolation", action="store_true",
-                   help="allow energies outside the trained range (with a warning)")
+                   help="allow condition values outside the trained ranges (with a warning)")
     p.add_argument("--overwrite", action="store_true", help="replace the output if it exists")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
+def _positive(value: int | None, option: str) -> None:
+    from caloforge.errors import InputError
+
+    if value is not None and value < 1:
+        raise InputError(f"{option} must be >= 1, got {value}")
+
+
+def _conditions(args: argparse.Namespace):  # noqa: ANN202 - avoids importing numpy at parse
+    """The requested conditions (MeV, rad, mm) and a description for the metadata."""
     import numpy as np
-    import torch
 
     from caloforge.errors import InputError
-    from caloforge.models.generation import generate_file, parse_energy_spec, read_energy_file
-    from caloforge.utils import check_output_path
+    from caloforge.models.generation import (
+        drawn_conditions,
+        parse_energy_spec,
+        read_conditions_file,
+        read_energy_file,
+    )
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-
-    check_output_path(args.output, args.overwrite)  # fail before loading the model
+    if args.conditions is not None:
+        given = [o for o, v in (("--theta", args.theta), ("--phi", args.phi),
+                                ("--impact", args.impact)) if v is not None]
+        if given:
+            raise InputError(f"{given[0]} cannot be combined with --conditions (the file "
+                             f"gives every condition)")
+        cond = read_conditions_file(args.conditions)
+        if args.n is not None and args.n != len(cond):
+            raise InputError(f"-n {args.n} does not match the {len(cond)} showers of the "
+                             f"conditions file", args.conditions)
+        return cond, f"conditions of {args.conditions}"
     if args.energy is not None:
-        if not args.n or args.n <= 0:
-            raise InputError("give a positive number of showers with -n")
+        if args.n is None:
+            raise InputError("give the number of showers with -n")
         energies = parse_energy_spec(args.energy, args.n, np.random.default_rng(args.seed))
         spec = f"{args.energy} GeV"
     else:
         energies = read_energy_file(args.energies)
         if args.n is not None:
-            if args.n <= 0 or args.n > len(energies):
+            if args.n > len(energies):
                 raise InputError(f"-n {args.n}: the energy file holds {len(energies)} energies",
                                  args.energies)
             energies = energies[:args.n]
         spec = f"file {args.energies}"
-    meta = generate_file(args.model, energies, args.output, args.format, args.batch_size,
+    cond = drawn_conditions(energies, args.seed, args.theta, args.phi, args.impact)
+    for option, value in (("theta", args.theta), ("phi", args.phi), ("impact", args.impact)):
+        if value is not None:
+            spec += f", {option} {value}"
+    return cond, spec
+
+
+def run(args: argparse.Namespace) -> int:
+    from caloforge.data.io import FORMATS
+    from caloforge.errors import InputError
+    from caloforge.models.base import check_device
+    from caloforge.models.generation import generate_file
+    from caloforge.utils import check_output_path
+
+    # Every option is checked before the model is loaded and before anything is written.
+    _positive(args.n, "-n")
+    _positive(args.batch_size, "--batch-size")
+    _positive(args.threads, "--threads")
+    if args.format not in FORMATS:
+        raise InputError(f"--format {args.format!r} is unknown; known: {', '.join(FORMATS)}")
+    check_device(args.device)
+    check_output_path(args.output, args.overwrite)
+    conditions, spec = _conditions(args)
+    if args.threads:
+        import torch
+        torch.set_num_threads(args.threads)
+    meta = generate_file(args.model, conditions, args.output, args.format, args.batch_size,
                          args.seed, args.device, args.allow_extrapolation, args.overwrite,
-                         False if args.no_progress else None, {"energies": spec})
+                         False if args.no_progress else None, {"conditions": spec},
+                         project=args.project, lossy=args.lossy)
+    extra = ""
+    if meta.get("projected"):
+        extra = f", points projected: {meta['projected_outside_mev']:.4g} MeV outside the cells"
     print(f"wrote {meta['n_showers']} showers to {args.output} "
-          f"({meta['time_per_shower_ms']:.3g} ms/shower, model {meta['model']})")
+          f"({meta['time_per_shower_ms']:.3g} ms/shower, model {meta['model']}{extra})")
     return 0

@@ -26,9 +26,6 @@ RNG state; the model only says *what* to update:
 from __future__ import annotations
 
 import contextlib
-import importlib
-import json
-import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,58 +36,29 @@ import torch
 from torch import Tensor, nn
 
 from caloforge import __version__
-from caloforge.data.batch import Conditions, ShowerBatch
+from caloforge.data.batch import Conditions, PointCloudBatch, ShowerBatch
 from caloforge.errors import (
     CaloforgeError,
     ConfigError,
-    FormatError,
     GeometryError,
     InputError,
 )
 from caloforge.geometry import Geometry, get_geometry
-from caloforge.models.config import Config, read_yaml
+from caloforge.models.conditioning import ConditionSpace
+from caloforge.models.config import Config
+from caloforge.models.folder import (  # noqa: F401 - the public names of caloforge.models
+    META_FILE,
+    WEIGHTS_FILE,
+    list_zoo,
+    load,
+    read_model_meta,
+    resolve_model_dir,
+    save_model_dir,
+    zoo_dir,
+)
+from caloforge.models.noise import ShowerNoise, draw_seed
+from caloforge.models.registry import get_model_class, list_models, register  # noqa: F401
 from caloforge.models.transforms import EnergyCondition
-
-# Built-in architectures are imported on first use, so that `import caloforge.models`
-# (and the CLI) stay cheap.
-_BUILTIN: dict[str, str] = {
-    "wgan": "caloforge.models.wgan",
-    "bibae": "caloforge.models.bibae",
-    "l2lflows": "caloforge.models.l2lflows",
-}
-_REGISTRY: dict[str, type[GenerativeModel]] = {}
-
-WEIGHTS_FILE = "model.safetensors"
-META_FILE = "model.yaml"
-
-
-def register(name: str) -> Callable[[type[GenerativeModel]], type[GenerativeModel]]:
-    """Class decorator: make an architecture available under ``name``."""
-
-    def deco(cls: type[GenerativeModel]) -> type[GenerativeModel]:
-        if name in _REGISTRY and _REGISTRY[name] is not cls:
-            raise ConfigError(f"model name {name!r} is registered twice")
-        cls.name = name
-        _REGISTRY[name] = cls
-        return cls
-
-    return deco
-
-
-def list_models() -> list[str]:
-    """Names of all known architectures."""
-    return sorted(set(_BUILTIN) | set(_REGISTRY))
-
-
-def get_model_class(name: str) -> type[GenerativeModel]:
-    """The architecture registered as ``name``; unknown names raise :class:`ConfigError`."""
-    if name not in _REGISTRY and name in _BUILTIN:
-        importlib.import_module(_BUILTIN[name])
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise ConfigError(
-            f"unknown model {name!r}; known models: {', '.join(list_models())}") from None
 
 
 class TrainingDiverged(CaloforgeError):
@@ -178,6 +146,11 @@ class GenerativeModel(nn.Module):
     Config: ClassVar[type[Config]] = Config
     presets: ClassVar[dict[str, dict[str, Any]]] = {}
     requires_regular_grid: ClassVar[bool] = False
+    # What sample() returns: "voxels" (ShowerBatch) or "points" (PointCloudBatch).
+    representation: ClassVar[str] = "voxels"
+    # Conditions beyond the incident energy the networks can take (e.g. theta, phi);
+    # which of them a trained model uses is set from its training data (fit_conditions).
+    condition_inputs: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config: Config, geometry: Geometry) -> None:
         super().__init__()
@@ -185,6 +158,7 @@ class GenerativeModel(nn.Module):
         self.geometry = geometry
         self.energy = EnergyCondition()
         self.register_buffer("fitted", torch.zeros((), dtype=torch.bool))
+        self.condition_space = ConditionSpace()
 
     # ---- construction -----------------------------------------------------------------
     @classmethod
@@ -258,71 +232,126 @@ class GenerativeModel(nn.Module):
         """Hook after the last training step, with (a subset of) the training data."""
 
     # ---- generation ----------------------------------------------------------------------
-    def generate(self, e_inc: Tensor, generator: torch.Generator | None) -> Tensor:
-        """(B, n_voxels) non-negative voxel energies in MeV for incident energies (MeV)."""
+    def generate(self, e_inc: Tensor, noise: ShowerNoise,
+                 conditions: Conditions | None = None) -> Tensor | tuple[Tensor, Tensor]:
+        """One chunk of showers for incident energies ``e_inc`` (MeV), drawing all
+        randomness from ``noise`` (:mod:`caloforge.models.noise`: row i from shower i's own
+        stream).  ``conditions`` holds the chunk's other conditions (already checked).
+
+        ``representation == "voxels"``: ``(B, n_voxels)`` voxel energies in MeV.
+        ``representation == "points"``: ``(points, mask)``, points ``(B, P, 4)`` as
+        (x, y, z in mm, energy in MeV) and mask ``(B, P)`` marking the real points.
+        """
         raise NotImplementedError  # pragma: no cover
 
     @property
     def energy_range_mev(self) -> tuple[float, float]:
         return self.energy.range_mev
 
+    def fit_conditions(self, conditions: Conditions) -> None:
+        """Record the conditions of the training showers (:meth:`ConditionSpace.fit`):
+        ranges of those this architecture takes as inputs, fixed values of the others."""
+        self.condition_space = ConditionSpace.fit(conditions, self.condition_inputs, self.name)
+
+    def check_conditions(self, conditions: Conditions,
+                         allow_extrapolation: bool = False) -> None:
+        """Refuse conditions the model is not trained on, or values outside its fitted
+        ranges (warn instead for the latter with ``allow_extrapolation``)."""
+        self.condition_space.check(conditions, self.name, self.energy_range_mev,
+                                   allow_extrapolation)
+
     def check_energies(self, e_inc_mev: np.ndarray, allow_extrapolation: bool = False) -> None:
         """Refuse incident energies outside the trained range (warn if allowed)."""
-        lo, hi = self.energy_range_mev
-        e = np.asarray(e_inc_mev, dtype=np.float64)
+        e = np.asarray(e_inc_mev, dtype=np.float64).reshape(-1)
         if not np.isfinite(e).all() or (e <= 0).any():
             raise InputError("incident energies must be positive and finite")
-        # 1% slack: a sample simulated on [10, 100] GeV rarely reaches either bound exactly.
-        tol = 0.01
-        out = (e < lo * (1 - tol)) | (e > hi * (1 + tol))
-        if out.any():
-            msg = (f"{int(out.sum())} requested energies lie outside the trained range "
-                   f"{lo / 1e3:.4g}-{hi / 1e3:.4g} GeV (e.g. {e[out][0] / 1e3:.4g} GeV)")
-            if not allow_extrapolation:
-                raise InputError(msg + "; pass --allow-extrapolation to generate anyway")
-            warnings.warn(msg + "; extrapolating", stacklevel=2)
+        self.check_conditions(Conditions(e), allow_extrapolation)
 
     @torch.no_grad()
-    def sample(self, conditions: Conditions | np.ndarray, generator: torch.Generator | int |
-               None = None, batch_size: int | None = None) -> ShowerBatch:
+    def sample(self, conditions: Conditions | np.ndarray,
+               seed: int | torch.Generator | None = None, batch_size: int | None = None, *,
+               first_index: int = 0, allow_extrapolation: bool = False,
+               generator: int | torch.Generator | None = None
+               ) -> ShowerBatch | PointCloudBatch:
         """Generate one shower per condition (incident energies in MeV).
 
-        ``generator`` is a :class:`torch.Generator` on the model's device or an int seed;
-        ``None`` draws a fresh seed.  Returns a :class:`ShowerBatch` on the model geometry.
+        Shower i is drawn from its own random stream, a function of ``(seed, first_index
+        + i)`` only, so ``batch_size``, threads and sharding (``first_index``: the number
+        of the first shower in the whole run) never change it.  ``seed`` is an int, a
+        :class:`torch.Generator` (one seed is drawn from it) or None (fresh entropy);
+        ``generator`` is its old name.  Conditions outside what the model is trained on
+        raise :class:`InputError` (see :meth:`check_conditions`).  Returns a
+        :class:`ShowerBatch` (``representation == "voxels"``) or a
+        :class:`PointCloudBatch` (``"points"``) on the model geometry; only energies are
+        clamped at zero, never coordinates.
         """
         if not isinstance(conditions, Conditions):
             conditions = Conditions(np.asarray(conditions, dtype=np.float64))
-        conditions.validate()
         if not bool(self.fitted):
             raise InputError(f"model {self.name!r} is not trained (preprocessing not fitted)")
-        gen = make_generator(generator, self.device)
+        self.check_conditions(conditions, allow_extrapolation)
+        run_seed = draw_seed(generator if seed is None and generator is not None else seed)
+        n = len(conditions)
+        bs = batch_size or max(n, 1)
+        if bs <= 0:
+            raise InputError(f"batch size must be positive, got {bs}")
         was_training = self.training
         self.eval()
         try:
-            e = torch.as_tensor(conditions.incident_energy, dtype=torch.float32,
-                                device=self.device)
-            bs = batch_size or max(len(e), 1)
-            parts = [self.generate(e[i:i + bs], gen).float().clamp_min(0)
-                     for i in range(0, len(e), bs)]
-            x = torch.cat(parts) if parts else torch.zeros(0, self.geometry.n_voxels)
-            if getattr(self.config, "threshold_output", False):
-                thr = self.geometry.readout_threshold_mev
-                x = torch.where(x >= thr, x, torch.zeros_like(x))
+            parts = []
+            for lo in range(0, n, bs):
+                chunk = conditions[lo:lo + bs]
+                e = torch.as_tensor(chunk.incident_energy, dtype=torch.float32,
+                                    device=self.device)
+                noise = ShowerNoise.for_showers(
+                    run_seed, range(first_index + lo, first_index + lo + len(chunk)),
+                    self.device)
+                parts.append(self.generate(e, noise, chunk))
         finally:
             self.train(was_training)
-        return ShowerBatch(self.geometry.name, x.cpu().numpy(), conditions,
-                           metadata={"model": self.name})
+        meta = {"model": self.name}
+        if self.representation == "points":
+            return self._point_batch(parts, conditions, meta)
+        x = torch.cat([p.float().clamp_min(0) for p in parts]) if parts \
+            else torch.zeros(0, self.geometry.n_voxels)
+        if getattr(self.config, "threshold_output", False):
+            thr = self.geometry.readout_threshold_mev
+            x = torch.where(x >= thr, x, torch.zeros_like(x))
+        return ShowerBatch(self.geometry.name, x.cpu().numpy(), conditions, metadata=meta)
+
+    def _point_batch(self, parts: list[tuple[Tensor, Tensor]], conditions: Conditions,
+                     meta: dict[str, Any]) -> PointCloudBatch:
+        """Flatten padded ``(points, mask)`` chunks; energies clamped at zero only."""
+        pts, counts = [], []
+        for points, mask in parts:
+            p = points.float().cpu()
+            m = mask.bool().cpu()
+            counts.append(m.sum(1))
+            pts.append(p[m])
+        flat = torch.cat(pts) if pts else torch.zeros(0, 4)
+        n_pts = torch.cat(counts).numpy() if counts else np.zeros(0, np.int64)
+        flat = flat.double().numpy()
+        return PointCloudBatch(
+            offsets=np.concatenate([[0], np.cumsum(n_pts)]), x=flat[:, 0], y=flat[:, 1],
+            z=flat[:, 2], energy=np.clip(flat[:, 3], 0, None), conditions=conditions,
+            geometry=self.geometry.name, metadata=meta)
 
     # ---- persistence ---------------------------------------------------------------------
     def metadata(self) -> dict[str, Any]:
         lo, hi = self.energy_range_mev
         return {"model": self.name, "geometry": self.geometry.name,
                 "caloforge_version": __version__, "energy_range_mev": [lo, hi],
+                "representation": self.representation,
+                "conditions": self.condition_space.to_dict(),
                 "config": self.config.to_dict()}
+
+    def load_metadata(self, meta: dict[str, Any]) -> None:
+        """Restore what ``model.yaml`` holds beyond the config (called before the weights
+        are loaded by :func:`~caloforge.models.folder.load_model_dir`): the conditions."""
+        self.condition_space = ConditionSpace.from_dict(meta.get("conditions"))
 
     def save(self, directory: str | Path) -> Path:
         """Write ``model.yaml`` + ``model.safetensors`` into ``directory`` (created)."""
-        from caloforge.training.checkpoint import save_model_dir
         return save_model_dir(self, directory)
 
 
@@ -339,79 +368,7 @@ def check_device(device: str | torch.device) -> torch.device:
     return dev
 
 
-def make_generator(generator: torch.Generator | int | None, device: torch.device | str
-                   ) -> torch.Generator:
-    """A torch.Generator on ``device`` from a generator, a seed, or fresh entropy."""
-    if isinstance(generator, torch.Generator):
-        return generator
-    gen = torch.Generator(device=device)
-    if generator is None:
-        gen.seed()
-    else:
-        gen.manual_seed(int(generator))
-    return gen
-
-
 def build(name: str, geometry: str | Geometry, config: Config | dict[str, Any] | None = None,
           preset: str | None = None, seed: int = 0) -> GenerativeModel:
     """Untrained model ``name`` on ``geometry`` from a preset and config overrides."""
     return get_model_class(name).from_config(config, geometry, seed=seed, preset=preset)
-
-
-def zoo_dir() -> Path:
-    """Folder of the models shipped inside the package."""
-    import caloforge.zoo
-    return Path(caloforge.zoo.__file__).parent
-
-
-def list_zoo() -> list[str]:
-    """Names of the shipped trained models."""
-    return sorted(p.name for p in zoo_dir().iterdir() if (p / META_FILE).is_file())
-
-
-def resolve_model_dir(path_or_name: str | Path) -> Path:
-    """Folder holding ``model.yaml``: a model folder, a training output folder (its final
-    model or latest checkpoint), a checkpoint folder, or the name of a shipped model."""
-    p = Path(path_or_name)
-    if p.is_dir():
-        if (p / META_FILE).is_file():
-            return p
-        if (p / "model" / META_FILE).is_file():
-            return p / "model"
-        latest = p / "checkpoints" / "latest.json"
-        if latest.is_file():
-            try:
-                name = json.loads(latest.read_text())["checkpoint"]
-            except (ValueError, KeyError, TypeError):
-                raise FormatError("corrupt checkpoint pointer", latest) from None
-            return p / "checkpoints" / name
-        raise FormatError(f"no {META_FILE} (not a caloforge model or training folder)", p)
-    zoo = zoo_dir() / str(path_or_name)
-    if (zoo / META_FILE).is_file():
-        return zoo
-    if str(path_or_name) in list_models():
-        raise InputError(
-            f"{path_or_name!r} is an architecture, not a trained model: give a folder written "
-            f"by 'caloforge train' or a shipped model ({', '.join(list_zoo()) or 'none yet'})")
-    raise InputError(
-        f"no model folder or shipped model called {str(path_or_name)!r} (shipped: "
-        f"{', '.join(list_zoo()) or 'none yet'})")
-
-
-def load(path_or_name: str | Path, device: str | torch.device = "cpu") -> GenerativeModel:
-    """Load a trained model from a folder (see :func:`resolve_model_dir`) or the zoo.
-
-    Weights are read with safetensors only: nothing is unpickled.
-    """
-    from caloforge.training.checkpoint import load_model_dir
-    return load_model_dir(resolve_model_dir(path_or_name), device)
-
-
-def read_model_meta(directory: Path) -> dict[str, Any]:
-    """``model.yaml`` of a model folder, validated."""
-    meta = read_yaml(directory / META_FILE)
-    for key in ("model", "geometry", "config"):
-        if key not in meta:
-            raise FormatError(f"{META_FILE} lacks the key {key!r}", directory / META_FILE)
-    return meta
-

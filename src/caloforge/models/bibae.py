@@ -36,12 +36,14 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from caloforge.data.batch import Conditions
 from caloforge.errors import ConfigError
 from caloforge.geometry import Geometry
 from caloforge.models.base import GenerativeModel, StepContext, TrainBatch, register, seeded
 from caloforge.models.config import Config, positive
 from caloforge.models.nets import Critic3d, GridDecoder, GridEncoder, gradient_penalty, mlp
 from caloforge.models.nets import reset_parameters as _reset
+from caloforge.models.noise import ShowerNoise, Source, rand, randint, randn, subset
 from caloforge.models.transforms import Compose, LogTransform, ScaleByIncident
 
 
@@ -298,7 +300,7 @@ class BIBAE(GenerativeModel):
         self.train(was)
 
     # ---- generation ------------------------------------------------------------------------
-    def sample_latent(self, c: Tensor, generator: torch.Generator | None) -> Tensor:
+    def sample_latent(self, c: Tensor, generator: Source) -> Tensor:
         """Latent vectors for conditions ``c`` from the KDE (N(0, 1) before it is fitted).
 
         Rejection sampling on the energy label: propose a stored point uniformly, accept
@@ -308,7 +310,7 @@ class BIBAE(GenerativeModel):
         d, n = self.config.latent_dim, int(self.kde_count)
         dev = c.device
         if n == 0:
-            return torch.randn(len(c), d, generator=generator, device=dev)
+            return randn(generator, len(c), d, device=dev)
         pts, h = self.kde_points[:n], self.kde_bandwidth
         chosen = torch.full((len(c),), -1, dtype=torch.long, device=dev)
         target = c[:, 0]
@@ -316,18 +318,21 @@ class BIBAE(GenerativeModel):
             pending = (chosen < 0).nonzero()[:, 0]
             if len(pending) == 0:
                 break
-            prop = torch.randint(0, n, (len(pending),), generator=generator, device=dev)
+            # one proposal per pending shower, from that shower's own stream
+            streams = subset(generator, pending)
+            prop = randint(streams, n, len(pending), device=dev).view(-1)
             p_acc = torch.exp(-0.5 * ((target[pending] - pts[prop, -1]) / h[-1]) ** 2)
-            u = torch.rand(len(pending), generator=generator, device=dev)
+            u = rand(streams, len(pending), device=dev).view(-1)
             chosen[pending] = torch.where(u < p_acc, prop, -1)
         left = (chosen < 0).nonzero()[:, 0]
         if len(left):  # far outside the stored labels (extrapolation): nearest label
             chosen[left] = (target[left, None] - pts[None, :, -1]).abs().argmin(1)
-        noise = torch.randn(len(c), d, generator=generator, device=dev)
+        noise = randn(generator, len(c), d, device=dev)
         return pts[chosen, :d] + noise * h[:d]
 
-    def generate(self, e_inc: Tensor, generator: torch.Generator | None) -> Tensor:
+    def generate(self, e_inc: Tensor, noise: ShowerNoise,
+                 conditions: Conditions | None = None) -> Tensor:
         c = self.energy(e_inc)
-        z = self.sample_latent(c, generator)
+        z = self.sample_latent(c, noise)
         y = self.postprocess(self.decode(z, c), c).flatten(1).float()
         return self.transform.inverse(y, e_inc)

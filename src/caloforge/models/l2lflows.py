@@ -30,18 +30,19 @@ training showers.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
-from zuko.distributions import DiagNormal
-from zuko.flows import Flow, GeneralCouplingTransform, UnconditionalDistribution
-from zuko.transforms import MonotonicAffineTransform, MonotonicRQSTransform
+from zuko.flows import Flow
 
+from caloforge.data.batch import Conditions
 from caloforge.geometry import Geometry
+from caloforge.models import calibration as calib
 from caloforge.models.base import GenerativeModel, StepContext, TrainBatch, register
 from caloforge.models.config import Config, positive
+from caloforge.models.flows import AffineCouplingFlow, sample_flow, spline_coupling_flow
+from caloforge.models.noise import ShowerNoise, Source, randn
 from caloforge.models.transforms import Standardize
 
 
@@ -112,113 +113,6 @@ class L2LFlowsConfig(Config):
             raise ConfigError("config key 'calibration_showers' must be >= 0")
 
 
-def spline_coupling_flow(features: int, context: int, transforms: int, bins: int,
-                         hidden: tuple[int, ...]) -> Flow:
-    """Rational-quadratic spline coupling flow on ``features`` dims (one-pass sampling);
-    ``bins=0`` gives affine (RealNVP) couplings instead.
-
-    Masks alternate between a random half of the features and its complement, so every
-    feature is transformed and mixes with every other across pairs of transforms.
-    """
-    layers = []
-    perm = torch.randperm(features)
-    for i in range(transforms):
-        if i % 2 == 0 and i > 0:
-            perm = torch.randperm(features)
-        mask = (perm % 2) == (i % 2)
-        if bins:
-            kind = {"univariate": MonotonicRQSTransform,
-                    "shapes": [(bins,), (bins,), (bins - 1,)]}
-        else:
-            kind = {"univariate": MonotonicAffineTransform, "shapes": [(), ()]}
-        layers.append(GeneralCouplingTransform(
-            features, context, mask=mask, hidden_features=tuple(hidden), activation=nn.ELU,
-            **kind))
-    base = UnconditionalDistribution(DiagNormal, torch.zeros(features), torch.ones(features),
-                                     buffer=True)
-    return Flow(layers, base)
-
-
-def _core90(values: Tensor) -> tuple[float, float]:
-    """Mean and rms of the narrowest window that holds 90 % of ``values``."""
-    v = torch.sort(values.double().flatten())[0]
-    n = len(v)
-    m = max(int(math.ceil(0.9 * n)), 1)
-    i = int(torch.argmin(v[m - 1:] - v[:n - m + 1]))
-    core = v[i:i + m]
-    return float(core.mean()), float(core.std()) if m > 1 else 0.0
-
-
-class AffineCouplingFlow(nn.Module):
-    """A lean conditional RealNVP for many features, cheaper than zuko's masked couplings.
-
-    Blocks of (fixed random permutation, coupling on the second half given the first,
-    coupling on the first half given the second): one gather per two couplings instead
-    of a gather and a scatter per coupling, which dominates sampling time at 900
-    features.  The latent stays in the permuted order (an i.i.d. normal does not care).
-    Log-scales are soft-clamped to +-``scale_clamp`` for stable training.
-    """
-
-    def __init__(self, features: int, context: int, transforms: int,
-                 hidden: tuple[int, ...], scale_clamp: float = 3.0) -> None:
-        super().__init__()
-        self.features = features
-        self.half = features // 2
-        self.scale_clamp = scale_clamp
-        blocks = max(1, (transforms + 1) // 2)
-        perms = torch.stack([torch.randperm(features) for _ in range(blocks)])
-        self.register_buffer("perms", perms)
-        self.register_buffer("inv_perms", torch.argsort(perms, 1))
-        self.nets = nn.ModuleList()
-        for j in range(2 * blocks):
-            n_in = self.half if j % 2 == 0 else features - self.half
-            n_out = features - n_in
-            dims = [n_in + context, *hidden]
-            layers: list[nn.Module] = []
-            for a, b in zip(dims[:-1], dims[1:]):
-                layers += [nn.Linear(a, b), nn.ELU()]
-            last = nn.Linear(dims[-1], 2 * n_out)
-            nn.init.zeros_(last.weight)  # start as the identity map
-            nn.init.zeros_(last.bias)
-            self.nets.append(nn.Sequential(*layers, last))
-
-    def _params(self, j: int, cond: Tensor, context: Tensor) -> tuple[Tensor, Tensor]:
-        out = self.nets[j](torch.cat([cond, context], 1))
-        shift, raw = out.chunk(2, 1)
-        c = self.scale_clamp
-        return shift, c * torch.tanh(raw / c)
-
-    def log_prob(self, x: Tensor, context: Tensor) -> Tensor:
-        """log density of ``x`` (B, features) given ``context`` (B, context)."""
-        h = self.half
-        logdet = x.new_zeros(len(x))
-        for blk in range(len(self.perms)):
-            x = x[:, self.perms[blk]]
-            a, b = x[:, :h], x[:, h:]
-            t, s = self._params(2 * blk, a, context)
-            b = (b - t) * torch.exp(-s)
-            logdet = logdet - s.sum(1)
-            t, s = self._params(2 * blk + 1, b, context)
-            a = (a - t) * torch.exp(-s)
-            logdet = logdet - s.sum(1)
-            x = torch.cat([a, b], 1)
-        base = -0.5 * (x ** 2).sum(1) - 0.5 * self.features * math.log(2 * math.pi)
-        return base + logdet
-
-    def sample_from(self, z: Tensor, context: Tensor) -> Tensor:
-        """Map standard-normal ``z`` (B, features) to data space."""
-        h = self.half
-        x = z
-        for blk in reversed(range(len(self.perms))):
-            a, b = x[:, :h], x[:, h:]
-            t, s = self._params(2 * blk + 1, b, context)
-            a = a * torch.exp(s) + t
-            t, s = self._params(2 * blk, a, context)
-            b = b * torch.exp(s) + t
-            x = torch.cat([a, b], 1)[:, self.inv_perms[blk]]
-        return x
-
-
 @register("l2lflows")
 class L2LFlows(GenerativeModel):
     """Per-layer conditional spline flows plus a layer-energy flow."""
@@ -260,7 +154,7 @@ class L2LFlows(GenerativeModel):
         if c.cell_feature == "log_threshold":
             # per-cell cut on the log feature (finalize() calibrates it; 0 = threshold)
             self.register_buffer("cell_cut", torch.zeros(geometry.n_voxels))
-            groups = self._voxel_groups(geometry, c.calibration_cell_rings)
+            groups = calib.voxel_groups(geometry, c.calibration_cell_rings)
             self.register_buffer("voxel_group", groups, persistent=False)
             n_g, k = int(groups.max()) + 1, max(c.calibration_quantiles, 2)
             # identity maps until calibrated (equal knots in and out)
@@ -287,42 +181,6 @@ class L2LFlows(GenerativeModel):
                 ctx = raw + 2
             self.layer_flows[str(k)] = spline_coupling_flow(cells[k], ctx, c.transforms, c.bins,
                                                             c.hidden)
-
-    @staticmethod
-    def _voxel_groups(geometry: Geometry, inner_rings: int = 0) -> Tensor:
-        """Group of each voxel for the hit-energy calibration: its layer and its ring
-        (distance from the axis in units of the smallest cell pitch)."""
-        import numpy as np
-
-        xy = np.asarray(geometry.cell_centres, dtype=np.float64)[:, :2]
-        ux = np.unique(np.round(xy[:, 0], 3))
-        pitch = float(np.min(np.diff(ux))) if len(ux) > 1 else 1.0
-        ring = np.floor(np.hypot(xy[:, 0], xy[:, 1]) / pitch).astype(np.int64)
-        n_ring = int(ring.max()) + 1
-        layer = np.asarray(geometry.layer_of_voxel, dtype=np.int64)
-        group = layer * n_ring + ring
-        # The cells of the shower core (ring < inner_rings) are groups of their own: they
-        # carry most of the energy and set the per-layer centres of gravity.
-        inner = np.flatnonzero(ring < inner_rings)
-        group[inner] = group.max() + 1 + np.arange(len(inner))
-        _, group = np.unique(group, return_inverse=True)
-        return torch.as_tensor(group.astype(np.int64))
-
-    def _map_hits(self, h: Tensor, s: slice) -> Tensor:
-        """Piecewise-linear map of generated hit excesses ``h`` (B, cells of slice ``s``)
-        from the generated onto the training quantiles of each voxel's group."""
-        g = self.voxel_group[s]
-        qg, qr = self.hit_q_gen[g], self.hit_q_ref[g]  # (cells, K)
-        k = qg.shape[1]
-        ht = h.t().contiguous()
-        j = torch.searchsorted(qg, ht).clamp(1, k - 1) - 1  # left knot
-        x0, x1 = qg.gather(1, j), qg.gather(1, j + 1)
-        y0, y1 = qr.gather(1, j), qr.gather(1, j + 1)
-        t = ((ht - x0) / (x1 - x0).clamp_min(1e-9)).clamp(0, 1)
-        out = y0 + t * (y1 - y0)
-        # beyond the top knot: continue with unit slope (rare, very energetic hits)
-        out = torch.where(ht > qg[:, -1:], qr[:, -1:] + (ht - qg[:, -1:]), out)
-        return out.t()
 
     def _build_shared(self, geometry: Geometry) -> None:
         """One flow for all modelled layers; context = embedding of the previous
@@ -531,27 +389,24 @@ class L2LFlows(GenerativeModel):
 
     # ---- generation ------------------------------------------------------------------------
     def _sample_flow(self, flow: Flow, context: Tensor, features: int,
-                     generator: torch.Generator | None) -> Tensor:
-        z = torch.randn(len(context), features, generator=generator, device=context.device)
-        if isinstance(flow, AffineCouplingFlow):
-            return flow.sample_from(z, context)
-        return flow(context).transform.inv(z)
+                     generator: Source) -> Tensor:
+        z = randn(generator, len(context), features, device=context.device)
+        return sample_flow(flow, context, z)
 
-    def generate(self, e_inc: Tensor, generator: torch.Generator | None) -> Tensor:
-        return self._generate(e_inc, generator)[0]
+    def generate(self, e_inc: Tensor, noise: ShowerNoise,
+                 conditions: Conditions | None = None) -> Tensor:
+        return self._generate(e_inc, noise)[0]
 
     @torch.no_grad()
     def finalize(self, x: Tensor, e_inc: Tensor, generator: torch.Generator) -> None:
         """log_threshold: calibrate the per-cell cuts so that each cell's occupancy in
-        generated showers equals that of the training showers ``x`` (same energies)."""
+        generated showers equals that of the training showers ``x`` (same energies), then
+        the hit-energy maps and the response (:mod:`caloforge.models.calibration`)."""
         n = min(self.config.calibration_showers, len(x))
         if not self._log_thr or n == 0:
             return
         thr = self.geometry.readout_threshold_mev
-        occ = torch.zeros(self.geometry.n_voxels, dtype=torch.float64)
-        for i in range(0, len(x), 1000):
-            occ += (x[i:i + 1000] >= thr).sum(0).double().cpu()
-        occ /= len(x)
+        occ = calib.occupancy(x, thr)
         was_training = self.training
         self.eval()
         # Generate at the training energies, with the current cuts switched off.
@@ -561,118 +416,37 @@ class L2LFlows(GenerativeModel):
         gen_r = torch.cat([p[0].sum(1).double().cpu() for p in parts]) / e_inc[:n].double().cpu()
         del parts
         self.train(was_training)
-        ordered, _ = torch.sort(feats, 0)
-        k = ((1.0 - occ) * n).round().long().clamp(0, n - 1)
-        cut = ordered.gather(0, k[None]).squeeze(0)
-        # Cells never hit in training stay empty; cuts are never below the empty mode.
-        cut = torch.where(occ > 0, cut, torch.full_like(cut, 50.0))
-        cut = cut.clamp(-self.config.zero_width, 50.0)
+        cut = calib.occupancy_cuts(occ, feats, self.config.zero_width)
         self.cell_cut.copy_(cut.to(self.cell_cut))
         if self.config.calibration_quantiles:
-            self._fit_hit_map(x, feats, cut)
+            q_gen, q_ref = calib.hit_quantile_maps(x, feats, cut, self.voxel_group.cpu(), thr,
+                                                   self.hit_q_gen.cpu())
+            self.hit_q_gen.copy_(q_gen.to(self.hit_q_gen))
+            self.hit_q_ref.copy_(q_ref.to(self.hit_q_ref))
         if self.config.calibration_energy_bins:
             real_r = torch.cat([(x[i:i + 1000].double() * (x[i:i + 1000] >= thr)).sum(1).cpu()
                                 for i in range(0, len(x), 1000)]) / e_inc.double().cpu()
-            self._fit_response(e_inc.cpu(), real_r, e_inc[:n].cpu(), gen_r)
+            table = calib.response_table(e_inc.cpu(), real_r, e_inc[:n].cpu(), gen_r,
+                                         len(self.resp_log_e))
+            if table is not None:
+                for buf, val in zip((self.resp_log_e, self.resp_mu_ref, self.resp_mu_gen,
+                                     self.resp_k), table):
+                    buf.copy_(val.to(buf))
 
-    def _fit_response(self, e_real: Tensor, r_real: Tensor, e_gen: Tensor, r_gen: Tensor
-                      ) -> None:
-        """Per log-energy bin: mean and rms of the response in the narrowest window
-        holding 90 % of the showers (the mu90 / sigma90 of calorimetry)."""
-        nb = len(self.resp_log_e)
-        lo, hi = float(torch.log(e_real.min())), float(torch.log(e_real.max()))
-        edges = torch.linspace(lo, hi, nb + 1, dtype=torch.float64)
-        centres, mg, mr, kk = [], [], [], []
-        for b in range(nb):
-            sr = (torch.log(e_real.double()) >= edges[b]) & (torch.log(e_real.double()) <= edges[b + 1])
-            sg = (torch.log(e_gen.double()) >= edges[b]) & (torch.log(e_gen.double()) <= edges[b + 1])
-            if sr.sum() < 50 or sg.sum() < 50:
-                continue
-            m_r, s_r = _core90(r_real[sr])
-            m_g, s_g = _core90(r_gen[sg])
-            centres.append(float(torch.log(e_real[sr].double()).median()))
-            mr.append(m_r)
-            mg.append(m_g)
-            kk.append(s_r / max(s_g, 1e-12))
-        if not centres:
-            return
-        pad = nb - len(centres)  # fewer filled bins: repeat the last knot
-        centres += [centres[-1] + 1e-3 * (i + 1) for i in range(pad)]
-        for v in (mr, mg, kk):
-            v += [v[-1]] * pad
-        self.resp_log_e.copy_(torch.tensor(centres))
-        self.resp_mu_ref.copy_(torch.tensor(mr))
-        self.resp_mu_gen.copy_(torch.tensor(mg))
-        self.resp_k.copy_(torch.tensor(kk).clamp(0.5, 2.0))
-
-    def _interp_response(self, log_e: Tensor, table: Tensor) -> Tensor:
-        xk = self.resp_log_e
-        j = torch.searchsorted(xk, log_e.contiguous()).clamp(1, len(xk) - 1) - 1 \
-            if len(xk) > 1 else torch.zeros_like(log_e, dtype=torch.long)
-        if len(xk) == 1:
-            return table[j]
-        x0, x1 = xk[j], xk[j + 1]
-        t = ((log_e - x0) / (x1 - x0).clamp_min(1e-9)).clamp(0, 1)
-        return table[j] + t * (table[j + 1] - table[j])
-
-    def _calibrate_response(self, el: Tensor, e_inc: Tensor) -> Tensor:
-        """Layer energies rescaled so that E_vis / E_inc has the calibrated median and
-        width at this incident energy (all layers by one factor per shower)."""
-        log_e = torch.log(e_inc)
-        mg, mr = self._interp_response(log_e, self.resp_mu_gen), \
-            self._interp_response(log_e, self.resp_mu_ref)
-        k = self._interp_response(log_e, self.resp_k)
-        r = el.sum(1) / e_inc
-        r_new = (mr + k * (r - mg)).clamp_min(0)
-        return el * (r_new / r.clamp_min(1e-30))[:, None]
-
-    def _fit_hit_map(self, x: Tensor, feats: Tensor, cut: Tensor) -> None:
-        """Quantiles of log(E / threshold) of training hits and of the generated hit
-        excesses (feature - cut) per voxel group."""
-        thr = self.geometry.readout_threshold_mev
-        groups = self.voxel_group.cpu()
-        n_g, k = self.hit_q_gen.shape
-        levels = torch.linspace(0, 1, k, dtype=torch.float64)
-
-        def group_quantiles(vals: Tensor, grp: Tensor) -> tuple[Tensor, Tensor]:
-            order = torch.argsort(grp * 1000.0 + vals.double().clamp(0, 999))
-            vals, grp = vals[order].double(), grp[order]
-            counts = torch.bincount(grp, minlength=n_g)
-            starts = torch.cumsum(counts, 0) - counts
-            pos = starts[:, None] + (levels[None] * (counts[:, None] - 1).clamp_min(0)).round().long()
-            q = vals[pos.clamp(max=max(len(vals) - 1, 0))] if len(vals) else torch.zeros(n_g, k)
-            return q.float(), counts
-
-        ref_v, ref_g = [], []
-        for i in range(0, len(x), 1000):
-            xs = x[i:i + 1000].cpu()
-            hit = xs >= thr
-            ref_v.append(torch.log(xs[hit] / thr))
-            ref_g.append(groups.expand_as(xs)[hit])
-        q_ref, n_ref = group_quantiles(torch.cat(ref_v), torch.cat(ref_g))
-        hit = feats >= cut[None]
-        h = (feats - cut[None])[hit]
-        q_gen, n_gen = group_quantiles(h, groups.expand_as(feats)[hit])
-        # Groups with too few hits on either side keep the identity map.
-        ok = (n_ref >= 50) & (n_gen >= 50)
-        q_gen = torch.where(ok[:, None], q_gen, self.hit_q_gen.cpu())
-        q_ref = torch.where(ok[:, None], q_ref, self.hit_q_gen.cpu())
-        # strictly increasing input knots for the interpolation
-        q_gen = q_gen + torch.arange(k) * 1e-6
-        self.hit_q_gen.copy_(q_gen.to(self.hit_q_gen))
-        self.hit_q_ref.copy_(q_ref.to(self.hit_q_ref))
-
-    def _generate(self, e_inc: Tensor, generator: torch.Generator | None,
+    def _generate(self, e_inc: Tensor, generator: Source,
                   calibrated: bool = True) -> tuple[Tensor, Tensor | None]:
         """Voxel energies (MeV) and, in log_threshold mode, the raw log features."""
         c = self.energy(e_inc)
         n_e = len(self.active)
+        if isinstance(generator, ShowerNoise):  # all normals of a shower in one draw
+            generator.reserve(n_e + sum(self.cells[k] for k in self.modelled))
         e_feat = self._sample_flow(self.energy_flow, c, n_e, generator)
         e_feat = e_feat.clamp(-10, 10)  # guard against rare outliers of the flow's tails
         el = (torch.exp(self.energy_std.inverse(e_feat, e_inc)) - self.config.energy_eps) \
             .clamp_min(0) * e_inc[:, None]
         if calibrated and self._log_thr and self.config.calibration_energy_bins:
-            el = self._calibrate_response(el, e_inc)
+            el = calib.calibrate_response(el, e_inc, self.resp_log_e, self.resp_mu_gen,
+                                          self.resp_mu_ref, self.resp_k)
         y = torch.zeros(len(c), self.geometry.n_voxels, device=c.device)
         x = torch.zeros_like(y)
         a = self.config.alpha
@@ -694,7 +468,8 @@ class L2LFlows(GenerativeModel):
                     # Below the cut (0 = the readout threshold): not read out.
                     if calibrated:
                         cut = self.cell_cut[s]
-                        g = self._map_hits((f - cut).clamp_min(0), s)
+                        g = calib.map_hits((f - cut).clamp_min(0), self.voxel_group[s],
+                                           self.hit_q_gen, self.hit_q_ref)
                     else:
                         cut, g = torch.zeros_like(f[0]), f
                     cell = torch.where(f >= cut, thr * torch.exp(g.clamp(0, 20)),

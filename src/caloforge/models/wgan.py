@@ -23,11 +23,13 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from caloforge.data.batch import Conditions
 from caloforge.errors import ConfigError
 from caloforge.geometry import Geometry
 from caloforge.models.base import GenerativeModel, StepContext, TrainBatch, register
 from caloforge.models.config import Config, positive
 from caloforge.models.nets import Critic3d, GridDecoder, gradient_penalty, mlp
+from caloforge.models.noise import ShowerNoise, Source, randn
 from caloforge.models.transforms import Compose, LogTransform, ScaleByIncident
 
 
@@ -97,8 +99,8 @@ class WGAN(GenerativeModel):
         f = self.config.constrainer_fraction
         return [("constrainer", f), ("gan", 1 - f)]
 
-    def _fake(self, c: Tensor, gen: torch.Generator) -> Tensor:
-        z = torch.randn(len(c), self.config.latent_dim, generator=gen, device=c.device)
+    def _fake(self, c: Tensor, gen: Source) -> Tensor:
+        z = randn(gen, len(c), self.config.latent_dim, device=c.device)
         return torch.relu(self.generator(z, c))[:, None]  # (B, 1, L, A, B)
 
     def training_step(self, batch: TrainBatch, phase: str, ctx: StepContext) -> dict[str, float]:
@@ -126,7 +128,8 @@ class WGAN(GenerativeModel):
             out.update(generator=adv.item(), energy=e_loss.item())
         return out
 
-    def generate(self, e_inc: Tensor, generator: torch.Generator | None) -> Tensor:
+    def generate(self, e_inc: Tensor, noise: ShowerNoise,
+                 conditions: Conditions | None = None) -> Tensor:
         c = self.energy(e_inc)
-        y = self._fake(c, generator).flatten(1).float()
+        y = self._fake(c, noise).flatten(1).float()
         return self.transform.inverse(y, e_inc)

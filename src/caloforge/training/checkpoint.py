@@ -20,100 +20,29 @@ replaced only after that, so an interrupted write never loses the previous check
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import shutil
-import uuid
 from pathlib import Path
 from typing import Any
 
 import torch
 import yaml
 
-from caloforge.errors import CaloforgeError, FormatError
-from caloforge.geometry import get_geometry
-from caloforge.models.base import (
-    META_FILE,
-    WEIGHTS_FILE,
-    GenerativeModel,
-    get_model_class,
-    read_model_meta,
+from caloforge.errors import FormatError
+from caloforge.models.base import GenerativeModel
+
+# The model-folder format lives in caloforge.models.folder; re-exported for callers here.
+from caloforge.models.folder import (  # noqa: F401
+    atomic_dir,
+    load_model_dir,
+    save_model_dir,
 )
+from caloforge.models.folder import write_model_files as _write_model_files
 from caloforge.utils import atomic_path
 
 STATE_FILE = "training_state.pt"
 RUN_FILE = "run.yaml"
 LATEST = "latest.json"
-
-
-def _write_model_files(model: GenerativeModel, directory: Path) -> None:
-    from safetensors.torch import save_file
-
-    # Clone: safetensors refuses tensors that share storage (tied or viewed buffers).
-    state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
-    save_file(state, str(directory / WEIGHTS_FILE), metadata={"model": model.name})
-    (directory / META_FILE).write_text(yaml.safe_dump(model.metadata(), sort_keys=False))
-
-
-@contextlib.contextmanager
-def atomic_dir(target: Path):
-    """Yield a temporary folder next to ``target``; move it onto ``target`` on success
-    (replacing an existing folder only once the new one is complete)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.part")
-    tmp.mkdir()
-    try:
-        yield tmp
-        if target.exists():
-            old = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.old")
-            os.replace(target, old)
-            os.replace(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def save_model_dir(model: GenerativeModel, directory: str | Path) -> Path:
-    """Write a model folder atomically; returns its path."""
-    directory = Path(directory)
-    with atomic_dir(directory) as tmp:
-        _write_model_files(model, tmp)
-    return directory
-
-
-def load_model_dir(directory: str | Path, device: str | torch.device = "cpu") -> GenerativeModel:
-    """Rebuild a model from a model (or checkpoint) folder; clear errors for foreign or
-    corrupt files."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    directory = Path(directory)
-    meta = read_model_meta(directory)
-    try:
-        cls = get_model_class(meta["model"])
-        model = cls.from_config(meta["config"], get_geometry(meta["geometry"]))
-    except CaloforgeError as exc:
-        raise FormatError(f"cannot rebuild the model: {exc}", directory / META_FILE) from None
-    wpath = directory / WEIGHTS_FILE
-    if not wpath.is_file():
-        raise FormatError("model weights are missing", wpath)
-    try:
-        state = load_file(str(wpath))
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise FormatError(f"corrupt or not a safetensors file ({exc})", wpath) from None
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        first = str(exc).splitlines()[1:3]
-        raise FormatError(
-            f"weights do not match a {meta['model']!r} model with the stored config: "
-            f"{' '.join(s.strip() for s in first)}", wpath) from None
-    model.trained_version = str(meta.get("caloforge_version", "unknown"))
-    return model.to(device).eval()
 
 
 def _rng_state() -> dict[str, Any]:

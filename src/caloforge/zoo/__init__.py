@@ -20,13 +20,13 @@ from caloforge.errors import InputError
 
 def available() -> list[str]:
     """Names of the shipped models."""
-    from caloforge.models.base import list_zoo
+    from caloforge.models.folder import list_zoo
     return list_zoo()
 
 
 def path(name: str) -> Path:
     """Folder of shipped model ``name``."""
-    from caloforge.models.base import META_FILE, zoo_dir
+    from caloforge.models.folder import META_FILE, zoo_dir
     folder = zoo_dir() / name
     if not (folder / META_FILE).is_file():
         raise InputError(f"no shipped model {name!r}; shipped: "
@@ -36,7 +36,7 @@ def path(name: str) -> Path:
 
 def load(name: str, device: str = "cpu"):  # noqa: ANN201 - avoids importing torch here
     """Load shipped model ``name`` (a :class:`~caloforge.models.GenerativeModel`)."""
-    from caloforge.models.base import load as load_model
+    from caloforge.models.folder import load as load_model
     return load_model(path(name), device)
 
 

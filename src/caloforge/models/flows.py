@@ -1,0 +1,127 @@
+"""Normalizing-flow building blocks shared by the flow-based architectures.
+
+- :func:`spline_coupling_flow`: a zuko coupling flow (rational-quadratic splines, or
+  affine couplings with ``bins=0``) that samples in one network pass;
+- :class:`AffineCouplingFlow`: a lean conditional RealNVP for many features;
+- :func:`sample_flow`: map given standard-normal noise through either kind.
+
+>>> import torch
+>>> flow = AffineCouplingFlow(8, 2, transforms=2, hidden=(16,))
+>>> z, ctx = torch.randn(3, 8), torch.randn(3, 2)
+>>> tuple(flow.sample_from(z, ctx).shape)
+(3, 8)
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+from zuko.distributions import DiagNormal
+from zuko.flows import Flow, GeneralCouplingTransform, UnconditionalDistribution
+from zuko.transforms import MonotonicAffineTransform, MonotonicRQSTransform
+
+
+def spline_coupling_flow(features: int, context: int, transforms: int, bins: int,
+                         hidden: tuple[int, ...]) -> Flow:
+    """Rational-quadratic spline coupling flow on ``features`` dims (one-pass sampling);
+    ``bins=0`` gives affine (RealNVP) couplings instead.
+
+    Masks alternate between a random half of the features and its complement, so every
+    feature is transformed and mixes with every other across pairs of transforms.
+    """
+    layers = []
+    perm = torch.randperm(features)
+    for i in range(transforms):
+        if i % 2 == 0 and i > 0:
+            perm = torch.randperm(features)
+        mask = (perm % 2) == (i % 2)
+        if bins:
+            kind = {"univariate": MonotonicRQSTransform,
+                    "shapes": [(bins,), (bins,), (bins - 1,)]}
+        else:
+            kind = {"univariate": MonotonicAffineTransform, "shapes": [(), ()]}
+        layers.append(GeneralCouplingTransform(
+            features, context, mask=mask, hidden_features=tuple(hidden), activation=nn.ELU,
+            **kind))
+    base = UnconditionalDistribution(DiagNormal, torch.zeros(features), torch.ones(features),
+                                     buffer=True)
+    return Flow(layers, base)
+
+
+class AffineCouplingFlow(nn.Module):
+    """A lean conditional RealNVP for many features, cheaper than zuko's masked couplings.
+
+    Blocks of (fixed random permutation, coupling on the second half given the first,
+    coupling on the first half given the second): one gather per two couplings instead
+    of a gather and a scatter per coupling, which dominates sampling time at 900
+    features.  The latent stays in the permuted order (an i.i.d. normal does not care).
+    Log-scales are soft-clamped to +-``scale_clamp`` for stable training.
+    """
+
+    def __init__(self, features: int, context: int, transforms: int,
+                 hidden: tuple[int, ...], scale_clamp: float = 3.0) -> None:
+        super().__init__()
+        self.features = features
+        self.half = features // 2
+        self.scale_clamp = scale_clamp
+        blocks = max(1, (transforms + 1) // 2)
+        perms = torch.stack([torch.randperm(features) for _ in range(blocks)])
+        self.register_buffer("perms", perms)
+        self.register_buffer("inv_perms", torch.argsort(perms, 1))
+        self.nets = nn.ModuleList()
+        for j in range(2 * blocks):
+            n_in = self.half if j % 2 == 0 else features - self.half
+            n_out = features - n_in
+            dims = [n_in + context, *hidden]
+            layers: list[nn.Module] = []
+            for a, b in zip(dims[:-1], dims[1:]):
+                layers += [nn.Linear(a, b), nn.ELU()]
+            last = nn.Linear(dims[-1], 2 * n_out)
+            nn.init.zeros_(last.weight)  # start as the identity map
+            nn.init.zeros_(last.bias)
+            self.nets.append(nn.Sequential(*layers, last))
+
+    def _params(self, j: int, cond: Tensor, context: Tensor) -> tuple[Tensor, Tensor]:
+        out = self.nets[j](torch.cat([cond, context], 1))
+        shift, raw = out.chunk(2, 1)
+        c = self.scale_clamp
+        return shift, c * torch.tanh(raw / c)
+
+    def log_prob(self, x: Tensor, context: Tensor) -> Tensor:
+        """log density of ``x`` (B, features) given ``context`` (B, context)."""
+        h = self.half
+        logdet = x.new_zeros(len(x))
+        for blk in range(len(self.perms)):
+            x = x[:, self.perms[blk]]
+            a, b = x[:, :h], x[:, h:]
+            t, s = self._params(2 * blk, a, context)
+            b = (b - t) * torch.exp(-s)
+            logdet = logdet - s.sum(1)
+            t, s = self._params(2 * blk + 1, b, context)
+            a = (a - t) * torch.exp(-s)
+            logdet = logdet - s.sum(1)
+            x = torch.cat([a, b], 1)
+        base = -0.5 * (x ** 2).sum(1) - 0.5 * self.features * math.log(2 * math.pi)
+        return base + logdet
+
+    def sample_from(self, z: Tensor, context: Tensor) -> Tensor:
+        """Map standard-normal ``z`` (B, features) to data space."""
+        h = self.half
+        x = z
+        for blk in reversed(range(len(self.perms))):
+            a, b = x[:, :h], x[:, h:]
+            t, s = self._params(2 * blk + 1, b, context)
+            a = a * torch.exp(s) + t
+            t, s = self._params(2 * blk, a, context)
+            b = b * torch.exp(s) + t
+            x = torch.cat([a, b], 1)[:, self.inv_perms[blk]]
+        return x
+
+
+def sample_flow(flow: Flow | AffineCouplingFlow, context: Tensor, z: Tensor) -> Tensor:
+    """Data-space samples of ``flow`` given ``context`` for standard-normal noise ``z``."""
+    if isinstance(flow, AffineCouplingFlow):
+        return flow.sample_from(z, context)
+    return flow(context).transform.inv(z)

@@ -1,0 +1,165 @@
+"""The model-folder format: one trained model as files, and where to find them.
+
+A *model folder* holds ``model.yaml`` (architecture, geometry, config, trained
+conditions and their ranges, caloforge version) and ``model.safetensors`` (weights and
+fitted preprocessing / calibration buffers).  Folders are written atomically and read
+without unpickling.  Training checkpoints (:mod:`caloforge.training.checkpoint`) are
+model folders plus the training state; they build on this module, never the reverse.
+
+>>> from caloforge.models.folder import list_zoo
+>>> "ild-ecal-photons" in list_zoo()
+True
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+import yaml
+
+from caloforge.errors import CaloforgeError, FormatError, InputError
+from caloforge.geometry import get_geometry
+from caloforge.models.config import read_yaml
+from caloforge.models.registry import get_model_class, list_models
+
+if TYPE_CHECKING:
+    from caloforge.models.base import GenerativeModel
+
+WEIGHTS_FILE = "model.safetensors"
+META_FILE = "model.yaml"
+
+
+@contextlib.contextmanager
+def atomic_dir(target: Path) -> Iterator[Path]:
+    """Yield a temporary folder next to ``target``; move it onto ``target`` on success
+    (replacing an existing folder only once the new one is complete)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.part")
+    tmp.mkdir()
+    try:
+        yield tmp
+        if target.exists():
+            old = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.old")
+            os.replace(target, old)
+            os.replace(tmp, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def write_model_files(model: GenerativeModel, directory: Path) -> None:
+    """Write ``model.safetensors`` and ``model.yaml`` into an existing folder."""
+    from safetensors.torch import save_file
+
+    # Clone: safetensors refuses tensors that share storage (tied or viewed buffers).
+    state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    save_file(state, str(directory / WEIGHTS_FILE), metadata={"model": model.name})
+    (directory / META_FILE).write_text(yaml.safe_dump(model.metadata(), sort_keys=False))
+
+
+def save_model_dir(model: GenerativeModel, directory: str | Path) -> Path:
+    """Write a model folder atomically; returns its path."""
+    directory = Path(directory)
+    with atomic_dir(directory) as tmp:
+        write_model_files(model, tmp)
+    return directory
+
+
+def read_model_meta(directory: Path) -> dict[str, Any]:
+    """``model.yaml`` of a model folder, validated."""
+    meta = read_yaml(directory / META_FILE)
+    for key in ("model", "geometry", "config"):
+        if key not in meta:
+            raise FormatError(f"{META_FILE} lacks the key {key!r}", directory / META_FILE)
+    return meta
+
+
+def load_model_dir(directory: str | Path, device: str | torch.device = "cpu") -> GenerativeModel:
+    """Rebuild a model from a model (or checkpoint) folder; clear errors for foreign or
+    corrupt files."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    meta = read_model_meta(directory)
+    try:
+        cls = get_model_class(meta["model"])
+        model = cls.from_config(meta["config"], get_geometry(meta["geometry"]))
+        model.load_metadata(meta)
+    except CaloforgeError as exc:
+        raise FormatError(f"cannot rebuild the model: {exc}", directory / META_FILE) from None
+    wpath = directory / WEIGHTS_FILE
+    if not wpath.is_file():
+        raise FormatError("model weights are missing", wpath)
+    try:
+        state = load_file(str(wpath))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise FormatError(f"corrupt or not a safetensors file ({exc})", wpath) from None
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[1:3]
+        raise FormatError(
+            f"weights do not match a {meta['model']!r} model with the stored config: "
+            f"{' '.join(s.strip() for s in first)}", wpath) from None
+    model.trained_version = str(meta.get("caloforge_version", "unknown"))
+    return model.to(device).eval()
+
+
+def zoo_dir() -> Path:
+    """Folder of the models shipped inside the package."""
+    import caloforge.zoo
+    return Path(caloforge.zoo.__file__).parent
+
+
+def list_zoo() -> list[str]:
+    """Names of the shipped trained models."""
+    return sorted(p.name for p in zoo_dir().iterdir() if (p / META_FILE).is_file())
+
+
+def resolve_model_dir(path_or_name: str | Path) -> Path:
+    """Folder holding ``model.yaml``: a model folder, a training output folder (its final
+    model or latest checkpoint), a checkpoint folder, or the name of a shipped model."""
+    p = Path(path_or_name)
+    if p.is_dir():
+        if (p / META_FILE).is_file():
+            return p
+        if (p / "model" / META_FILE).is_file():
+            return p / "model"
+        latest = p / "checkpoints" / "latest.json"
+        if latest.is_file():
+            try:
+                name = json.loads(latest.read_text())["checkpoint"]
+            except (ValueError, KeyError, TypeError):
+                raise FormatError("corrupt checkpoint pointer", latest) from None
+            return p / "checkpoints" / name
+        raise FormatError(f"no {META_FILE} (not a caloforge model or training folder)", p)
+    zoo = zoo_dir() / str(path_or_name)
+    if (zoo / META_FILE).is_file():
+        return zoo
+    if str(path_or_name) in list_models():
+        raise InputError(
+            f"{path_or_name!r} is an architecture, not a trained model: give a folder written "
+            f"by 'caloforge train' or a shipped model ({', '.join(list_zoo()) or 'none yet'})")
+    raise InputError(
+        f"no model folder or shipped model called {str(path_or_name)!r} (shipped: "
+        f"{', '.join(list_zoo()) or 'none yet'})")
+
+
+def load(path_or_name: str | Path, device: str | torch.device = "cpu") -> GenerativeModel:
+    """Load a trained model from a folder (see :func:`resolve_model_dir`) or the zoo.
+
+    Weights are read with safetensors only: nothing is unpickled.
+    """
+    return load_model_dir(resolve_model_dir(path_or_name), device)
