@@ -40,22 +40,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from caloforge.evaluation import ClassifierConfig, evaluate
+    from caloforge.evaluation import EvaluationConfig, evaluate
+    from caloforge.evaluation.config import check_device
 
     if args.labels and len(args.labels) != len(args.generated):
         raise InputError(f"{len(args.labels)} labels given for {len(args.generated)} "
-                         "generated files")
-    res = evaluate(
-        args.reference, args.generated, args.labels, geometry=args.geometry,
-        threshold_mip=args.threshold_mip, seed=args.seed,
-        classifier=not args.no_classifier,
-        classifier_config=ClassifierConfig(device=args.device, seed=args.seed,
-                                           threads=args.threads or None),
+                         "generated files (--labels)")
+    if args.threads < 0:
+        raise InputError(f"--threads must be >= 0 (0: library default), got {args.threads}")
+    check_device(args.device)
+    cfg = EvaluationConfig.from_dict(dict(
+        geometry=args.geometry, threshold_mip=args.threshold_mip, seed=args.seed,
+        labels=args.labels, classifier=not args.no_classifier,
         classifier_floor=not args.no_classifier_floor, device=args.device,
-        train_reference=args.train_ref, report_dir=args.report, overwrite=args.overwrite,
-        batch_size=args.batch_size, lowlevel_memory_gib=args.lowlevel_memory_gib,
-        threads=args.threads or None,
-        progress_bar=False if args.no_progress else None)
+        train_reference=args.train_ref, batch_size=args.batch_size,
+        lowlevel_memory_gib=args.lowlevel_memory_gib, threads=args.threads or None))
+    res = evaluate(args.reference, args.generated, config=cfg, report_dir=args.report,
+                   overwrite=args.overwrite,
+                   progress_bar=False if args.no_progress else None)
     m = res.metrics
     for w in m["warnings"]:
         print(f"warning: {w}", file=sys.stderr)
@@ -66,4 +68,9 @@ def run(args: argparse.Namespace) -> int:
         v = g.get("verdict", {})
         print(f"{g['label']}: " + ", ".join(f"{k} {c}" for k, c in v.items()))
     print(f"report written to {args.report}/index.html")
+    if not res.complete:
+        # Scripts must not mistake a partial comparison for a complete one.
+        print(f"caloforge evaluate: error: not compared: {'; '.join(m['not_compared'])} "
+              f"(the report of what could be compared is in {args.report})", file=sys.stderr)
+        return 1
     return 0

@@ -29,6 +29,7 @@ from caloforge.data.batch import ShowerBatch
 from caloforge.errors import CaloforgeError, GeometryMismatchError, InputError
 from caloforge.evaluation import metrics as M
 from caloforge.evaluation.classifier import ClassifierConfig, classifier_test, lowlevel_transform
+from caloforge.evaluation.config import EvaluationConfig, check_device
 from caloforge.evaluation.observables import (
     CALOGAN_OBSERVABLES,
     CORRELATION_OBSERVABLES,
@@ -37,6 +38,7 @@ from caloforge.evaluation.observables import (
     energy_bins,
     mu90_sigma90,
 )
+from caloforge.evaluation.report.folder import staged_report_dir
 from caloforge.evaluation.stream import (
     SampleSummary,
     Source,
@@ -66,6 +68,12 @@ class Evaluation:
     generated: list[SampleSummary | None]
     report_dir: Path | None = None
     figures: list[str] = field(default_factory=list)
+    geometry_features: GeometryFeatures | None = field(default=None, repr=False)
+
+    @property
+    def complete(self) -> bool:
+        """True when every requested comparison was made (``not_compared`` is empty)."""
+        return not self.metrics.get("not_compared")
 
 
 def _clean(obj: Any) -> Any:
@@ -403,59 +411,66 @@ def _memo_verdict(frac: float, ratio: float, n_gen: int) -> str:
 # ---------------------------------------------------------------------------------------
 def evaluate(reference: str | Path | ShowerBatch,
              generated: Sequence[str | Path | ShowerBatch],
-             labels: Sequence[str] | None = None, *, geometry: str | None = None,
-             threshold_mip: float | None = None, seed: int = 0, classifier: bool = True,
-             classifier_config: ClassifierConfig | None = None, classifier_floor: bool = True,
-             device: str = "cpu", train_reference: str | Path | ShowerBatch | None = None,
+             labels: Sequence[str] | None = None, *, config: EvaluationConfig | None = None,
              report_dir: str | Path | None = None, overwrite: bool = False,
-             batch_size: int = 1000, lowlevel_memory_gib: float = 0.75, n_memo: int = 2000,
-             figure_formats: tuple[str, ...] = ("png", "pdf"), threads: int | None = 1,
-             progress_bar: bool | None = None) -> Evaluation:
+             train_reference: str | Path | ShowerBatch | None = None,
+             progress_bar: bool | None = None, **options: Any) -> Evaluation:
     """Compare ``generated`` samples with ``reference`` and optionally write a report.
 
     Every input is a shower file (any format :func:`caloforge.data.io.open_showers`
-    reads; streamed in chunks of ``batch_size``) or an in-memory ShowerBatch.
-    ``threshold_mip``: readout threshold in MIP of the geometry (default: the geometry's
-    own readout threshold, 0.5 MIP for the ILD calorimeters).  The low-level classifier
-    uses a random subsample of at most ``lowlevel_memory_gib`` GiB (float16) of voxels.
-    ``threads`` limits the BLAS and torch CPU threads (default 1: many small linear
-    algebra calls run several times faster single-threaded, most of all on shared CPUs;
-    None leaves the libraries' defaults).
+    reads; streamed in chunks of ``batch_size``) or an in-memory ShowerBatch.  The
+    settings are an :class:`EvaluationConfig`; ``options`` (its field names, e.g.
+    ``seed=3, classifier=False``) override single fields of ``config``.
+    ``train_reference`` may be a file or an in-memory ShowerBatch (a file name is also
+    accepted as ``config.train_reference``).
+
+    Samples that cannot be compared (unreadable, empty, other geometry) and an unusable
+    training file do not stop the evaluation: they are listed in
+    ``metrics["not_compared"]`` and :attr:`Evaluation.complete` is False.
     Returns an :class:`Evaluation` whose ``metrics`` equal the report's metrics.json.
     """
     from threadpoolctl import threadpool_limits
 
-    with threadpool_limits(limits=threads):
-        return _evaluate(reference, generated, labels, geometry=geometry,
-                         threshold_mip=threshold_mip, seed=seed, classifier=classifier,
-                         classifier_config=classifier_config,
-                         classifier_floor=classifier_floor, device=device,
-                         train_reference=train_reference, report_dir=report_dir,
-                         overwrite=overwrite, batch_size=batch_size,
-                         lowlevel_memory_gib=lowlevel_memory_gib, n_memo=n_memo,
-                         figure_formats=figure_formats, threads=threads,
-                         progress_bar=progress_bar)
+    cfg = config or EvaluationConfig()
+    if labels is not None:
+        options["labels"] = list(labels)
+    if isinstance(train_reference, (str, Path)):
+        options["train_reference"] = str(train_reference)
+    if options:
+        cfg = cfg.replace(**options)
+    if train_reference is None and cfg.train_reference is not None:
+        train_reference = cfg.train_reference
+    check_device(cfg.device, "device")
+    if cfg.classifier_config is not None:
+        check_device(cfg.classifier_config.device, "classifier_config.device")
+    with threadpool_limits(limits=cfg.threads):
+        return _evaluate(reference, generated, cfg, train_reference, report_dir, overwrite,
+                         progress_bar)
 
 
-def _evaluate(reference, generated, labels, *, geometry, threshold_mip, seed, classifier,
-              classifier_config, classifier_floor, device, train_reference, report_dir,
-              overwrite, batch_size, lowlevel_memory_gib, n_memo, figure_formats, threads,
-              progress_bar) -> Evaluation:
-    t_start = time.perf_counter()
+def _evaluate(reference, generated, cfg: EvaluationConfig, train_reference, report_dir,
+              overwrite, progress_bar) -> Evaluation:
     warnings: list[str] = []
-    not_computed: list[str] = []
     if not generated:
         raise InputError("give at least one generated sample to compare")
-    labels = list(labels) if labels else []
-    if labels and len(labels) != len(generated):
-        raise InputError(f"{len(labels)} labels for {len(generated)} generated samples")
-    report_path = None
-    if report_dir is not None:
-        report_path = Path(report_dir)
-        if report_path.exists() and any(report_path.iterdir()) and not overwrite:
-            from caloforge.errors import OutputExistsError
-            raise OutputExistsError("report folder exists and is not empty "
-                                    "(use --overwrite)", report_path)
+    if cfg.labels and len(cfg.labels) != len(generated):
+        raise InputError(f"{len(cfg.labels)} labels for {len(generated)} generated samples")
+    if report_dir is None:
+        return _compare(reference, generated, cfg, train_reference, progress_bar, warnings)
+    with staged_report_dir(report_dir, overwrite, warnings) as staging:
+        ev = _compare(reference, generated, cfg, train_reference, progress_bar, warnings)
+        _write_report(ev, staging, Path(report_dir), cfg.figure_formats)
+    return ev
+
+
+def _compare(reference, generated, cfg: EvaluationConfig, train_reference, progress_bar,
+             warnings: list[str]) -> Evaluation:
+    t_start = time.perf_counter()
+    geometry, seed, batch_size = cfg.geometry, cfg.seed, cfg.batch_size
+    labels = list(cfg.labels or [])
+    threshold_mip, classifier = cfg.threshold_mip, cfg.classifier
+    not_computed: list[str] = []
+    not_compared: list[str] = []
     ref_src = Source(reference, "reference", geometry, batch_size)
     if ref_src.n_showers == 0:
         raise InputError("reference sample contains no showers", ref_src.name)
@@ -465,14 +480,12 @@ def _evaluate(reference, generated, labels, *, geometry, threshold_mip, seed, cl
     gf = GeometryFeatures.of(geo)
     thr_mev = geo.readout_threshold_mev if threshold_mip is None else threshold_mip * geo.mip_mev
     thr_mip = thr_mev / geo.mip_mev
-    if thr_mev < 0:
-        raise InputError(f"threshold must be >= 0, got {threshold_mip} MIP")
     first = next(iter(ref_src.batches()))
     spec_edges = spectrum_edges_from(first, geo.mip_mev)
     del first
     n_ll = 0
     if classifier:
-        n_ll = int(lowlevel_memory_gib * 2**30 / (2 * 2 * (geo.n_voxels + 1)))
+        n_ll = int(cfg.lowlevel_memory_gib * 2**30 / (2 * 2 * (geo.n_voxels + 1)))
     train_src = None
     if train_reference is not None:
         train_src = _try_source(train_reference, "training", geometry, batch_size, warnings)
@@ -480,10 +493,13 @@ def _evaluate(reference, generated, labels, *, geometry, threshold_mip, seed, cl
             warnings.append(f"training file {train_src.name} is on {train_src.geometry}, not "
                             f"{geo.name}: memorisation check skipped")
             train_src = None
+        if train_src is None:
+            not_compared.append(f"memorisation check: {warnings[-1]}")
     proj = memo_projection(geo.n_voxels, seed)
-    cfg = StreamConfig(thr_mev, spec_edges, n_ll, n_memo if train_src else 0, proj, seed)
+    stream_cfg = StreamConfig(thr_mev, spec_edges, n_ll, cfg.n_memo if train_src else 0,
+                              proj, seed)
     is_calogan = geo.name == "calogan"
-    ref = summarise(ref_src, gf, cfg, is_calogan, progress_bar)
+    ref = summarise(ref_src, gf, stream_cfg, is_calogan, progress_bar)
     if ref.bad_showers:
         warnings.append(f"reference: skipped {len(ref.bad_showers)} showers "
                         f"({_reasons(ref)}); first at index {ref.bad_showers[:10]}")
@@ -497,10 +513,17 @@ def _evaluate(reference, generated, labels, *, geometry, threshold_mip, seed, cl
     cg_edges = {k: M.hist_edges(v, integer=k in INTEGER_OBSERVABLES)
                 for k, v in ref.calogan.items()}
     e_lo, e_hi = float(ref.scalars["e_inc"].min()), float(ref.scalars["e_inc"].max())
-    ccfg = classifier_config or ClassifierConfig(device=device, seed=seed, threads=threads)
+    ccfg = cfg.resolved_classifier()
 
     gen_summaries: list[SampleSummary | None] = []
     gen_metrics: list[dict[str, Any]] = []
+
+    def fail(entry: dict[str, Any], msg: str) -> None:
+        warnings.append(msg)
+        not_compared.append(msg)
+        entry.update(status="failed", reason=msg)
+        gen_metrics.append(entry)
+
     for i, g in enumerate(generated):
         label = labels[i] if labels else None
         if label is None and isinstance(g, ShowerBatch):
@@ -508,27 +531,25 @@ def _evaluate(reference, generated, labels, *, geometry, threshold_mip, seed, cl
         entry: dict[str, Any] = {"label": label or Path(str(g)).stem, "status": "ok"}
         src = _try_source(g, label, geometry, batch_size, warnings)
         if src is None:
-            entry.update(status="failed", reason=warnings[-1])
             gen_summaries.append(None)
-            gen_metrics.append(entry)
+            fail(entry, warnings.pop())
             continue
         entry.update(label=src.label, source=src.name, n_showers=src.n_showers)
         if src.geometry != geo.name:
-            msg = (f"{src.name}: geometry {src.geometry} differs from the reference's "
-                   f"{geo.name}; not compared")
-            warnings.append(msg)
-            entry.update(status="failed", reason=msg)
             gen_summaries.append(None)
-            gen_metrics.append(entry)
+            fail(entry, f"{src.name}: geometry {src.geometry} differs from the reference's "
+                        f"{geo.name}; not compared")
             continue
         if src.n_showers == 0:
-            msg = f"{src.name}: file contains no showers; not compared"
-            warnings.append(msg)
-            entry.update(status="failed", reason=msg)
             gen_summaries.append(None)
-            gen_metrics.append(entry)
+            fail(entry, f"{src.name}: file contains no showers; not compared")
             continue
-        summ = summarise(src, gf, cfg, is_calogan, progress_bar)
+        try:
+            summ = summarise(src, gf, stream_cfg, is_calogan, progress_bar)
+        except CaloforgeError as exc:
+            gen_summaries.append(None)
+            fail(entry, f"{exc}; not compared")
+            continue
         gen_summaries.append(summ)
         entry["n_used"] = summ.n_used
         entry["skipped"] = {"count": len(summ.bad_showers), "reasons": summ.bad_reasons,
@@ -540,10 +561,7 @@ def _evaluate(reference, generated, labels, *, geometry, threshold_mip, seed, cl
         tps = summ.metadata.get("time_per_shower_ms")
         entry["time_per_shower_ms"] = float(tps) if isinstance(tps, (int, float)) else None
         if summ.n_used == 0:
-            msg = f"{src.label}: no usable showers; not compared"
-            warnings.append(msg)
-            entry.update(status="failed", reason=msg)
-            gen_metrics.append(entry)
+            fail(entry, f"{src.label}: no usable showers; not compared")
             continue
         gi = summ.scalars["e_inc"]
         # 0.5% of the range as margin: a continuous spectrum sampled twice never has
@@ -567,7 +585,7 @@ def _evaluate(reference, generated, labels, *, geometry, threshold_mip, seed, cl
         entry["correlations"] = _correlation_metrics(ref, summ)
         entry.update(_distance_metrics(ref, summ, gf, seed))
         if classifier:
-            entry["classifier"] = _classifier_metrics(ref, summ, gf, ccfg, classifier_floor)
+            entry["classifier"] = _classifier_metrics(ref, summ, gf, ccfg, cfg.classifier_floor)
         if train_src is not None:
             entry["memorisation"] = _try(_memorisation, train_src, ref, summ, gf, proj, thr_mev,
                                          batch_size, progress_bar)
@@ -580,6 +598,7 @@ def _evaluate(reference, generated, labels, *, geometry, threshold_mip, seed, cl
         warnings.append("no generated sample could be compared")
     result = {
         "caloforge_version": __version__,
+        "config": cfg.to_dict(),
         "geometry": geo.name,
         "threshold_mev": thr_mev,
         "threshold_mip": thr_mip,
@@ -595,21 +614,25 @@ def _evaluate(reference, generated, labels, *, geometry, threshold_mip, seed, cl
         "generated": gen_metrics,
         "warnings": warnings,
         "not_computed": not_computed,
+        "not_compared": not_compared,
+        "seconds_metrics": time.perf_counter() - t_start,
     }
-    ev = Evaluation({}, ref, gen_summaries, report_path)
-    result["seconds_metrics"] = time.perf_counter() - t_start
-    if report_path is not None:
-        from caloforge.evaluation.report import write_report
-        ev.metrics = _clean(result)
-        ev.figures, failed = write_report(ev, gf, overwrite=overwrite,
-                                          formats=figure_formats)
-        not_computed.extend(f"figure {f}" for f in failed)
-        result["figures"] = ev.figures
-        result["seconds_total"] = time.perf_counter() - t_start
-    ev.metrics = _clean(result)
-    if report_path is not None:
-        (report_path / "metrics.json").write_text(json.dumps(ev.metrics, indent=1))
-    return ev
+    return Evaluation(_clean(result), ref, gen_summaries, geometry_features=gf)
+
+
+def _write_report(ev: Evaluation, staging: Path, out: Path, formats: tuple[str, ...]) -> None:
+    """Figures, index.html and metrics.json into ``staging`` (renamed to ``out`` by the
+    caller once complete)."""
+    from caloforge.evaluation.report import write_report
+
+    t0 = time.perf_counter()
+    ev.report_dir = out
+    ev.figures, failed = write_report(ev, ev.geometry_features, staging, formats=formats)
+    m = ev.metrics
+    m["not_computed"].extend(f"figure {f}" for f in failed)
+    m["figures"] = ev.figures
+    m["seconds_total"] = m["seconds_metrics"] + time.perf_counter() - t0
+    (staging / "metrics.json").write_text(json.dumps(m, indent=1))
 
 
 def _reasons(s: SampleSummary) -> str:
@@ -620,8 +643,9 @@ def _try_source(data, label, geometry, batch_size, warnings) -> Source | None:
     try:
         return Source(data, label, geometry, batch_size)
     except CaloforgeError as exc:
-        name = f"<in-memory {label}>" if isinstance(data, ShowerBatch) else str(data)
-        warnings.append(f"cannot read {name}: {exc}")
+        # The error names the file already; an in-memory sample is named here.
+        name = f"<in-memory {label}>: " if isinstance(data, ShowerBatch) else ""
+        warnings.append(f"cannot read {name}{exc}")
         return None
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import html
 import math
-import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,9 +25,10 @@ if TYPE_CHECKING:  # pragma: no cover
 COLOURS = {"green": "#b7e4b0", "yellow": "#ffe9a8", "red": "#f6b3b3", "grey": "#dddddd"}
 
 
-def write_report(ev: Evaluation, gf: GeometryFeatures, overwrite: bool = False,
+def write_report(ev: Evaluation, gf: GeometryFeatures, folder: Path,
                  formats: tuple[str, ...] = ("png", "pdf")) -> tuple[list[str], list[str]]:
-    """Write all figures and index.html into ``ev.report_dir``.
+    """Write all figures and index.html into ``folder`` (the staging folder of
+    :func:`caloforge.evaluation.report.folder.staged_report_dir`).
 
     Returns the figure names and the figures that failed (with the reason).
 
@@ -37,10 +37,7 @@ def write_report(ev: Evaluation, gf: GeometryFeatures, overwrite: bool = False,
     from caloforge.evaluation import api
     from caloforge.evaluation.report import plots as P
 
-    out = Path(ev.report_dir)
-    tmp = out.with_name(f".{out.name}.part")
-    if tmp.exists():
-        shutil.rmtree(tmp)
+    tmp = Path(folder)
     P.style()
     fw = P.FigureWriter(tmp / "figures", formats)
     m = ev.metrics
@@ -55,6 +52,8 @@ def write_report(ev: Evaluation, gf: GeometryFeatures, overwrite: bool = False,
     def attempt(title: str, fn, *args) -> None:
         try:
             fn(*args)
+        except OSError:
+            raise  # a full disk or a read-only folder fails the report, not one figure
         except Exception as exc:  # noqa: BLE001 - a broken figure must not kill the report
             failed.append(f"{title}: {type(exc).__name__}: {exc}")
 
@@ -94,11 +93,6 @@ def write_report(ev: Evaluation, gf: GeometryFeatures, overwrite: bool = False,
     attempt("images", P.images, fw, [ref] + gens, ["reference"] + labels, gf)
     page = render_html(m, fw.figures, fw.captions, failed)
     (tmp / "index.html").write_text(page, encoding="utf-8")
-    if out.exists():
-        if not overwrite and any(out.iterdir()):
-            raise FileExistsError(out)  # pragma: no cover - checked before the evaluation
-        shutil.rmtree(out)
-    tmp.rename(out)
     return list(fw.figures), failed
 
 
