@@ -91,8 +91,11 @@ def test_partial_comparison_exits_nonzero_but_reports_what_was_done(files, capsy
     stale = tmp_path / ".rep.part"
     (stale / "figures").mkdir(parents=True)
     missing = files["dir"] / "nope.h5"
+    settings = tmp_path / "eval.yaml"  # settings from a file, one overridden on the CLI
+    settings.write_text("seed: 5\nthreshold_mip: 0.25\n")
     rc, out, err = _run(capsys, files["ref"], files["gen"], missing, "--train-ref",
-                        files["other"], "--report", report)
+                        files["other"], "--report", report, "--config", settings,
+                        "--threshold-mip", "0.5")
     assert rc == 1
     line = _error_line(err)
     assert "nope.h5" in line and "memorisation" in line and "other.h5" in line
@@ -104,6 +107,7 @@ def test_partial_comparison_exits_nonzero_but_reports_what_was_done(files, capsy
     assert len(m["not_compared"]) == 2
     assert (report / "figures" / "obs_e_vis.png").exists()
     assert m["config"]["train_reference"] == str(files["other"])
+    assert (m["config"]["seed"], m["config"]["threshold_mip"], m["seed"]) == (5, 0.5, 5)
     _no_leftovers(tmp_path)
 
 
