@@ -4,33 +4,48 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
 from caloforge.errors import InputError
+
+# CLI option -> EvaluationConfig field; options left out keep the --config file's value
+# (or the default).
+FIELDS = {"labels": "labels", "geometry": "geometry", "threshold_mip": "threshold_mip",
+          "seed": "seed", "classifier": "classifier", "classifier_floor": "classifier_floor",
+          "device": "device", "train_ref": "train_reference", "batch_size": "batch_size",
+          "lowlevel_memory_gib": "lowlevel_memory_gib", "threads": "threads"}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "evaluate", help="compare generated showers with a reference (HTML report + JSON)",
         description="Physics observables, histogram metrics with noise floors, classifier "
-                    "test, FPD/KPD and an HTML report (plots inline) plus metrics.json.")
+                    "test, FPD/KPD and an HTML report (plots inline) plus metrics.json. "
+                    "Exits 1 if a requested comparison could not be made (the report of "
+                    "what could be compared is still written).")
     p.add_argument("reference", help="reference shower file (e.g. Geant4 test set)")
     p.add_argument("generated", nargs="+", help="one or more generated shower files")
+    p.add_argument("--config", help="evaluation settings (YAML, the keys of "
+                                    "EvaluationConfig); options given here override it")
     p.add_argument("--labels", nargs="+", help="legend labels of the generated files")
     p.add_argument("--geometry", help="geometry name if the files do not carry it")
-    p.add_argument("--threshold-mip", type=float, default=None,
+    p.add_argument("--threshold-mip", type=float,
                    help="readout threshold in MIP (default: the geometry's threshold, "
                         "0.5 MIP for the ILD calorimeters)")
-    p.add_argument("--seed", type=int, default=0, help="seed of every random choice")
-    p.add_argument("--no-classifier", action="store_true", help="skip the classifier test")
-    p.add_argument("--no-classifier-floor", action="store_true",
+    p.add_argument("--seed", type=int, help="seed of every random choice (default 0)")
+    p.add_argument("--no-classifier", dest="classifier", action="store_const", const=False,
+                   help="skip the classifier test")
+    p.add_argument("--no-classifier-floor", dest="classifier_floor", action="store_const",
+                   const=False,
                    help="skip the reference-vs-reference classifier run (noise floor)")
-    p.add_argument("--device", default="cpu", help="torch device of the classifier")
+    p.add_argument("--device", help="torch device of the classifier (default cpu)")
     p.add_argument("--train-ref", help="training file of the generator: enables the "
                                        "memorisation check")
-    p.add_argument("--batch-size", type=int, default=1000, help="showers per chunk read")
-    p.add_argument("--lowlevel-memory-gib", type=float, default=0.75,
-                   help="memory for the low-level classifier subsample (float16 voxels)")
-    p.add_argument("--threads", type=int, default=1,
+    p.add_argument("--batch-size", type=int, help="showers per chunk read (default 1000)")
+    p.add_argument("--lowlevel-memory-gib", type=float,
+                   help="memory for the low-level classifier subsample (float16 voxels; "
+                        "default 0.75)")
+    p.add_argument("--threads", type=int,
                    help="CPU threads for linear algebra and the classifier (default 1: "
                         "fastest on shared machines; 0 = library default)")
     p.add_argument("--report", required=True, help="output folder of the report")
@@ -39,23 +54,35 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    from caloforge.evaluation import ClassifierConfig, evaluate
+def _config(args: argparse.Namespace):
+    from caloforge.evaluation import EvaluationConfig
+    from caloforge.evaluation.config import check_device
+    from caloforge.models.config import read_yaml
 
-    if args.labels and len(args.labels) != len(args.generated):
-        raise InputError(f"{len(args.labels)} labels given for {len(args.generated)} "
-                         "generated files")
-    res = evaluate(
-        args.reference, args.generated, args.labels, geometry=args.geometry,
-        threshold_mip=args.threshold_mip, seed=args.seed,
-        classifier=not args.no_classifier,
-        classifier_config=ClassifierConfig(device=args.device, seed=args.seed,
-                                           threads=args.threads or None),
-        classifier_floor=not args.no_classifier_floor, device=args.device,
-        train_reference=args.train_ref, report_dir=args.report, overwrite=args.overwrite,
-        batch_size=args.batch_size, lowlevel_memory_gib=args.lowlevel_memory_gib,
-        threads=args.threads or None,
-        progress_bar=False if args.no_progress else None)
+    given: dict[str, Any] = {FIELDS[k]: getattr(args, k) for k in FIELDS
+                             if getattr(args, k) is not None}
+    if "threads" in given:
+        if given["threads"] < 0:
+            raise InputError(f"--threads must be >= 0 (0: library default), got "
+                             f"{given['threads']}")
+        given["threads"] = given["threads"] or None
+    data = read_yaml(args.config) if args.config else {}
+    data.update(given)
+    cfg = EvaluationConfig.from_dict(data, source=args.config)
+    if cfg.labels and len(cfg.labels) != len(args.generated):
+        raise InputError(f"{len(cfg.labels)} labels given for {len(args.generated)} "
+                         "generated files (--labels)")
+    check_device(cfg.device)
+    return cfg
+
+
+def run(args: argparse.Namespace) -> int:
+    from caloforge.evaluation import evaluate
+
+    cfg = _config(args)
+    res = evaluate(args.reference, args.generated, config=cfg, report_dir=args.report,
+                   overwrite=args.overwrite,
+                   progress_bar=False if args.no_progress else None)
     m = res.metrics
     for w in m["warnings"]:
         print(f"warning: {w}", file=sys.stderr)
@@ -66,4 +93,9 @@ def run(args: argparse.Namespace) -> int:
         v = g.get("verdict", {})
         print(f"{g['label']}: " + ", ".join(f"{k} {c}" for k, c in v.items()))
     print(f"report written to {args.report}/index.html")
+    if not res.complete:
+        # Scripts must not mistake a partial comparison for a complete one.
+        print(f"caloforge evaluate: error: not compared: {'; '.join(m['not_compared'])} "
+              f"(the report of what could be compared is in {args.report})", file=sys.stderr)
+        return 1
     return 0

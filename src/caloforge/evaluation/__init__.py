@@ -10,6 +10,7 @@
 
 from caloforge.evaluation.api import Evaluation, evaluate
 from caloforge.evaluation.classifier import ClassifierConfig, classifier_test
+from caloforge.evaluation.config import EvaluationConfig
 from caloforge.evaluation.metrics import (
     chi2_ndf,
     fpd,
@@ -21,6 +22,7 @@ from caloforge.evaluation.metrics import (
 __all__ = [
     "ClassifierConfig",
     "Evaluation",
+    "EvaluationConfig",
     "chi2_ndf",
     "classifier_test",
     "evaluate",

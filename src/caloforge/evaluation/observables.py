@@ -75,6 +75,9 @@ LAYER_FEATURES: dict[str, tuple[str, str]] = {
     "sparsity_layer": ("sparsity (fraction of empty cells)", ""),
 }
 
+# Observables histogrammed with integer bins.
+INTEGER_OBSERVABLES = frozenset({"n_hits", "shower_start", "d"})
+
 CALOGAN_OBSERVABLES: dict[str, tuple[str, str]] = {
     **{f"E_{i}": (f"$E_{i}$", "MeV") for i in range(3)},
     "E_tot": (r"$E_\mathrm{tot}$", "MeV"),

@@ -7,40 +7,36 @@ from __future__ import annotations
 
 import html
 import math
-import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
+from caloforge.evaluation.derived import is_cylindrical, profile_table
 from caloforge.evaluation.observables import (
     CALOGAN_OBSERVABLES,
+    INTEGER_OBSERVABLES,
     LAYER_FEATURES,
     SCALAR_OBSERVABLES,
     GeometryFeatures,
 )
-
-if TYPE_CHECKING:  # pragma: no cover
-    from caloforge.evaluation.api import Evaluation
+from caloforge.evaluation.result import Evaluation
 
 COLOURS = {"green": "#b7e4b0", "yellow": "#ffe9a8", "red": "#f6b3b3", "grey": "#dddddd"}
 
 
-def write_report(ev: Evaluation, gf: GeometryFeatures, overwrite: bool = False,
+def write_report(ev: Evaluation, gf: GeometryFeatures, folder: Path,
                  formats: tuple[str, ...] = ("png", "pdf")) -> tuple[list[str], list[str]]:
-    """Write all figures and index.html into ``ev.report_dir``.
+    """Write all figures and index.html into ``folder`` (the staging folder of
+    :func:`caloforge.evaluation.report.folder.staged_report_dir`).
 
     Returns the figure names and the figures that failed (with the reason).
 
     Figures that fail to draw are listed on the page instead of aborting the report.
     """
-    from caloforge.evaluation import api
     from caloforge.evaluation.report import plots as P
 
-    out = Path(ev.report_dir)
-    tmp = out.with_name(f".{out.name}.part")
-    if tmp.exists():
-        shutil.rmtree(tmp)
+    tmp = Path(folder)
     P.style()
     fw = P.FigureWriter(tmp / "figures", formats)
     m = ev.metrics
@@ -55,6 +51,8 @@ def write_report(ev: Evaluation, gf: GeometryFeatures, overwrite: bool = False,
     def attempt(title: str, fn, *args) -> None:
         try:
             fn(*args)
+        except OSError:
+            raise  # a full disk or a read-only folder fails the report, not one figure
         except Exception as exc:  # noqa: BLE001 - a broken figure must not kill the report
             failed.append(f"{title}: {type(exc).__name__}: {exc}")
 
@@ -62,20 +60,20 @@ def write_report(ev: Evaluation, gf: GeometryFeatures, overwrite: bool = False,
         from caloforge.evaluation.metrics import hist_edges
 
         for name in SCALAR_OBSERVABLES:
-            edges = hist_edges(ref.scalars[name], integer=name in api.INTEGER_OBSERVABLES)
+            edges = hist_edges(ref.scalars[name], integer=name in INTEGER_OBSERVABLES)
             attempt(name, P.scalar_histogram, fw, name, SCALAR_OBSERVABLES, ref.scalars[name],
                     [(lab, s.scalars[name], g["observables"].get(name))
                      for lab, s, g in zip(labels, gens, gm)], edges)
         if ref.calogan:
             for name in CALOGAN_OBSERVABLES:
-                edges = hist_edges(ref.calogan[name], integer=name in api.INTEGER_OBSERVABLES)
+                edges = hist_edges(ref.calogan[name], integer=name in INTEGER_OBSERVABLES)
                 attempt(name, P.scalar_histogram, fw, name, CALOGAN_OBSERVABLES,
                         ref.calogan[name], [(lab, s.calogan[name], g["calogan"].get(name))
                                             for lab, s, g in zip(labels, gens, gm)],
                         edges, "calogan")
         attempt("cell spectrum", P.cell_spectrum, fw, ref, gens, labels,
                 np.asarray(m["cell_spectrum_edges_mip"]), m["mip_mev"], m["threshold_mip"])
-        tables = [api.profile_table(ref)] + [api.profile_table(s) for s in gens]
+        tables = [profile_table(ref)] + [profile_table(s) for s in gens]
         attempt("profiles", P.profiles, fw, tables, labels, gf, [g["profiles"] for g in gm])
         attempt("response", P.response, fw, [g["response"] for g in gm], labels)
         e_edges = np.asarray(m["energy_bins_mev"])
@@ -85,7 +83,7 @@ def write_report(ev: Evaluation, gf: GeometryFeatures, overwrite: bool = False,
         attempt("correlations", P.correlations, fw, [g["correlations"] for g in gm], labels)
         attempt("layer features", P.layer_feature_summary, fw, ref, gens, labels, gf,
                 [g.get("layer_features") for g in gm])
-        if api.is_cylindrical(gf.geometry.name):
+        if is_cylindrical(gf.geometry.name):
             for name in ("e_layer", "cx_layer", "cy_layer", "wx_layer", "wy_layer",
                          "sparsity_layer"):
                 attempt(f"layer grid {name}", P.layer_grid, fw, ref, gens, labels, gf, name)
@@ -94,11 +92,6 @@ def write_report(ev: Evaluation, gf: GeometryFeatures, overwrite: bool = False,
     attempt("images", P.images, fw, [ref] + gens, ["reference"] + labels, gf)
     page = render_html(m, fw.figures, fw.captions, failed)
     (tmp / "index.html").write_text(page, encoding="utf-8")
-    if out.exists():
-        if not overwrite and any(out.iterdir()):
-            raise FileExistsError(out)  # pragma: no cover - checked before the evaluation
-        shutil.rmtree(out)
-    tmp.rename(out)
     return list(fw.figures), failed
 
 

@@ -302,7 +302,9 @@ def layer_feature_summary(fw: FigureWriter, ref: SampleSummary, gens: list[Sampl
                     rax.plot(ne, pl["separation_power_floor"], ":", color="k", label="floor")
         ax.set_ylabel(_label(name, LAYER_FEATURES))
         ax.legend(loc="best")
-        rax.set_yscale("log")
+        # Log scale only with something positive to show (identical samples give 0).
+        if any((np.asarray(line.get_ydata(), float) > 0).any() for line in rax.lines):
+            rax.set_yscale("log")
         rax.set_ylabel("sep. power", fontsize=10)
         rax.set_xlabel("layer")
         fw.save(fig, f"layers_{name}", f"{name} per layer; bottom: separation power per "
