@@ -155,3 +155,20 @@ def test_unusable_geometry_attribute_names_the_file(tmp_path, capsys):
     with h5py.File(path, "r+") as h5:
         h5.attrs["geometry"] = np.void(b"\x80\x04junk")
     _both_commands_fail(path, capsys, "geometry attribute")
+
+
+def test_file_being_written_by_another_process(tmp_path, capsys):
+    import subprocess
+    import sys
+
+    path = tmp_path / "busy.h5"
+    writer = subprocess.Popen([sys.executable, "-c", "import h5py, sys, time; "
+                               f"f = h5py.File({str(path)!r}, 'w'); print('open', flush=True); "
+                               "time.sleep(60)"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert writer.stdout.readline().strip() == "open"
+        code, _, err = run_cli(["info", path], capsys)
+        assert_one_line_error(code, err, str(path), "locked")
+    finally:
+        writer.kill()
+        writer.wait()

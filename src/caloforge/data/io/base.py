@@ -21,6 +21,7 @@ from caloforge.data.batch import Conditions, PointCloudBatch, ShowerBatch
 from caloforge.errors import FormatError, GeometryError, GeometryMismatchError, InputError
 from caloforge.geometry import Geometry, get_geometry
 from caloforge.utils.progress import progress
+from caloforge.utils.safe_io import as_resource_error
 
 METADATA_ATTR = "caloforge_metadata"
 #: attribute prefix of conditions that are constant over a file whose format has no
@@ -42,6 +43,11 @@ def open_h5(path: str | Path, mode: str = "r") -> h5py.File:
         return h5py.File(path, mode)
     except OSError as exc:
         msg = str(exc)
+        if "lock" in msg:
+            raise FormatError("file is locked (another program is writing it?)", path) from None
+        resource = as_resource_error(exc, path)
+        if resource is not None and "signature" not in msg and "truncated" not in msg:
+            raise resource from None
         if "truncated" in msg:
             reason = "HDF5 file is truncated (incomplete copy or interrupted write?)"
         elif "signature" in msg:
