@@ -276,3 +276,46 @@ def test_absent_cuda_is_named():
         pytest.skip("this machine has CUDA")
     with pytest.raises(ConfigError, match="--device: cuda requested but not available"):
         resolve_device("cuda")
+
+
+def test_signal_inside_hdf5_write_is_deferred_to_a_safe_point(tmp_path, shower_file, capsys,
+                                                               monkeypatch):
+    """A signal whose handler runs inside HDF5's write callback must not raise there (h5py
+    would swallow it or HDF5 would be left with a failed write); it ends the run after the
+    batch, and the temporary file is removed."""
+    from caloforge.cli import _on_signal
+
+    real_pwrite = os.pwrite
+    calls = []
+
+    def pwrite_with_signal(fd, data, offset):  # noqa: ANN001, ANN202
+        if not calls:  # the signal arrives during the first write
+            calls.append(1)
+            _on_signal(signal.SIGINT, sys._getframe())
+        return real_pwrite(fd, data, offset)
+
+    monkeypatch.setattr("caloforge.utils.safe_io.os.pwrite", pwrite_with_signal)
+    code, _, err = run_cli(["convert", shower_file, tmp_path / "o.h5", "--to", "ild"], capsys)
+    assert calls and code == 130
+    assert_one_line_error(code, err, "interrupted")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.h5"]
+
+
+def test_interrupt_inside_write_without_cli_handlers(tmp_path, showers, monkeypatch):
+    """Library use (no CLI signal handlers): a KeyboardInterrupt raised inside a write is
+    held, the write is redone at the same offset, and the interrupt is raised afterwards."""
+    real_pwrite = os.pwrite
+    raised = []
+
+    def flaky(fd, data, offset):  # noqa: ANN001, ANN202
+        if not raised:
+            raised.append(1)
+            raise KeyboardInterrupt
+        return real_pwrite(fd, data, offset)
+
+    monkeypatch.setattr("caloforge.utils.safe_io.os.pwrite", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        with write_showers(tmp_path / "o.h5", "calochallenge", "calogan") as w:
+            w.append(showers("calogan", 3))
+            pytest.fail("the interrupt must surface after the first batch")
+    assert list(tmp_path.iterdir()) == []
