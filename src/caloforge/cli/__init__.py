@@ -14,10 +14,11 @@ import pkgutil
 import signal
 import sys
 import threading
+from types import FrameType
 
 from caloforge import __version__
 from caloforge.errors import CaloforgeError, Terminated
-from caloforge.utils.safe_io import as_resource_error
+from caloforge.utils.safe_io import as_resource_error, defer_interrupt
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,10 +37,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _raise_terminated(signum: int, frame: object) -> None:
-    # Later SIGTERMs are ignored so that the cleanup the first one started can finish.
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    raise Terminated(f"terminated by signal {signum}")
+def _on_signal(signum: int, frame: FrameType | None) -> None:
+    """SIGTERM and SIGINT as exceptions, so that cleanup code runs (a SIGTERM's default
+    action kills without it).  Deferred while HDF5 is writing through a guarded file."""
+    if signum == signal.SIGTERM:
+        # Later SIGTERMs are ignored so that the cleanup the first one started can finish.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        exc: KeyboardInterrupt = Terminated(f"terminated by signal {signum}")
+    else:
+        exc = KeyboardInterrupt()
+    if not defer_interrupt(frame, exc):
+        raise exc
 
 
 def _quiet_broken_pipe() -> int:
@@ -60,9 +68,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     prog = f"caloforge {args.command}"
-    previous = signal.getsignal(signal.SIGTERM)
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _raise_terminated)
+    handled = (signal.SIGTERM, signal.SIGINT)
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = {s: signal.getsignal(s) for s in handled}
+    if main_thread:
+        for s in handled:
+            signal.signal(s, _on_signal)
     try:
         code = int(args.func(args) or 0)
         sys.stdout.flush()  # a closed pipe must fail here, inside the handlers below
@@ -78,16 +89,19 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return _quiet_broken_pipe()
-    except (OSError, RuntimeError) as exc:
-        # Full disk, read-only folder, quota, I/O error -- also as h5py wraps them.
+    except Exception as exc:
+        # Full disk, read-only folder, quota, I/O error -- also as h5py and safetensors wrap
+        # them (RuntimeError, SafetensorError).  Anything else is a bug: traceback.
         err = as_resource_error(exc)
         if err is None:
             raise
         print(f"{prog}: error: {err}", file=sys.stderr)
         return 1
     finally:
-        if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, previous)
+        if main_thread:
+            for s, handler in previous.items():
+                if handler is not None:  # None: installed outside Python, cannot restore
+                    signal.signal(s, handler)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -16,6 +16,7 @@ import io
 import os
 import re
 from pathlib import Path
+from types import FrameType
 
 from caloforge.errors import ResourceError
 
@@ -31,17 +32,19 @@ _REASONS = {
     errno.ENAMETOOLONG: "file name too long",
 }
 # h5py reports HDF5's low-level failures as OSError or RuntimeError with the errno and the
-# file name only inside the message text, e.g. "... filename = '/x.h5', ..., errno = 28".
-_H5_ERRNO = re.compile(r"\berrno = (\d+)")
+# file name only inside the message text, e.g. "... filename = '/x.h5', ..., errno = 28";
+# safetensors (Rust) as SafetensorError "... No space left on device (os error 28)".
+_H5_ERRNO = re.compile(r"\berrno = (\d+)|\(os error (\d+)\)")
 _H5_NAME = re.compile(r"\b(?:file)?name = '([^']*)'")
 
 
 def system_error_code(exc: BaseException) -> int | None:
-    """The errno behind an OSError, or behind an h5py error that wraps one; else None."""
+    """The errno behind an OSError, or behind an h5py / safetensors error that wraps one;
+    else None."""
     code = exc.errno if isinstance(exc, OSError) else None
     if not code:
         m = _H5_ERRNO.search(str(exc))
-        code = int(m.group(1)) if m else None
+        code = int(m.group(1) or m.group(2)) if m else None
     return code or None
 
 
@@ -68,14 +71,27 @@ class GuardedFile(io.RawIOBase):
     """A binary file opened for writing whose failed writes are recorded, not raised.
 
     Pass it to ``h5py.File``; call :meth:`raise_if_failed` after each batch and after
-    closing the HDF5 file.
+    closing the HDF5 file.  Ctrl-C and SIGTERM are deferred the same way: an exception
+    raised inside a callback from HDF5 would be swallowed by h5py or leave HDF5 with a
+    failed write, so a :class:`KeyboardInterrupt` that arrives during a read or write is
+    recorded and re-raised by :meth:`raise_if_failed`.  Reads and writes use explicit
+    offsets (``pread``/``pwrite``), so an operation interrupted halfway is simply redone.
     """
 
     def __init__(self, path: str | Path) -> None:
         super().__init__()
         self.path = Path(path)
-        self._file = open(self.path, "w+b", buffering=0)  # noqa: SIM115 - closed in close()
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o666)
+        self._pos = 0
         self.error: OSError | None = None
+        self.interrupt: BaseException | None = None
+
+    def _shielded(self, operation):  # noqa: ANN001, ANN202 - a retry-safe closure
+        while True:
+            try:
+                return operation()
+            except KeyboardInterrupt as exc:
+                self.interrupt = self.interrupt or exc
 
     def readable(self) -> bool:
         return True
@@ -87,31 +103,47 @@ class GuardedFile(io.RawIOBase):
         return True
 
     def readinto(self, buffer) -> int:  # noqa: ANN001 - any writable buffer
-        return self._file.readinto(buffer)
+        view = memoryview(buffer).cast("B")
+        data = self._shielded(lambda: os.pread(self._fd, len(view), self._pos))
+        view[:len(data)] = data
+        self._pos += len(data)
+        return len(data)
+
+    def _write_all(self, view: memoryview, offset: int) -> None:
+        done = 0
+        try:
+            while done < len(view):
+                done += os.pwrite(self._fd, view[done:], offset + done)
+        except OSError as exc:
+            self.error = exc
 
     def write(self, data) -> int:  # noqa: ANN001 - any bytes-like object
         view = memoryview(data).cast("B")
         if self.error is None:
-            try:
-                done = 0
-                while done < len(view):
-                    done += self._file.write(view[done:])
-            except OSError as exc:
-                self.error = exc
+            start = self._pos
+            self._shielded(lambda: self._write_all(view, start))
+        self._pos += len(view)
         return len(view)
 
     def seek(self, offset: int, whence: int = 0) -> int:
-        return self._file.seek(offset, whence)
+        if whence == os.SEEK_SET:
+            self._pos = offset
+        elif whence == os.SEEK_CUR:
+            self._pos += offset
+        else:
+            self._pos = os.fstat(self._fd).st_size + offset
+        return self._pos
 
     def tell(self) -> int:
-        return self._file.tell()
+        return self._pos
 
     def truncate(self, size: int | None = None) -> int:
+        size = self._pos if size is None else size
         try:
-            return self._file.truncate(size)
+            self._shielded(lambda: os.ftruncate(self._fd, size))
         except OSError as exc:
             self.error = self.error or exc
-            return self._file.tell() if size is None else size
+        return size
 
     def flush(self) -> None:
         pass  # unbuffered
@@ -119,13 +151,29 @@ class GuardedFile(io.RawIOBase):
     def close(self) -> None:
         if not self.closed:
             try:
-                self._file.close()
+                os.close(self._fd)
             except OSError as exc:
                 self.error = self.error or exc
         super().close()
 
     def raise_if_failed(self, target: str | Path) -> None:
-        """Raise the first failed write as a :class:`ResourceError` naming ``target``."""
+        """Re-raise a deferred interrupt, or the first failed write as a
+        :class:`ResourceError` naming ``target``."""
+        if self.interrupt is not None:
+            raise self.interrupt
         if self.error is not None:
             raise as_resource_error(self.error, target) or ResourceError(
                 f"write failed: {self.error}", target)
+
+
+def defer_interrupt(frame: FrameType | None, exc: BaseException) -> bool:
+    """For signal handlers: if the signal arrived while HDF5 was calling back into a
+    :class:`GuardedFile`, hand ``exc`` to that file (it re-raises it after the batch) and
+    return True; raising it there would corrupt the write."""
+    while frame is not None:
+        owner = frame.f_locals.get("self") if frame.f_code.co_filename == __file__ else None
+        if isinstance(owner, GuardedFile):
+            owner.interrupt = owner.interrupt or exc
+            return True
+        frame = frame.f_back
+    return False

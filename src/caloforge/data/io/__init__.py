@@ -12,6 +12,11 @@ calogan         energy, layer_0..2, overflow                                GeV,
 pointcloud      events (N,4,P) x, layer, z, E; energy (N,1)                 mm, GeV
 ==============  ==========================================================  =========
 
+Formats without a per-shower column for a condition (theta, phi, particle, impact) keep it
+as a root attribute ``caloforge_condition_<name>`` when it is the same for every shower of
+the file; a condition that varies needs ``lossy`` and is listed under
+``dropped_conditions`` in the file's metadata.
+
 >>> from caloforge.data.io import open_showers, write_showers  # doctest: +SKIP
 >>> with open_showers("in.h5") as src, write_showers("out.h5", "calochallenge",
 ...                                                   src.geometry) as dst:  # doctest: +SKIP

@@ -18,9 +18,10 @@ import h5py
 import numpy as np
 
 from caloforge.data.batch import Conditions, PointCloudBatch, ShowerBatch
-from caloforge.errors import FormatError, GeometryMismatchError, InputError
+from caloforge.errors import FormatError, GeometryError, GeometryMismatchError, InputError
 from caloforge.geometry import Geometry, get_geometry
 from caloforge.utils.progress import progress
+from caloforge.utils.safe_io import as_resource_error
 
 METADATA_ATTR = "caloforge_metadata"
 #: attribute prefix of conditions that are constant over a file whose format has no
@@ -42,6 +43,11 @@ def open_h5(path: str | Path, mode: str = "r") -> h5py.File:
         return h5py.File(path, mode)
     except OSError as exc:
         msg = str(exc)
+        if "lock" in msg:
+            raise FormatError("file is locked (another program is writing it?)", path) from None
+        resource = as_resource_error(exc, path)
+        if resource is not None and "signature" not in msg and "truncated" not in msg:
+            raise resource from None
         if "truncated" in msg:
             reason = "HDF5 file is truncated (incomplete copy or interrupted write?)"
         elif "signature" in msg:
@@ -61,13 +67,35 @@ def dataset(h5: h5py.File | h5py.Group, key: str, path: str | Path, ndim: int | 
     if ndim is not None and obj.ndim != ndim:
         raise FormatError(f"dataset {key!r} has shape {obj.shape}, expected {ndim} dimensions",
                           path)
+    if obj.dtype.kind not in "iuf":
+        raise FormatError(f"dataset {key!r} holds {obj.dtype} values, expected numbers", path)
+    _check_stored(obj, key, path)
     return obj
+
+
+def _check_stored(ds: h5py.Dataset, key: str, path: str | Path) -> None:
+    """Refuse datasets whose last rows were never written (an interrupted or hostile file
+    declaring e.g. 10^12 showers would otherwise read as endless zeros)."""
+    if ds.chunks is None or ds.size == 0:
+        return
+    last = ((ds.shape[0] - 1) // ds.chunks[0] * ds.chunks[0],) + (0,) * (ds.ndim - 1)
+    try:
+        stored = ds.id.get_chunk_info_by_coord(last).byte_offset is not None
+    except (OSError, RuntimeError, ValueError, AttributeError):  # pragma: no cover - old HDF5
+        return
+    if not stored:
+        raise FormatError(f"dataset {key!r} declares {ds.shape[0]} rows but its last rows hold "
+                          "no data (incomplete or damaged file)", path)
 
 
 def read_rows(ds: h5py.Dataset, start: int, stop: int, path: str | Path) -> np.ndarray:
     """``ds[start:stop]``, with a clear error if the data on disk is corrupt."""
     try:
         return ds[start:stop]
+    except MemoryError:
+        gib = (stop - start) * int(np.prod(ds.shape[1:])) * ds.dtype.itemsize / 2**30
+        raise InputError(f"reading {ds.name} rows {start}:{stop} needs {gib:.3g} GiB of "
+                         "memory; read fewer showers at a time", path) from None
     except (OSError, RuntimeError, ValueError) as exc:
         raise FormatError(f"cannot read {ds.name} rows {start}:{stop} (corrupt file? {exc})",
                           path) from None
@@ -117,7 +145,11 @@ def resolve_geometry(path: str | Path, found: str | None, requested: str | None,
         return geo.name
     if found is None:
         raise InputError("cannot tell the geometry of this file; pass one (--geometry)", path)
-    return get_geometry(found).name
+    try:
+        return get_geometry(found).name
+    except GeometryError as exc:
+        raise GeometryError(f"the file's geometry attribute {found[:60]!r} is not usable "
+                            f"({exc})", path) from None
 
 
 class ShowerReader(ABC):
