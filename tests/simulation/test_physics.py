@@ -83,10 +83,6 @@ def deposition_tmax(geometry, deps) -> float:
     return fit_tmax(centre, layer_profile(deps, geometry.n_layers) / x0)
 
 
-def total_deposition_tmax(engine_all, particle: str, energy: float, n: int) -> float:
-    return deposition_tmax(engine_all.geometry, run(engine_all, particle, energy, n))
-
-
 def silicon_tmax(engine, particle: str, energy: float, n: int) -> float:
     g = engine.geometry
     return fit_tmax(g.layer_depth_x0, layer_profile(run(engine, particle, energy, n), g.n_layers))
@@ -165,13 +161,15 @@ def test_em_fraction_follows_groom(ahcal):
 
 
 def test_pion_is_non_compensating(ahcal):
-    """e/pi > 1: pions deposit less visible energy than electrons (invisible energy)."""
+    """e/pi > 1: pions deposit less visible energy than electrons (invisible energy).  The
+    window is CALICE's e/pi ~ 1.2 (steel AHCAL, 10-40 GeV) with room for the model; with
+    30 pions the error is ~0.06 (a 3-sigma proof of e/pi > 1 alone would need ~100)."""
     e = np.array([d.total for d in run(ahcal, "electron", 10000.0, 8)])
-    pi = np.array([d.total for d in run(ahcal, "pi+", 10000.0, 20)])
+    pi = np.array([d.total for d in run(ahcal, "pi+", 10000.0, 30)])
     ratio = e.mean() / pi.mean()
     err = ratio * np.hypot(e.std(ddof=1) / e.mean() / np.sqrt(len(e)),
                            pi.std(ddof=1) / pi.mean() / np.sqrt(len(pi)))
-    check_window("e/pi", ratio, err, 1.05, 1.6, 0.08)
+    check_window("e/pi", ratio, err, 1.05, 1.6, 0.1)
 
 
 def test_pion_wider_than_electron(ahcal):
@@ -218,38 +216,39 @@ def test_shower_cell_spectrum_peaks_at_mip(detector, particle, energy, n):
 def test_shower_maximum_full(ecal, ecal_all, particle, c):
     for energy, n in ((10000.0, 100), (50000.0, 60), (100000.0, 40)):
         expect = np.log(energy / E_C_W) + c
-        tmax = total_deposition_tmax(ecal_all, particle, energy, n)
+        tmax, err = bootstrap(lambda d: deposition_tmax(ecal_all.geometry, d),
+                              run(ecal_all, particle, energy, n), n_boot=20)
         t_si = silicon_tmax(ecal, particle, energy, n)
-        print(f"\n{particle} {energy / 1e3:g} GeV: t_max(deposition) {tmax:.2f} X0, "
-              f"t_max(silicon signal) {t_si:.2f} X0, PDG {expect:.2f} X0")
+        print(f"\n{particle} {energy / 1e3:g} GeV: t_max(silicon signal) {t_si:.2f} X0")
         # Known deviation: 10 GeV photon showers peak ~0.6 X0 before the Approximation-B
         # formula (electrons and 50-100 GeV photons are within 0.5 X0); see the issue note.
         tol = 0.75 if (particle == "photon" and energy < 20000.0) else 0.5
-        assert abs(tmax - expect) < tol
+        check_window(f"{particle} {energy / 1e3:g} GeV t_max(deposition)", tmax, err,
+                     expect - tol, expect + tol, 0.3)
 
 
 @pytest.mark.slow
 def test_lateral_containment_full(ecal):
     rm = moliere_radius_mm(ecal.geometry)
+    print(f"\nR_M,eff = {rm:.2f} mm, W: {get_material('W').moliere_radius_mm} mm")
     for energy in (10000.0, 50000.0, 100000.0):
-        r90 = r90_mm(run(ecal, "photon", energy, 30))
-        print(f"\nphoton {energy / 1e3:g} GeV: R90 = {r90:.2f} mm = {r90 / rm:.2f} R_M "
-              f"(R_M,eff = {rm:.2f} mm, W: {get_material('W').moliere_radius_mm} mm)")
-        assert 0.8 <= r90 / rm <= 1.3
+        ratio, err = bootstrap(lambda d: r90_mm(d) / rm, run(ecal, "photon", energy, 30))
+        check_window(f"photon {energy / 1e3:g} GeV R90 / R_M", ratio, err, 0.8, 1.3, 0.08)
 
 
 @pytest.mark.slow
 def test_linearity_and_resolution(ecal):
     energies = np.array([10.0, 20.0, 50.0, 75.0, 100.0])  # GeV
-    mean_vis, mean_reco, res, mean_corr = [], [], [], []
+    mean_vis, mean_reco, res, mean_corr, err_corr = [], [], [], [], []
     for e in energies:
-        deps = run(ecal, "photon", e * 1000.0, 200, seed=7)
+        deps = run(ecal, "photon", e * 1000.0, 200)
         vis = np.array([d.total for d in deps])
         reco = np.array([reco_energy(d) for d in deps])
         contained = np.array([1.0 - d.info["escaped_mev"] / (e * 1000.0) for d in deps])
         mean_vis.append(vis.mean())
         mean_reco.append(reco.mean())
         mean_corr.append((reco / contained).mean())
+        err_corr.append((reco / contained).std(ddof=1) / np.sqrt(len(deps)))
         res.append(reco.std() / reco.mean())
     mean_vis, mean_reco, res, mean_corr = map(np.array, (mean_vis, mean_reco, res, mean_corr))
     slope = np.sum(mean_corr * energies) / np.sum(energies**2)
@@ -263,7 +262,8 @@ def test_linearity_and_resolution(ecal):
     print(f"linearity (weighted, raw) deviations: {np.round(100 * dev_raw, 2)} %")
     print(f"resolution: {np.round(100 * res, 2)} % -> stochastic {100 * abs(a):.1f} %/sqrt(E), "
           f"constant {100 * abs(b):.2f} % (CALICE Si-W: 16.5 %/sqrt(E) + 1.1 %)")
-    assert np.all(np.abs(dev_corr) < 0.01)
+    # 1 % linearity, within 3 statistical errors of each mean (~0.4 % at 10 GeV)
+    assert np.all(np.abs(dev_corr) < 0.01 + 3 * np.array(err_corr) / mean_corr)
     assert 0.12 < abs(a) < 0.22
 
 
@@ -276,7 +276,7 @@ def test_pion_observables(ahcal):
 
     lines = []
     for e_gev in (10, 20, 40, 60, 80):
-        deps = run(ahcal, "pi+", e_gev * 1000.0, 150, seed=3)
+        deps = run(ahcal, "pi+", e_gev * 1000.0, 150)
         cells = voxelise(deps, g)
         nhit = (cells > thr).sum(axis=1)
         keep = (cells > 0.25).sum(axis=1) >= 70  # seed 001 cleaning
@@ -293,7 +293,9 @@ def test_pion_observables(ahcal):
                      f"of voxels), f_em {f_em:.2f} (Groom "
                      f"{1 - (e_gev * 1000.0 / model.e0_mev) ** (0.83 - 1):.2f}), "
                      f"cog layer {cog:.1f}, cleaned {100 * (1 - keep.mean()):.1f} %")
-        if e_gev == 40:
-            assert 0.92 < cont < 0.99  # seed 001: ~96 %
+        if e_gev == 40:  # seed 001: ~96 %
+            frac = [c.sum() / d.total for c, d in zip(cells, deps) if d.total > 0]
+            check_window("40 GeV pi+ containment", cont, np.std(frac) / np.sqrt(len(frac)),
+                         0.92, 0.99, 0.01)
         assert 0.04 < s90 / mu90 < 0.25
     print("\n" + "\n".join(lines))

@@ -34,6 +34,12 @@ EPILOG = """\
 units: --energy is in GeV on the command line (files store MeV, or what their format
 defines); --theta/--phi in degrees; --impact in mm.
 energy: X (fixed), LO:HI (uniform) or LO:HI:log (log-uniform), e.g. --energy 10:100.
+ranges of the builtin engine: photon, electron, positron 0.01-1000 GeV; pi+, pi- 2-500
+GeV.  --theta in [0, 90); --impact must hit the cells of the front face.
+pion cleaning: showers with fewer than --min-hits cells above 0.25 MeV are redrawn from
+their own random stream (shower i depends only on seed and i); the default cut is 70
+(seed 001) scaled by E / 10 GeV below 10 GeV.  The count of redrawn showers is printed
+and stored in the metadata; a shower with no accepted draw in 200 fails the run.
 sharding: --shard i/N (0 <= i < N) simulates showers [i*n/N, (i+1)*n/N) of the n-shower
 sample; shards of one seed together equal the single-process sample, and
 `caloforge merge OUT SHARD...` joins them.  Same seed, same output, whatever --workers.
