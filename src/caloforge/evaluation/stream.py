@@ -233,7 +233,7 @@ def summarise(source: Source, gf: GeometryFeatures, config: StreamConfig,
                 scalars.setdefault(k, []).append(v)
             for k, v in lf.items():
                 layers.setdefault(k, []).append(v.astype(np.float32))
-            for k, v in _angles(batch, rows, xyz[cols], vals).items():
+            for k, v in _angles(batch, rows, cols, vals, xyz).items():
                 angles.setdefault(k, []).append(v)
             if is_calogan:
                 e = _dense(rows, cols, vals, np.arange(n), geo.n_voxels)
@@ -311,13 +311,17 @@ def summarise(source: Source, gf: GeometryFeatures, config: StreamConfig,
     return summ
 
 
-def _angles(batch: ShowerBatch, rows: np.ndarray, positions: np.ndarray, vals: np.ndarray
-            ) -> dict[str, np.ndarray]:
-    """True (condition) and reconstructed (shower axis) incidence angles of a chunk."""
+def _angles(batch: ShowerBatch, rows: np.ndarray, cols: np.ndarray, vals: np.ndarray,
+            cell_xyz: np.ndarray) -> dict[str, np.ndarray]:
+    """True (condition) and reconstructed (shower axis) incidence angles of a chunk.
+
+    Without a theta condition nothing uses the axis, so it is not reconstructed (NaN).
+    """
     n = len(batch)
-    theta, phi = shower_axis_angles(rows, positions, vals, n)
     cond = batch.conditions
     nan = np.full(n, np.nan)
+    theta, phi = (nan, nan) if cond.theta is None else \
+        shower_axis_angles(rows, cell_xyz[cols], vals, n)
     return {"theta": nan if cond.theta is None else cond.theta.astype(np.float64),
             "phi": nan if cond.phi is None else cond.phi.astype(np.float64),
             "theta_reco": theta, "phi_reco": phi}
