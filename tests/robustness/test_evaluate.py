@@ -217,3 +217,13 @@ def test_interrupt_removes_staging(files, capsys, tmp_path, monkeypatch):
     rc, _, err = _run(capsys, files["ref"], files["empty"], "--report", tmp_path / "rep")
     assert rc == 130 and err == ["caloforge evaluate: interrupted"]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_overwrite_replaces_the_old_report(files, capsys, tmp_path):
+    report = tmp_path / "rep"
+    report.mkdir()
+    (report / "stale.txt").write_text("from an older report")
+    rc, _, err = _run(capsys, files["ref"], files["empty"], "--report", report, "--overwrite")
+    assert rc == 1 and "empty.h5" in _error_line(err)
+    assert not (report / "stale.txt").exists() and (report / "metrics.json").exists()
+    _no_leftovers(tmp_path)

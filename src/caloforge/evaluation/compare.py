@@ -178,21 +178,26 @@ def max_rel_dev(x: dict[str, list[float]], y: dict[str, list[float]], key: str) 
     return max(d) if d else math.nan
 
 
-def response_verdict(out: dict[str, Any]) -> str:
-    return M.worst([M.verdict(out[f"{k}_max_rel_dev"], out[f"{k}_max_rel_dev_floor"])
-                    for k in ("mu90", "sigma90_over_mu90")])
-
-
-def response(base: Baseline, gen: SampleSummary) -> dict[str, Any]:
-    ref, edges = base.summary, base.energy_edges
-    r, g = response_table(ref, edges), response_table(gen, edges)
-    a, b = response_table(ref, edges, ref.half == 0), response_table(ref, edges, ref.half == 1)
-    out = {"reference": r, "generated": g}
+def compare_response(ref: SampleSummary, gen: SampleSummary, edges: np.ndarray,
+                     sel_ref: np.ndarray | None = None, sel_gen: np.ndarray | None = None
+                     ) -> dict[str, Any]:
+    """Response tables of both samples (optionally of selected showers) and the largest
+    relative deviations of mu90 and sigma90/mu90, with floors from the reference halves."""
+    sel = np.ones(ref.n_used, bool) if sel_ref is None else sel_ref
+    r, g = response_table(ref, edges, sel_ref), response_table(gen, edges, sel_gen)
+    a = response_table(ref, edges, sel & (ref.half == 0))
+    b = response_table(ref, edges, sel & (ref.half == 1))
+    out: dict[str, Any] = {"reference": r, "generated": g}
     for key in ("mu90", "sigma90_over_mu90"):
         out[f"{key}_max_rel_dev"] = max_rel_dev(g, r, key)
         out[f"{key}_max_rel_dev_floor"] = max_rel_dev(a, b, key)
-    out["verdict"] = response_verdict(out)
+    out["verdict"] = M.worst([M.verdict(out[f"{k}_max_rel_dev"], out[f"{k}_max_rel_dev_floor"])
+                              for k in ("mu90", "sigma90_over_mu90")])
     return out
+
+
+def response(base: Baseline, gen: SampleSummary) -> dict[str, Any]:
+    return compare_response(base.summary, gen, base.energy_edges)
 
 
 def correlations(base: Baseline, gen: SampleSummary) -> dict[str, Any]:

@@ -425,6 +425,48 @@ def energy_bins(reference_e_inc: np.ndarray, max_discrete: int = 30,
     return edges, False
 
 
+def shower_axis_angles(rows: np.ndarray, positions: np.ndarray, weights: np.ndarray, n: int
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """Polar and azimuthal angle (rad) of the principal axis of each shower's hits.
+
+    ``rows``: shower index of each hit (0..n-1); ``positions``: (H, 3) hit positions
+    (mm, z along the calorimeter normal); ``weights``: hit energies.  The axis is
+    oriented into the calorimeter (positive z), so theta lies in [0, pi/2].  Showers
+    with fewer than two hits or no energy get NaN.
+
+    >>> th, ph = np.radians(30), np.radians(45)  # hits along a line in this direction
+    >>> direction = np.array([np.sin(th) * np.cos(ph), np.sin(th) * np.sin(ph), np.cos(th)])
+    >>> pos = np.linspace(0, 50, 6)[:, None] * direction
+    >>> theta, phi = shower_axis_angles(np.zeros(6, int), pos, np.ones(6), 1)
+    >>> round(float(np.degrees(theta[0])), 6), round(float(np.degrees(phi[0])), 6)
+    (30.0, 45.0)
+    """
+    rows = np.asarray(rows, dtype=np.int64)
+    w = np.asarray(weights, dtype=np.float64)
+    p = np.asarray(positions, dtype=np.float64)
+    total = np.bincount(rows, w, minlength=n)
+    hits = np.bincount(rows, minlength=n)
+    ok = (total > 0) & (hits >= 2)
+    safe = np.where(ok, total, 1.0)
+    mean = np.stack([np.bincount(rows, w * p[:, k], minlength=n) for k in range(3)], 1) / \
+        safe[:, None]
+    d = p - mean[rows]  # centred first: no cancellation of large second moments
+    cov = np.empty((n, 3, 3))
+    for a in range(3):
+        for b in range(a, 3):
+            cov[:, a, b] = cov[:, b, a] = np.bincount(rows, w * d[:, a] * d[:, b],
+                                                      minlength=n) / safe
+    cov[~ok] = np.eye(3)
+    _, vecs = np.linalg.eigh(cov)
+    axis = vecs[:, :, -1]  # eigenvalues ascend: the last is the principal axis
+    axis *= np.where(axis[:, 2] < 0, -1.0, 1.0)[:, None]
+    theta = np.arccos(np.clip(axis[:, 2], 0.0, 1.0))
+    phi = np.arctan2(axis[:, 1], axis[:, 0])
+    theta[~ok] = np.nan
+    phi[~ok] = np.nan
+    return theta, phi
+
+
 # ---------------------------------------------------------------------------------------
 def sparse_observables(rows: np.ndarray, cells: np.ndarray, values: np.ndarray, n: int,
                        incident_energy: np.ndarray, gf: GeometryFeatures,

@@ -27,6 +27,7 @@ from caloforge.errors import CaloforgeError, InputError
 from caloforge.evaluation.observables import (
     GeometryFeatures,
     calogan_shapes,
+    shower_axis_angles,
     sparse_observables,
 )
 from caloforge.utils import progress
@@ -111,6 +112,8 @@ class SampleSummary:
     scalars: dict[str, np.ndarray] = field(default_factory=dict)
     layers: dict[str, np.ndarray] = field(default_factory=dict)
     calogan: dict[str, np.ndarray] = field(default_factory=dict)
+    # theta, phi (conditions, rad; NaN if the file has none), theta_reco, phi_reco
+    angles: dict[str, np.ndarray] = field(default_factory=dict)
     half: np.ndarray | None = None  # (N,) 0/1 random split for noise floors
     index: np.ndarray | None = None  # (N,) shower number in the source file
     spectrum: np.ndarray | None = None  # (2, n_bins + 2) per half, under/overflow at ends
@@ -184,6 +187,8 @@ def summarise(source: Source, gf: GeometryFeatures, config: StreamConfig,
     scalars: dict[str, list[np.ndarray]] = {}
     layers: dict[str, list[np.ndarray]] = {}
     cg: dict[str, list[np.ndarray]] = {}
+    angles: dict[str, list[np.ndarray]] = {}
+    xyz = np.stack([gf.x, gf.y, gf.z], axis=1)
     halves, indices, ll_rows, ll_einc, memo_rows = [], [], [], [], []
     r_bin = np.clip(np.searchsorted(gf.r_edges, np.hypot(gf.x, gf.y), side="right") - 1, 0,
                     prof_bins["r"] - 1)
@@ -228,6 +233,8 @@ def summarise(source: Source, gf: GeometryFeatures, config: StreamConfig,
                 scalars.setdefault(k, []).append(v)
             for k, v in lf.items():
                 layers.setdefault(k, []).append(v.astype(np.float32))
+            for k, v in _angles(batch, rows, cols, vals, xyz).items():
+                angles.setdefault(k, []).append(v)
             if is_calogan:
                 e = _dense(rows, cols, vals, np.arange(n), geo.n_voxels)
                 for k, v in calogan_shapes(e, gf, layer_e=lf["e_layer"]).items():
@@ -289,6 +296,7 @@ def summarise(source: Source, gf: GeometryFeatures, config: StreamConfig,
     summ.scalars = {k: np.concatenate(v) for k, v in scalars.items()}
     summ.layers = {k: np.concatenate(v) for k, v in layers.items()}
     summ.calogan = {k: np.concatenate(v) for k, v in cg.items()}
+    summ.angles = {k: np.concatenate(v) for k, v in angles.items()}
     summ.half = np.concatenate(halves)
     summ.index = np.concatenate(indices)
     summ.spectrum = spectrum
@@ -301,6 +309,22 @@ def summarise(source: Source, gf: GeometryFeatures, config: StreamConfig,
     if memo_rows:
         summ.memo = np.concatenate(memo_rows)
     return summ
+
+
+def _angles(batch: ShowerBatch, rows: np.ndarray, cols: np.ndarray, vals: np.ndarray,
+            cell_xyz: np.ndarray) -> dict[str, np.ndarray]:
+    """True (condition) and reconstructed (shower axis) incidence angles of a chunk.
+
+    Without a theta condition nothing uses the axis, so it is not reconstructed (NaN).
+    """
+    n = len(batch)
+    cond = batch.conditions
+    nan = np.full(n, np.nan)
+    theta, phi = (nan, nan) if cond.theta is None else \
+        shower_axis_angles(rows, cell_xyz[cols], vals, n)
+    return {"theta": nan if cond.theta is None else cond.theta.astype(np.float64),
+            "phi": nan if cond.phi is None else cond.phi.astype(np.float64),
+            "theta_reco": theta, "phi_reco": phi}
 
 
 def _dense(rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, pick: np.ndarray,

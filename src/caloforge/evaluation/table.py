@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from caloforge.errors import CaloforgeError
+from caloforge.evaluation import angles as A
 from caloforge.evaluation import compare as C
 from caloforge.evaluation import metrics as M
 from caloforge.evaluation.compare import Baseline
@@ -87,6 +88,17 @@ METRICS: tuple[Metric, ...] = (
            "the classifier between two halves of the reference",
            f"|AUC - 0.5| vs the larger of the floor and 2 sigma of a useless classifier; "
            f"{LIGHTS}", parts=True, applies=lambda base: base.config.classifier),
+    Metric("reconstructed_angle", A.reconstructed_angle,
+           "polar angle of the shower axis (PCA of the energy-weighted hits) per true-theta "
+           "bin (mean, RMS) and its distribution (seed 000)",
+           "the same between two random halves of the reference",
+           f"worst of the largest |mean difference| per bin and the distribution; {LIGHTS}",
+           applies=A.has_theta),
+    Metric("angle_bins", A.angle_bins_metrics,
+           "per-shower observables and response in bins of theta (and of phi at oblique "
+           "incidence) when they vary", f"{HALVES}, within each bin",
+           f"worst over bins and observables; {LIGHTS}", parts=True,
+           applies=A.has_varying_angles),
     Metric("memorisation", C.memorisation,
            "nearest-training-shower distances of generated vs held-out reference showers",
            "held-out reference showers (about 1% below their own 1st percentile)",

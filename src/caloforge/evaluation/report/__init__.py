@@ -89,10 +89,22 @@ def write_report(ev: Evaluation, gf: GeometryFeatures, folder: Path,
                 attempt(f"layer grid {name}", P.layer_grid, fw, ref, gens, labels, gf, name)
         attempt("memorisation", P.memorisation, fw, [g.get("memorisation") for g in gm],
                 labels)
+        _angle_figures(fw, ref, gens, labels, gm, attempt)
     attempt("images", P.images, fw, [ref] + gens, ["reference"] + labels, gf)
     page = render_html(m, fw.figures, fw.captions, failed)
     (tmp / "index.html").write_text(page, encoding="utf-8")
     return list(fw.figures), failed
+
+
+def _angle_figures(fw, ref, gens, labels, gm, attempt) -> None:
+    from caloforge.evaluation.report import angle_plots as AP
+
+    reco = [g.get("reconstructed_angle") for g in gm]
+    if any(isinstance(m, dict) and "reference" in m for m in reco):
+        attempt("reconstructed angle", AP.reconstructed_angle, fw, ref, gens, labels, reco)
+    binned = [g.get("angle_bins") for g in gm]
+    if any(isinstance(m, dict) and "theta" in m for m in binned):
+        attempt("response per theta", AP.response_per_theta, fw, binned, labels)
 
 
 # ---------------------------------------------------------------------------------------
@@ -209,6 +221,9 @@ def _global_rows(gm: list[dict]) -> list[str]:
         f"{_fmt(g['correlations']['mean_abs_diff'])} ({_fmt(g['correlations']['max_abs_diff'])})"
         f" <span class=fl>(floor {_fmt(g['correlations']['mean_abs_diff_floor'], 2)})</span>",
         g["correlations"]["verdict"]))
+    if any("reconstructed_angle" in g for g in gm):
+        row("reconstructed θ: max |Δ mean| per θ bin", lambda g: _reco_cell(
+            g["reconstructed_angle"]))
     if any("memorisation" in g for g in gm):
         row("memorisation", lambda g: _memo_cell(g["memorisation"]))
     row("generator time per shower", lambda g: (
@@ -224,6 +239,43 @@ def _scaled(d: dict, f: float) -> tuple[str, str]:
         return html.escape(d["reason"]), "grey"
     return (f"{_fmt(d['value'] * f)} ± {_fmt(d['error'] * f, 2)} "
             f"<span class=fl>(floor {_fmt(d['floor'] * f, 2)})</span>", d["verdict"])
+
+
+def _reco_cell(d: dict) -> tuple[str, str]:
+    if d.get("status") == "not computed":
+        return html.escape(d["reason"]), "grey"
+    return (f"{_fmt(d['max_abs_mean_diff_deg'])}° <span class=fl>(floor "
+            f"{_fmt(d['max_abs_mean_diff_floor_deg'], 2)}°)</span>", d["verdict"])
+
+
+def _angle_rows(gm: list[dict]) -> list[str]:
+    """Reconstructed polar angle per true-theta bin, and the verdict of the observables
+    and response in each theta bin."""
+    m0 = next((g["reconstructed_angle"] for g in gm
+               if "reference" in g.get("reconstructed_angle", {})), None)
+    if m0 is None:
+        return []
+    heads = "".join(f"<th>{html.escape(g['label'])}</th>" for g in gm)
+    rows = [f"<tr><th>true θ [deg]</th><th>reference: reco θ mean ± RMS</th>{heads}</tr>"]
+    ref = m0["reference"]
+    for k, true in enumerate(m0["true_theta_deg"]):
+        cells = []
+        for g in gm:
+            ra, ab = g.get("reconstructed_angle", {}), g.get("angle_bins", {})
+            if "generated" not in ra:
+                cells.append('<td class="grey">n/a</td>')
+                continue
+            gen = ra["generated"]
+            text = f"{_fmt(gen['mean_deg'][k])} ± {_fmt(gen['rms_deg'][k], 2)}"
+            bins = ab.get("theta", {}).get("bins") if isinstance(ab, dict) else None
+            if bins and k < len(bins):
+                b = bins[k]
+                text += (f"<br><span class=fl>observables + response in this bin: "
+                         f"{b['verdict']}</span>")
+            cells.append(f'<td class="{ra["verdict"]}">{text}</td>')
+        rows.append(f"<tr><td>{_fmt(true)}</td><td>{_fmt(ref['mean_deg'][k])} ± "
+                    f"{_fmt(ref['rms_deg'][k], 2)} (n={ref['n'][k]})</td>{''.join(cells)}</tr>")
+    return rows
 
 
 def _memo_cell(d: dict) -> tuple[str, str]:
@@ -273,6 +325,12 @@ early stopping on the validation loss, Platt calibration on the validation split
 JSD = (ln 2 − BCE)/ln 2 on the test split.  Low level: log(1 + 1000·E/E<sub>inc</sub>)
 per voxel plus log E<sub>inc</sub> on a random subsample; high level: per-layer
 features.</li>
+<li>Reconstructed incidence angle (seed 000): polar angle, relative to the calorimeter
+normal, of the principal axis of the energy-weighted positions of the hits above threshold
+(PCA).  Never negative, hence biased by a few degrees at normal incidence: generated showers
+are compared with reference showers in the same true-θ bin.  With varying angles the
+observables and the response are also compared per θ bin (and per φ bin among showers
+at θ &gt; 5°).</li>
 <li>Memorisation: Euclidean distance between shower shapes E/E<sub>vis</sub> (random
 projection to 128 dimensions for large geometries) to the nearest training shower, for
 generated and held-out reference showers.</li></ul>"""
@@ -306,12 +364,18 @@ def render_html(m: dict[str, Any], figures: dict[str, str], captions: dict[str, 
     if gm:
         parts.append("<h2>Summary</h2><table>" + "".join(_global_rows(gm)) + "</table>")
         parts.append("<table>" + "".join(_summary_rows(gm)) + "</table>")
+        angle_rows = _angle_rows(gm)
+        if angle_rows:
+            parts.append("<h2>Incidence angle (seed 000)</h2><p class=fl>Polar angle of "
+                         "the shower axis (PCA of the energy-weighted hits) per true-θ "
+                         "bin.</p><table>" + "".join(angle_rows) + "</table>")
     sections = [("Per-shower observables", "obs_"), ("CaloGAN shower shapes", "calogan_"),
                 ("Cell energy spectrum", "cell_spectrum"), ("Profiles", "profile_"),
                 ("Energy response and resolution", "response_"),
                 ("Energy-binned panels", "ebinned_"), ("Correlations", "correlation_"),
                 ("Per-layer features", "layers_"), ("Per-layer histograms", "layergrid_"),
-                ("Shower images", "images_"), ("Memorisation", "memorisation")]
+                ("Shower images", "images_"), ("Incidence angle", "angles_"),
+                ("Memorisation", "memorisation")]
     for title, prefix in sections:
         figs = [n for n in figures if n.startswith(prefix)]
         if not figs:
