@@ -131,13 +131,18 @@ def frechet_distance(mu1: np.ndarray, cov1: np.ndarray, mu2: np.ndarray,
     symmetric matrix C1^(1/2) C2 C1^(1/2) (similar to C1 C2): two symmetric
     eigendecompositions, far faster and steadier than a general matrix square root.
     """
+    from threadpoolctl import threadpool_limits
+
     diff = np.asarray(mu1, float) - np.asarray(mu2, float)
     c1 = np.atleast_2d(np.asarray(cov1, float))
     c2 = np.atleast_2d(np.asarray(cov2, float))
-    w, v = linalg.eigh(c1)
-    s1 = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
-    m = s1 @ c2 @ s1
-    ev = linalg.eigvalsh(0.5 * (m + m.T))
+    # One BLAS thread: eigendecompositions of a few hundred dimensions do not gain from
+    # threads, and on a loaded machine threaded LAPACK is 10-100x slower (measured).
+    with threadpool_limits(1):
+        w, v = linalg.eigh(c1)
+        s1 = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+        m = s1 @ c2 @ s1
+        ev = linalg.eigvalsh(0.5 * (m + m.T))
     tr_sqrt = float(np.sum(np.sqrt(np.clip(ev, 0, None))))
     return float(diff @ diff + np.trace(c1) + np.trace(c2) - 2.0 * tr_sqrt)
 
@@ -229,6 +234,9 @@ def _poly_kernel_sums(x: np.ndarray, y: np.ndarray, degree: int, coef0: float,
         if degree == 3:
             # sum k^3 = <k^2, k>: one elementwise square and a BLAS dot product.
             total += float(np.dot(np.square(k).ravel(), k.ravel()))
+        elif degree == 4:
+            k2 = np.square(k).ravel()
+            total += float(np.dot(k2, k2))
         else:
             total += float(np.sum(k ** degree))
     if same:
