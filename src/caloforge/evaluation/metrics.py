@@ -26,8 +26,8 @@
 
 The noise floor of a metric is its mean over several random splits of the reference
 into halves (:func:`reference_splits`, at least ``MIN_FLOOR_SPLITS``).  With N
-reference showers the halves have N/2 showers each, so the floor is slightly *conservative* (larger) than the statistical
-spread of an N-vs-N comparison.
+reference showers the halves have N/2 showers each, so the floor is slightly
+*conservative* (larger) than the statistical spread of an N-vs-N comparison.
 """
 
 from __future__ import annotations
