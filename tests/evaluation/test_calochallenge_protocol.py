@@ -8,7 +8,11 @@ import pytest
 
 from caloforge.data.io import write_showers
 from caloforge.errors import GeometryError, InputError
-from caloforge.evaluation.calochallenge import METRICS_FILE, run_calochallenge_protocol
+from caloforge.evaluation.calochallenge import (
+    METRICS_FILE,
+    format_summary,
+    run_calochallenge_protocol,
+)
 from caloforge.evaluation.calochallenge.classifier import OfficialClassifierConfig
 from caloforge.evaluation.classifier import VERDICT_FAIL
 from caloforge.evaluation.toy import toy_showers
@@ -47,6 +51,8 @@ def test_protocol_end_to_end(tmp_path, toys):
     cls = res["classifiers"]["high_level"]
     assert cls["power_verdict"] == VERDICT_FAIL and cls["auc"] > 0.8
     assert {"auc", "jsd", "learned", "min_detectable_auc", "power_reason"} <= set(cls)
+    summary = "\n".join(format_summary(res))
+    assert "separation power Width Eta" in summary and "classifier high_level" in summary
     again = run_calochallenge_protocol(toys["ref"], toys["wide"], "2", seed=0,
                                        classifiers=("high_level",), fpd_kpd=False,
                                        classifier_config=SMALL, control=False)

@@ -2,7 +2,8 @@
 
 from caloforge.evaluation.calochallenge.protocol import (
     METRICS_FILE,
+    format_summary,
     run_calochallenge_protocol,
 )
 
-__all__ = ["METRICS_FILE", "run_calochallenge_protocol"]
+__all__ = ["METRICS_FILE", "format_summary", "run_calochallenge_protocol"]
