@@ -113,3 +113,39 @@ def test_verdict():
     assert M.verdict(6.0, 1.0) == "red"
     assert M.verdict(float("nan"), 1.0) == "grey"
     assert M.worst(["green", "red", "grey"]) == "red"
+
+
+def test_log_bins_for_quantities_spanning_decades():
+    rng = np.random.default_rng(8)
+    # layer energies with log-uniform incident energies (1 GeV - 1 TeV), some layers empty
+    e = 10 ** rng.uniform(0, 3, 20000) * rng.uniform(0.5, 1.5, 20000)
+    e[:2000] = 0.0
+    assert M.spans_decades(e) and not M.spans_decades(rng.normal(size=100))
+    edges = M.hist_edges(e)
+    assert edges[0] == 0.0 and len(edges) == 52  # zero bin + 50 log bins
+    ratios = edges[2:] / edges[1:-1]
+    np.testing.assert_allclose(ratios, ratios[0])
+    h = M.histogram(e, edges)
+    assert h[0] == 2000 and h[1:].max() < 0.05 * len(e)
+    # linear binning would put most showers into one bin
+    lin = M.histogram(e, M.hist_edges(e, log=False))
+    assert lin.max() > 0.3 * len(e)
+    assert np.all(np.diff(M.hist_edges(rng.normal(size=500))) > 0)
+
+
+def test_noise_floor_uses_several_splits():
+    rng = np.random.default_rng(9)
+    ref = rng.normal(size=4000)
+    given = [rng.integers(0, 2, 4000).astype(np.int8)]
+    splits = M.reference_splits(4000, given)
+    assert len(splits) == M.MIN_FLOOR_SPLITS and splits[0] is given[0]
+    assert all(abs(int(s.sum()) - 2000) <= 1 for s in splits[1:])
+    assert np.array_equal(M.reference_splits(4000, given)[3], splits[3])  # seeded
+    edges = M.hist_edges(ref)
+    one = M.histogram_metrics(ref, given, ref[::-1].copy(), edges, min_splits=1)
+    five = M.histogram_metrics(ref, given, ref[::-1].copy(), edges)
+    # the floor is the mean over the splits
+    floors = [M.separation_power(M.histogram(ref[s == 0], edges), M.histogram(ref[s == 1], edges))
+              for s in splits]
+    assert five["separation_power_floor"] == pytest.approx(np.mean(floors))
+    assert one["separation_power_floor"] == pytest.approx(floors[0])

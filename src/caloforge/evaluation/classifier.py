@@ -57,6 +57,72 @@ def null_auc_std(n_pos: int, n_neg: int) -> float:
     return math.sqrt((n_pos + n_neg + 1) / (12.0 * n_pos * n_neg))
 
 
+# Power statement (every classifier result): the minimum detectable AUC is the true AUC
+# that a one-sided test at 5 % significance detects with 80 % probability,
+# 0.5 + (z_0.95 + z_0.80) sigma_0, with sigma_0 the AUC spread of a useless classifier
+# on the test split (Hanley & McNeil 1982 at AUC = 0.5, identical to the Mann-Whitney
+# null spread).
+Z_SIGNIFICANCE = 1.6449  # one-sided 5 %
+Z_POWER = 0.8416  # 80 % power
+VERDICT_PASS = "pass"
+VERDICT_FAIL = "fail"
+VERDICT_INCONCLUSIVE = "inconclusive (sample too small)"
+
+
+def min_detectable_auc(n_pos: int, n_neg: int) -> float:
+    """Smallest true AUC detected (5 % one-sided, 80 % power) with these test sizes."""
+    return 0.5 + (Z_SIGNIFICANCE + Z_POWER) * null_auc_std(n_pos, n_neg)
+
+
+def classifier_power(auc: float, n_pos: int, n_neg: int, val_bce: float, val_auc: float,
+                     n_val_pos: int, n_val_neg: int,
+                     control: dict | None = None) -> dict[str, object]:
+    """Whether a classifier learned anything, what it could have detected, and the verdict.
+
+    ``learned``: its validation BCE went below ln 2 *and* its validation AUC is above
+    0.5 at 5 % one-sided significance.  ``control`` (optional) is the result of the same
+    classifier on reference vs a distortion of known size; it shows that the classifier
+    has the power to detect such a distortion at this sample size.
+
+    Verdict: ``fail`` if the test AUC reaches the minimum detectable AUC; otherwise
+    ``pass`` only if the classifier demonstrably had power (the control was detected,
+    or without a control, it learned on validation), else ``inconclusive (sample too
+    small)`` -- a classifier that learned nothing says nothing about the samples.
+    """
+    mda = min_detectable_auc(n_pos, n_neg)
+    val_sig = 0.5 + Z_SIGNIFICANCE * null_auc_std(max(n_val_pos, 1), max(n_val_neg, 1))
+    learned = bool(val_bce < math.log(2.0) and val_auc > val_sig)
+    out: dict[str, object] = {
+        "learned": learned, "val_bce": val_bce, "ln2": math.log(2.0), "val_auc": val_auc,
+        "min_detectable_auc": mda,
+        "min_detectable_auc_method": "Hanley-McNeil null spread of the test split, "
+                                     "5% one-sided significance, 80% power",
+    }
+    if control is not None:
+        out["control"] = control
+    if auc >= mda:
+        verdict, why = VERDICT_FAIL, f"test AUC {auc:.4f} >= minimum detectable {mda:.4f}"
+    elif control is not None:
+        if control["detected"]:
+            verdict, why = VERDICT_PASS, (
+                f"test AUC {auc:.4f} < {mda:.4f}, and the same classifier detects "
+                f"{control['distortion']} (AUC {control['auc']:.4f})")
+        else:
+            verdict, why = VERDICT_INCONCLUSIVE, (
+                f"the classifier did not detect {control['distortion']} (AUC "
+                f"{control['auc']:.4f} < {control['min_detectable_auc']:.4f}): no power "
+                "at this sample size")
+    elif learned:
+        verdict, why = VERDICT_PASS, f"test AUC {auc:.4f} < {mda:.4f}; learned on validation"
+    else:
+        verdict, why = VERDICT_INCONCLUSIVE, (
+            f"validation BCE {val_bce:.4f} vs ln 2 = {math.log(2.0):.4f}, validation AUC "
+            f"{val_auc:.4f}: the classifier learned nothing")
+    out["power_verdict"] = verdict
+    out["power_reason"] = why
+    return out
+
+
 def _split_indices(n: int, split: tuple[float, float, float],
                    rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     perm = rng.permutation(n)
@@ -212,7 +278,9 @@ def classifier_test(reference: np.ndarray, generated: np.ndarray,
     bce = float(-np.mean(t_y * np.log(p) + (1 - t_y) * np.log(1 - p)))
     auc = float(roc_auc_score(t_y, t_logit))
     n_pos, n_neg = int(t_y.sum()), int(len(t_y) - t_y.sum())
-    return {
+    power = classifier_power(auc, n_pos, n_neg, float(best), float(roc_auc_score(v_y, v_logit)),
+                             int(v_y.sum()), int(len(v_y) - v_y.sum()))
+    return power | {
         "auc": auc,
         "jsd": (math.log(2.0) - bce) / math.log(2.0),
         "bce": bce,
