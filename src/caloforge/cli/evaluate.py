@@ -48,6 +48,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int,
                    help="CPU threads for linear algebra and the classifier (default 1: "
                         "fastest on shared machines; 0 = library default)")
+    p.add_argument("--protocol", choices=("caloforge", "calochallenge"), default="caloforge",
+                   help="caloforge (default): this report; calochallenge: the CaloChallenge "
+                        "2022 evaluation of datasets 1-photons, 1-pions, 2, 3 (official "
+                        "thresholds, binning, separation powers, classifiers, FPD/KPD; "
+                        "seeded, deviations listed in calochallenge_metrics.json)")
+    p.add_argument("--dataset", help="CaloChallenge dataset for --protocol calochallenge "
+                                     "(1-photons, 1-pions, 2, 3; default: the reference "
+                                     "file's geometry)")
+    p.add_argument("--classifier-epochs", type=int,
+                   help="--protocol calochallenge: classifier epochs (official: 50; hours "
+                        "on a CPU at 100k showers)")
+    p.add_argument("--no-fpd-kpd", dest="fpd_kpd", action="store_false",
+                   help="--protocol calochallenge: skip FPD/KPD (the official batch sizes of "
+                        "10k-50k showers take minutes whatever the sample size)")
     p.add_argument("--report", required=True, help="output folder of the report")
     p.add_argument("--overwrite", action="store_true", help="replace an existing report")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -76,9 +90,46 @@ def _config(args: argparse.Namespace):
     return cfg
 
 
+def _run_calochallenge(args: argparse.Namespace) -> int:
+    from caloforge.data.io import open_showers
+    from caloforge.evaluation.calochallenge import format_summary, run_calochallenge_protocol
+    from caloforge.evaluation.calochallenge.classifier import OfficialClassifierConfig
+    from caloforge.evaluation.config import check_device
+
+    if len(args.generated) != 1:
+        raise InputError(f"--protocol calochallenge compares one generated file, "
+                         f"got {len(args.generated)}")
+    if args.classifier_epochs is not None and args.classifier_epochs < 1:
+        raise InputError(f"--classifier-epochs must be >= 1, got {args.classifier_epochs}")
+    device = args.device or "cpu"
+    check_device(device)
+    dataset = args.dataset
+    if dataset is None:
+        with open_showers(args.reference, geometry=args.geometry) as f:
+            dataset = f.geometry  # the protocol refuses geometries outside the challenge
+    seed = 0 if args.seed is None else args.seed
+    clf_cfg = OfficialClassifierConfig(device=device, seed=seed)
+    if args.classifier_epochs is not None:
+        clf_cfg.epochs = args.classifier_epochs
+    classifiers = () if args.classifier is False else ("high_level", "low_level")
+    res = run_calochallenge_protocol(args.reference, args.generated[0], dataset, args.report,
+                                     seed=seed, device=device, classifiers=classifiers,
+                                     classifier_config=clf_cfg, fpd_kpd=args.fpd_kpd,
+                                     overwrite=args.overwrite,
+                                     log=None if args.no_progress else print)
+    print("\n".join(format_summary(res)))
+    print(f"metrics written to {args.report}")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     from caloforge.evaluation import evaluate
 
+    if args.protocol == "calochallenge":
+        return _run_calochallenge(args)
+    if args.dataset is not None or args.classifier_epochs is not None or not args.fpd_kpd:
+        raise InputError("--dataset, --classifier-epochs and --no-fpd-kpd belong to "
+                         "--protocol calochallenge")
     cfg = _config(args)
     res = evaluate(args.reference, args.generated, config=cfg, report_dir=args.report,
                    overwrite=args.overwrite,
@@ -92,6 +143,10 @@ def run(args: argparse.Namespace) -> int:
             continue
         v = g.get("verdict", {})
         print(f"{g['label']}: " + ", ".join(f"{k} {c}" for k, c in v.items()))
+        for kind, c in (g.get("classifier") or {}).items():
+            if "power_verdict" in c:
+                print(f"  classifier {kind}: AUC {c['auc']:.3f}, {c['power_verdict']} "
+                      f"(smallest detectable AUC {c['min_detectable_auc']:.3f})")
     print(f"report written to {args.report}/index.html")
     if not res.complete:
         # Scripts must not mistake a partial comparison for a complete one.

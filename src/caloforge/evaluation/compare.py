@@ -16,7 +16,12 @@ import numpy as np
 
 from caloforge.errors import CaloforgeError, InputError
 from caloforge.evaluation import metrics as M
-from caloforge.evaluation.classifier import ClassifierConfig, classifier_test, lowlevel_transform
+from caloforge.evaluation.classifier import (
+    VERDICT_INCONCLUSIVE,
+    ClassifierConfig,
+    classifier_test,
+    lowlevel_transform,
+)
 from caloforge.evaluation.config import EvaluationConfig
 from caloforge.evaluation.derived import (
     LAYER_METRIC_FEATURES,
@@ -262,6 +267,10 @@ def classifier(base: Baseline, gen: SampleSummary) -> dict[str, Any]:
             fl_dev = abs(res.get("auc_floor", 0.5) - 0.5)
             res["verdict"] = M.verdict(abs(res["auc"] - 0.5),
                                        max(fl_dev, 2 * res["auc_null_std"]))
+            if res.get("power_verdict") == VERDICT_INCONCLUSIVE:
+                # A classifier that learned nothing says nothing about the samples: never
+                # green, whatever its AUC.
+                res["verdict"] = "grey"
             out[name] = res
         except CaloforgeError as exc:
             out[name] = not_computed(exc)

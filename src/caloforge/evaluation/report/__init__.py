@@ -199,7 +199,12 @@ def _global_rows(gm: list[dict]) -> list[str]:
                 return html.escape(c["reason"]), "grey"
             fl = (f" <span class=fl>(floor AUC {_fmt(c.get('auc_floor'))}, "
                   f"null σ {_fmt(c['auc_null_std'], 2)})</span>")
-            return (f"AUC {_fmt(c['auc'])}, JSD {_fmt(c['jsd'], 2)}{fl}"
+            power = ""
+            if "power_verdict" in c:
+                power = (f"<br><b>{html.escape(c['power_verdict'])}</b>: "
+                         f"{html.escape(c['power_reason'])}; smallest detectable AUC "
+                         f"{_fmt(c['min_detectable_auc'])}")
+            return (f"AUC {_fmt(c['auc'])}, JSD {_fmt(c['jsd'], 2)}{fl}{power}"
                     f"<br><span class=fl>{c['n_train']} train / {c['n_test']} test, "
                     f"{c['epochs']} epochs, {c['seconds']:.0f} s</span>", c["verdict"])
         return get
