@@ -113,6 +113,8 @@ def test_h5py_and_safetensors_error_texts_are_recognised(tmp_path):
     err = as_resource_error(h5)
     assert isinstance(err, ResourceError) and str(err) == f"{tmp_path / 'x.h5'}: no space " \
                                                           "left on device"
+    report = OSError(errno.EROFS, "Read-only file system", str(tmp_path / ".rep.part"))
+    assert str(as_resource_error(report)) == f"{tmp_path / 'rep'}: read-only file system"
     rust = Exception("Error while serializing: I/O error: Disk quota exceeded (os error 122)")
     assert "disk quota exceeded" in str(as_resource_error(rust, "m/model.safetensors"))
     assert as_resource_error(RuntimeError("a plain bug")) is None
