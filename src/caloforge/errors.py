@@ -51,6 +51,11 @@ class ResourceError(CaloforgeError):
 
 
 class Terminated(KeyboardInterrupt):
-    """SIGTERM (what batch systems send before killing a job), raised as an exception so
-    that cleanup code runs.  A :class:`KeyboardInterrupt` so that every handler written
-    for Ctrl-C (removing temporary files, saving a checkpoint) also handles it."""
+    """SIGTERM (what batch systems send before killing a job) or SIGHUP, raised as an
+    exception so that cleanup code runs.  A :class:`KeyboardInterrupt` so that every
+    handler written for Ctrl-C (removing temporary files, saving a checkpoint) also
+    handles it; the CLI exits with 128 + ``signum``."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = int(signum)
+        super().__init__(f"terminated by signal {self.signum}")

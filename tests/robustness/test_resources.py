@@ -53,6 +53,19 @@ def test_full_tmpfs_merge_is_a_clean_error(tiny_disk, shower_file):
     assert list(tiny_disk.iterdir()) == []
 
 
+@pytest.mark.parametrize("command", ["simulate", "generate"])
+def test_full_tmpfs_simulate_and_generate(tiny_disk, command):
+    """Were a segfault (simulate) and a traceback (generate)."""
+    out = tiny_disk / "s.h5"
+    args = {"simulate": ["simulate", "--detector", "ild-ecal", "--particle", "photon",
+                         "--energy", "10", "-n", "4", "--chunk-size", "1"],
+            "generate": ["generate", "--model", "ild-ecal-photons", "--energy", "10:20",
+                         "-n", "6", "--batch-size", "1", "--threads", "1"]}[command]
+    done = run_process([*args, "-o", out, "--format", "calochallenge"])
+    assert_one_line_error(done.returncode, done.stderr, str(out), "no space left on device")
+    assert list(tiny_disk.iterdir()) == []
+
+
 class _FailAfter:
     """Stands in for os.pwrite: fails with ``code`` once ``budget`` bytes are written."""
 
@@ -100,6 +113,8 @@ def test_h5py_and_safetensors_error_texts_are_recognised(tmp_path):
     err = as_resource_error(h5)
     assert isinstance(err, ResourceError) and str(err) == f"{tmp_path / 'x.h5'}: no space " \
                                                           "left on device"
+    report = OSError(errno.EROFS, "Read-only file system", str(tmp_path / ".rep.part"))
+    assert str(as_resource_error(report)) == f"{tmp_path / 'rep'}: read-only file system"
     rust = Exception("Error while serializing: I/O error: Disk quota exceeded (os error 122)")
     assert "disk quota exceeded" in str(as_resource_error(rust, "m/model.safetensors"))
     assert as_resource_error(RuntimeError("a plain bug")) is None
@@ -192,7 +207,8 @@ def _start_convert(src, out):  # noqa: ANN001, ANN202
     return proc
 
 
-@pytest.mark.parametrize("sig,code,word", [(signal.SIGTERM, 143, "terminated"),
+@pytest.mark.parametrize("sig,code,word", [(signal.SIGTERM, 143, "terminated (SIGTERM)"),
+                                           (signal.SIGHUP, 129, "terminated (SIGHUP)"),
                                            (signal.SIGINT, 130, "interrupted")])
 def test_signal_during_convert_leaves_nothing(tmp_path, long_file, sig, code, word):
     out = tmp_path / "o.h5"
@@ -319,3 +335,51 @@ def test_interrupt_inside_write_without_cli_handlers(tmp_path, showers, monkeypa
             w.append(showers("calogan", 3))
             pytest.fail("the interrupt must surface after the first batch")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_swallowed_signal_still_ends_the_run(tmp_path, shower_file, capsys, monkeypatch):
+    """A handler's exception raised inside a __del__ or weakref callback is printed and
+    lost by Python; the noted interrupt is raised at the writer's next safe point."""
+    from caloforge.errors import Terminated
+    from caloforge.utils.safe_io import note_interrupt
+
+    real_pwrite = os.pwrite
+
+    def pwrite_noting(fd, data, offset):  # noqa: ANN001, ANN202
+        note_interrupt(Terminated(signal.SIGTERM))  # as if the raise had been swallowed
+        return real_pwrite(fd, data, offset)
+
+    monkeypatch.setattr("caloforge.utils.safe_io.os.pwrite", pwrite_noting)
+    code, _, err = run_cli(["convert", shower_file, tmp_path / "o.h5", "--to", "ild"], capsys)
+    assert code == 143
+    assert_one_line_error(code, err, "terminated (SIGTERM)")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.h5"]
+    monkeypatch.undo()
+    code, _, err = run_cli(["convert", shower_file, tmp_path / "o.h5", "--to", "ild"], capsys)
+    assert code == 0, err  # the note does not outlive the command
+
+
+def test_signal_raised_inside_a_destructor_is_not_lost(tmp_path, shower_file, capsys,
+                                                        monkeypatch):
+    """Python prints and drops exceptions raised in __del__ (where a signal handler can
+    run); the run must still end with 143, one line on stderr and no temporary file."""
+    from caloforge.cli import _on_signal
+    from caloforge.data.io.base import ShowerWriter
+
+    class _Dying:
+        def __del__(self) -> None:
+            _on_signal(signal.SIGTERM, sys._getframe())
+
+    real_append = ShowerWriter.append
+
+    def append_once_signalled(self, batch):  # noqa: ANN001, ANN202
+        if self.n_written == 0:
+            _Dying()  # destroyed at once: the handler's exception is "ignored" by Python
+        return real_append(self, batch)
+
+    monkeypatch.setattr(ShowerWriter, "append", append_once_signalled)
+    code, _, err = run_cli(["convert", shower_file, tmp_path / "o.h5", "--to", "caloforge",
+                            "--batch-size", "10"], capsys)
+    assert code == 143, err
+    assert_one_line_error(code, err, "terminated (SIGTERM)")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.h5"]

@@ -18,7 +18,12 @@ from types import FrameType
 
 from caloforge import __version__
 from caloforge.errors import CaloforgeError, Terminated
-from caloforge.utils.safe_io import as_resource_error, defer_interrupt
+from caloforge.utils.safe_io import (
+    as_resource_error,
+    defer_interrupt,
+    note_interrupt,
+    pending_interrupt,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,15 +43,32 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _on_signal(signum: int, frame: FrameType | None) -> None:
-    """SIGTERM and SIGINT as exceptions, so that cleanup code runs (a SIGTERM's default
-    action kills without it).  Deferred while HDF5 is writing through a guarded file."""
-    if signum == signal.SIGTERM:
-        # Later SIGTERMs are ignored so that the cleanup the first one started can finish.
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        exc: KeyboardInterrupt = Terminated(f"terminated by signal {signum}")
+    """SIGTERM, SIGHUP and SIGINT as exceptions, so that cleanup code runs (the default
+    action of the first two kills without it).  Deferred while HDF5 is writing through a
+    guarded file."""
+    if signum == signal.SIGINT:
+        exc: KeyboardInterrupt = KeyboardInterrupt()
     else:
-        exc = KeyboardInterrupt()
+        # Later signals are ignored so that the cleanup the first one started can finish.
+        signal.signal(signum, signal.SIG_IGN)
+        exc = Terminated(signum)
+    note_interrupt(exc)
     if not defer_interrupt(frame, exc):
+        raise exc
+
+
+def _retry_swallowed_interrupt(info: sys.UnraisableHookArgs) -> None:
+    """Python ignores (and prints) exceptions raised in a __del__ or weakref callback; if
+    our signal's exception landed there, print nothing and raise it again shortly."""
+    if info.exc_value is not None and info.exc_value is pending_interrupt():
+        signal.setitimer(signal.ITIMER_REAL, 0.05)
+        return
+    sys.__unraisablehook__(info)
+
+
+def _on_retry_alarm(signum: int, frame: FrameType | None) -> None:
+    exc = pending_interrupt()  # None once a guarded file has raised it
+    if exc is not None and not defer_interrupt(frame, exc):
         raise exc
 
 
@@ -68,12 +90,15 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     prog = f"caloforge {args.command}"
-    handled = (signal.SIGTERM, signal.SIGINT)
+    handlers = {signal.SIGTERM: _on_signal, signal.SIGHUP: _on_signal,
+                signal.SIGINT: _on_signal, signal.SIGALRM: _on_retry_alarm}
     main_thread = threading.current_thread() is threading.main_thread()
-    previous = {s: signal.getsignal(s) for s in handled}
+    previous = {s: signal.getsignal(s) for s in handlers}
+    previous_hook = sys.unraisablehook
     if main_thread:
-        for s in handled:
-            signal.signal(s, _on_signal)
+        for s, handler in handlers.items():
+            signal.signal(s, handler)
+        sys.unraisablehook = _retry_swallowed_interrupt
     try:
         code = int(args.func(args) or 0)
         sys.stdout.flush()  # a closed pipe must fail here, inside the handlers below
@@ -81,9 +106,9 @@ def main(argv: list[str] | None = None) -> int:
     except CaloforgeError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 1
-    except Terminated:
-        print(f"{prog}: terminated (SIGTERM)", file=sys.stderr)
-        return 128 + signal.SIGTERM
+    except Terminated as exc:
+        print(f"{prog}: terminated ({signal.Signals(exc.signum).name})", file=sys.stderr)
+        return 128 + exc.signum
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
@@ -98,7 +123,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{prog}: error: {err}", file=sys.stderr)
         return 1
     finally:
+        note_interrupt(None)
         if main_thread:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            sys.unraisablehook = previous_hook
             for s, handler in previous.items():
                 if handler is not None:  # None: installed outside Python, cannot restore
                     signal.signal(s, handler)

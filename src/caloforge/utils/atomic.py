@@ -20,6 +20,7 @@ from pathlib import Path
 from caloforge.errors import InputError, OutputExistsError, ResourceError
 
 _TEMP = re.compile(r"^\.(?P<name>.+)\.(?P<host>[A-Za-z0-9_]+)-(?P<pid>\d+)-[0-9a-f]{6}\.part$")
+_PLAIN_TEMP = re.compile(r"^\.(?P<name>.+?)(?:\.[0-9a-f]{8})?\.part$")  # older / other writers
 
 
 def _host() -> str:
@@ -35,7 +36,7 @@ def temp_path(path: str | Path) -> Path:
 def target_of(path: str | Path) -> Path:
     """The output a temporary belongs to (``path`` itself if it is not one of ours)."""
     path = Path(path)
-    m = _TEMP.match(path.name)
+    m = _TEMP.match(path.name) or _PLAIN_TEMP.match(path.name)
     return path.with_name(m["name"]) if m else path
 
 

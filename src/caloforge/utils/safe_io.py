@@ -67,6 +67,29 @@ def as_resource_error(exc: BaseException, path: str | Path | None = None
     return ResourceError(reason, None if path is None else target_of(path))
 
 
+# A signal handler's exception can land where Python ignores exceptions (a __del__ or a
+# weakref callback): it is then printed and lost.  The CLI's handler therefore also notes
+# it here, and every guarded file raises it at its next safe point (after a batch).
+_pending_interrupt: BaseException | None = None
+
+
+def note_interrupt(exc: BaseException | None) -> None:
+    """Record (or, with None, forget) an interrupt for guarded files to raise."""
+    global _pending_interrupt
+    _pending_interrupt = exc
+
+
+def pending_interrupt() -> BaseException | None:
+    """The interrupt noted and not yet raised at a safe point, if any."""
+    return _pending_interrupt
+
+
+def _take_pending_interrupt() -> BaseException | None:
+    global _pending_interrupt
+    exc, _pending_interrupt = _pending_interrupt, None
+    return exc
+
+
 class GuardedFile(io.RawIOBase):
     """A binary file opened for writing whose failed writes are recorded, not raised.
 
@@ -81,10 +104,10 @@ class GuardedFile(io.RawIOBase):
     def __init__(self, path: str | Path) -> None:
         super().__init__()
         self.path = Path(path)
-        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o666)
         self._pos = 0
         self.error: OSError | None = None
         self.interrupt: BaseException | None = None
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o666)
 
     def _shielded(self, operation):  # noqa: ANN001, ANN202 - a retry-safe closure
         while True:
@@ -159,6 +182,8 @@ class GuardedFile(io.RawIOBase):
     def raise_if_failed(self, target: str | Path) -> None:
         """Re-raise a deferred interrupt, or the first failed write as a
         :class:`ResourceError` naming ``target``."""
+        if self.interrupt is None:
+            self.interrupt = _take_pending_interrupt()
         if self.interrupt is not None:
             raise self.interrupt
         if self.error is not None:
@@ -171,8 +196,11 @@ def defer_interrupt(frame: FrameType | None, exc: BaseException) -> bool:
     :class:`GuardedFile`, hand ``exc`` to that file (it re-raises it after the batch) and
     return True; raising it there would corrupt the write."""
     while frame is not None:
-        owner = frame.f_locals.get("self") if frame.f_code.co_filename == __file__ else None
-        if isinstance(owner, GuardedFile):
+        code = frame.f_code
+        owner = frame.f_locals.get("self") if code.co_filename == __file__ else None
+        # Raising in __init__ or raise_if_failed is safe: HDF5 is not calling back there.
+        if isinstance(owner, GuardedFile) and code.co_name not in ("__init__",
+                                                                  "raise_if_failed"):
             owner.interrupt = owner.interrupt or exc
             return True
         frame = frame.f_back
