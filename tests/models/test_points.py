@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from caloforge.cli import main
-from caloforge.data import Conditions, PointCloudBatch
+from caloforge.data import PointCloudBatch
 from caloforge.data.io import open_showers
 from caloforge.errors import InputError
 from caloforge.models import GenerativeModel, load, register
