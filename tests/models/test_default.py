@@ -50,3 +50,33 @@ def test_default_is_reproducible(default_model):
     a = default_model.sample(np.array([30e3, 70e3]), 5).energies
     b = default_model.sample(np.array([30e3, 70e3]), 5).energies
     assert np.array_equal(a, b)
+
+
+def test_default_is_independent_of_batch_size(default_model):
+    """Shower i depends only on (seed, i); other batch sizes change the last float bits
+    of batched matrix products only (see tests/models/test_models.assert_same_showers),
+    which may flip a cell sitting exactly on a cut: allow 1 in 100 000 cells to differ."""
+    e = np.linspace(10e3, 100e3, 30)
+    ref = default_model.sample(e, 3, batch_size=30).energies
+    for bs in (1, 7):
+        x = default_model.sample(e, 3, batch_size=bs).energies
+        close = np.isclose(x, ref, rtol=1e-4, atol=1e-4)
+        assert (~close).mean() <= 1e-5
+        np.testing.assert_allclose(x.sum(1), ref.sum(1), rtol=1e-4)
+
+
+def test_default_refuses_angles_it_was_not_trained_on(default_model):
+    from caloforge.data import Conditions
+    from caloforge.errors import InputError
+
+    e = np.array([20e3, 50e3])
+    with pytest.raises(InputError, match=r"not trained on theta: it generates at theta = 0"):
+        default_model.sample(Conditions(e, theta=np.radians([0.0, 20.0])), 1)
+    # At normal incidence the azimuth does not change the direction: any phi is fine.
+    a = default_model.sample(Conditions(e, theta=np.zeros(2), phi=np.array([0.3, 2.0])), 1)
+    b = default_model.sample(Conditions(e), 1)
+    np.testing.assert_array_equal(a.energies, b.energies)
+    with pytest.raises(InputError, match="not trained on impact"):
+        default_model.sample(Conditions(e, impact=np.array([[5.0, 0.0], [0.0, 0.0]])), 1)
+    with pytest.raises(InputError, match=r"incident_energy .*10.01 GeV to 99.98 GeV"):
+        default_model.sample(Conditions(np.array([150e3])), 1)

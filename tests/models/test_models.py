@@ -157,3 +157,53 @@ def test_follows_the_energy_condition(name, two_energy_data, tmp_path):
     for e, other in ((2e3, 80e3), (80e3, 2e3)):
         assert abs(d_gen[e] - d_real[e]) < abs(d_gen[e] - d_real[other]), (e, d_gen, d_real)
     assert gen[80e3].total_energy().mean() > 5 * gen[2e3].total_energy().mean()
+
+
+def assert_same_showers(a: np.ndarray, b: np.ndarray) -> None:
+    """Equal up to float32 rounding: batched matrix products may sum in another order for
+    another batch size or thread count (MKL/oneDNN pick kernels by shape), which changes
+    the last bits (measured: <= 1e-5 relative); everything else is bitwise."""
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * max(float(np.abs(a).max()), 1e-12))
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_shower_depends_only_on_seed_and_index(name, trained):
+    """Shower i of a run is a function of (seed, i): batch size, threads and shards
+    (first_index) do not change it."""
+    model, _ = trained(name)
+    config = model.config
+    # Raw output: a model trained for 12 steps may still put every cell under threshold.
+    model.config = config.replace(threshold_output=False)
+    try:
+        _check_seed_and_index(model)
+    finally:
+        model.config = config
+
+
+def _check_seed_and_index(model):
+    e = np.exp(np.random.default_rng(5).uniform(np.log(2e3), np.log(9e4), 100))
+    ref = model.sample(e, 21, batch_size=100).energies
+    assert (ref > 0).mean() > 0.05  # a real test: the showers are not empty
+    for bs in (1, 7):
+        assert_same_showers(model.sample(e, 21, batch_size=bs).energies, ref)
+    shard = model.sample(e[60:], 21, batch_size=13, first_index=60).energies
+    assert_same_showers(shard, ref[60:])
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert_same_showers(model.sample(e, 21, batch_size=100).energies, ref)
+    finally:
+        torch.set_num_threads(before)
+    assert not np.allclose(model.sample(e, 22, batch_size=100).energies, ref)  # seed matters
+
+
+def test_model_folder_records_conditions(trained):
+    import yaml
+    model, out = trained("l2lflows")
+    meta = yaml.safe_load((out / "model" / "model.yaml").read_text())
+    assert meta["representation"] == "voxels"
+    assert meta["conditions"]["fixed"]["theta"] == 0.0  # toy showers: normal incidence
+    loaded = load(out)
+    assert loaded.condition_space == model.condition_space
+    with pytest.raises(InputError, match="not trained on theta"):
+        loaded.sample(Conditions(np.array([1e4]), theta=np.array([0.2])), 1)

@@ -26,6 +26,7 @@ RNG state; the model only says *what* to update:
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,7 +46,7 @@ from caloforge.errors import (
 )
 from caloforge.geometry import Geometry, get_geometry
 from caloforge.models.conditioning import ConditionSpace
-from caloforge.models.config import Config
+from caloforge.models.config import Config, ModelConfig
 from caloforge.models.folder import (  # noqa: F401 - the public names of caloforge.models
     META_FILE,
     WEIGHTS_FILE,
@@ -68,10 +69,13 @@ class TrainingDiverged(CaloforgeError):
 @dataclass
 class TrainBatch:
     """A training minibatch on the training device: voxel energies and incident energies
-    in MeV, shapes ``(B, n_voxels)`` and ``(B,)``."""
+    in MeV, shapes ``(B, n_voxels)`` and ``(B,)``, and the direction where the model
+    takes it (:meth:`GenerativeModel.angle_tensor`)."""
 
     x: Tensor
     e_inc: Tensor
+    # (B, 2) theta, phi in rad, for models conditioned on the direction (else None)
+    angles: Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.e_inc)
@@ -143,7 +147,7 @@ class GenerativeModel(nn.Module):
     """Base class of all architectures (see the module docstring for the contract)."""
 
     name: ClassVar[str] = ""
-    Config: ClassVar[type[Config]] = Config
+    Config: ClassVar[type[Config]] = ModelConfig
     presets: ClassVar[dict[str, dict[str, Any]]] = {}
     requires_regular_grid: ClassVar[bool] = False
     # What sample() returns: "voxels" (ShowerBatch) or "points" (PointCloudBatch).
@@ -159,6 +163,16 @@ class GenerativeModel(nn.Module):
         self.energy = EnergyCondition()
         self.register_buffer("fitted", torch.zeros((), dtype=torch.bool))
         self.condition_space = ConditionSpace()
+        extra = tuple(getattr(config, "conditions", ()))
+        unknown = [c for c in extra if c not in self.condition_inputs]
+        if unknown:
+            raise ConfigError(
+                f"model {self.name!r} cannot be conditioned on {', '.join(unknown)} (it takes "
+                f"incident_energy{''.join(', ' + c for c in self.condition_inputs)})")
+        self.takes_angles = bool(extra)
+        if self.takes_angles:
+            # sin(theta_max) of the training data: direction inputs of order one
+            self.register_buffer("angle_scale", torch.ones(()))
 
     # ---- construction -----------------------------------------------------------------
     @classmethod
@@ -228,8 +242,10 @@ class GenerativeModel(nn.Module):
     def on_epoch_end(self, epoch: int, ctx: StepContext) -> None:
         """Hook after each epoch (BIB-AE resets its resetting critics here)."""
 
-    def finalize(self, x: Tensor, e_inc: Tensor, generator: torch.Generator) -> None:
-        """Hook after the last training step, with (a subset of) the training data."""
+    def finalize(self, x: Tensor, e_inc: Tensor, generator: torch.Generator,
+                 angles: Tensor | None = None) -> None:
+        """Hook after the last training step, with (a subset of) the training data
+        (``angles``: its theta, phi for models that take them)."""
 
     # ---- generation ----------------------------------------------------------------------
     def generate(self, e_inc: Tensor, noise: ShowerNoise,
@@ -248,10 +264,59 @@ class GenerativeModel(nn.Module):
     def energy_range_mev(self) -> tuple[float, float]:
         return self.energy.range_mev
 
+    @classmethod
+    def conditions_from_data(cls, conditions: Conditions) -> tuple[str, ...]:
+        """The conditions beyond the energy that vary in ``conditions`` and that this
+        architecture can take: the value of its config key ``conditions``."""
+        out = []
+        for name in cls.condition_inputs:
+            v = getattr(conditions, name, None)
+            if v is not None and len(v) and np.ptp(v) > 0:
+                out.append(name)
+        if "phi" in out and "theta" in cls.condition_inputs and "theta" not in out:
+            out.insert(0, "theta")  # phi alone means nothing without an oblique angle
+        return tuple(out)
+
     def fit_conditions(self, conditions: Conditions) -> None:
         """Record the conditions of the training showers (:meth:`ConditionSpace.fit`):
-        ranges of those this architecture takes as inputs, fixed values of the others."""
-        self.condition_space = ConditionSpace.fit(conditions, self.condition_inputs, self.name)
+        ranges of those the model takes as inputs, fixed values of the others."""
+        inputs = tuple(getattr(self.config, "conditions", ()))
+        self.condition_space = ConditionSpace.fit(conditions, inputs, self.name)
+        if self.takes_angles:
+            space = self.condition_space
+            theta_max = space.ranges.get("theta", (0.0, space.fixed.get("theta", 0.0)))[1]
+            self.angle_scale.fill_(max(math.sin(theta_max), 0.05))
+
+    @property
+    def n_conditions(self) -> int:
+        """Width of :meth:`condition_features`."""
+        return 3 if self.takes_angles else 1
+
+    def angle_tensor(self, conditions: Conditions | None, n: int) -> Tensor | None:
+        """(n, 2) theta, phi of ``conditions`` on the model device, the fixed values of
+        the training data where a request leaves them out; None if the model takes no
+        angles."""
+        if not self.takes_angles:
+            return None
+        fixed = self.condition_space.fixed
+        cols = []
+        for name in ("theta", "phi"):
+            v = None if conditions is None else getattr(conditions, name)
+            cols.append(np.full(n, float(fixed.get(name, 0.0))) if v is None else v)
+        return torch.as_tensor(np.stack(cols, 1), dtype=torch.float32, device=self.device)
+
+    def condition_features(self, e_inc: Tensor, angles: Tensor | None = None) -> Tensor:
+        """Network condition ``(B, n_conditions)``: the normalised energy, then for models
+        taking angles the transverse direction ``sin(theta) (cos phi, sin phi)`` (smooth at
+        theta = 0, where phi does not matter) over sin(theta_max)."""
+        c = self.energy(e_inc)
+        if not self.takes_angles:
+            return c
+        if angles is None:
+            angles = torch.zeros(len(e_inc), 2, device=e_inc.device)
+        s = torch.sin(angles[:, 0]) / self.angle_scale
+        return torch.cat([c, torch.stack([s * torch.cos(angles[:, 1]),
+                                          s * torch.sin(angles[:, 1])], 1)], 1)
 
     def check_conditions(self, conditions: Conditions,
                          allow_extrapolation: bool = False) -> None:

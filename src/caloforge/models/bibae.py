@@ -23,6 +23,10 @@ loss.  After training, the encoded training showers and their energy labels are 
 and a KDE (product Gaussian kernels, Scott bandwidth) is sampled for generation; a
 requested energy is met by rejection sampling on the energy label.
 
+Angle-conditioned models (config ``conditions: [theta, phi]``, seed 000): the direction
+is an input of the encoder, decoder, critics and post-processor, and the latent KDE is
+replaced by a conditional spline flow (zuko) fitted on the encoded training showers.
+
 >>> model = BIBAE.from_config(None, "ild-ecal", preset="tiny")
 >>> [name for name, _ in model.phases()]
 ['bibae', 'postprocessor']
@@ -40,7 +44,8 @@ from caloforge.data.batch import Conditions
 from caloforge.errors import ConfigError
 from caloforge.geometry import Geometry
 from caloforge.models.base import GenerativeModel, StepContext, TrainBatch, register, seeded
-from caloforge.models.config import Config, positive
+from caloforge.models.config import ModelConfig, positive
+from caloforge.models.flows import sample_flow, spline_coupling_flow
 from caloforge.models.nets import Critic3d, GridDecoder, GridEncoder, gradient_penalty, mlp
 from caloforge.models.nets import reset_parameters as _reset
 from caloforge.models.noise import ShowerNoise, Source, rand, randint, randn, subset
@@ -48,7 +53,7 @@ from caloforge.models.transforms import Compose, LogTransform, ScaleByIncident
 
 
 @dataclass
-class BIBAEConfig(Config):
+class BIBAEConfig(ModelConfig):
     latent_dim: int = 24
     enc_channels: tuple[int, ...] = (16, 32, 64)
     dec_channels: tuple[int, ...] = (64, 32, 16)
@@ -78,13 +83,19 @@ class BIBAEConfig(Config):
     mmd_kernel_small: float = 0.05  # widths in units of the scaled cell energy
     mmd_kernel_large: float = 0.5
     kde_points: int = 20000  # encoded training showers kept for the latent KDE
+    # Models conditioned on more than the energy sample the latent space from a
+    # conditional spline flow (seed 000) fitted on the encoded showers after training.
+    latent_flow_transforms: int = 4
+    latent_flow_hidden: tuple[int, ...] = (64, 64)
+    latent_flow_steps: int = 1000
     log_eps: float = 1e-5
     threshold_output: bool = True
 
     def validate(self) -> None:
         super().validate()
         positive(self, "latent_dim", "n_critic", "reset_every", "lr_ae", "lr_critic", "lr_pp",
-                 "pp_topk", "kde_points", "log_eps", "lr_decay")
+                 "pp_topk", "kde_points", "log_eps", "lr_decay", "latent_flow_transforms",
+                 "latent_flow_steps")
         if not 0 < self.pp_fraction < 1:
             raise ConfigError("config key 'pp_fraction' must lie in (0, 1)")
 
@@ -126,34 +137,40 @@ class BIBAE(GenerativeModel):
                  "latent_critic_hidden": [32], "pp_channels": [8], "lr_ae": 2e-3,
                  "lr_critic": 1e-3, "lr_pp": 1e-3, "beta_recon": 10.0, "beta_critic": 0.1,
                  "beta_latent_critic": 0.1, "pp_topk": 40, "kde_points": 2000,
-                 "pp_fraction": 0.2},
+                 "pp_fraction": 0.2, "latent_flow_hidden": [16], "latent_flow_steps": 100},
     }
     requires_regular_grid = True
+    condition_inputs = ("theta", "phi")
 
     def __init__(self, config: BIBAEConfig, geometry: Geometry) -> None:
         super().__init__(config, geometry)
         grid = self.grid_shape
         c = config
         self.transform = Compose(ScaleByIncident(), LogTransform(c.log_eps))
-        self.encoder = GridEncoder(grid, 1, c.enc_channels)
+        n_c = self.n_conditions  # energy (+ direction): input of every network
+        self.encoder = GridEncoder(grid, 1, c.enc_channels, n_c)
         self.to_latent = nn.Linear(self.encoder.out_features, 2 * c.latent_dim)
-        self.decoder = GridDecoder(c.latent_dim, grid, c.dec_channels)
+        self.decoder = GridDecoder(c.latent_dim, grid, c.dec_channels, n_c)
         self.critics = nn.ModuleDict({
-            name: Critic3d(grid, 2, c.critic_channels, c.critic_hidden, minibatch=True)
+            name: Critic3d(grid, 2, c.critic_channels, c.critic_hidden, minibatch=True, cond=n_c)
             for name in ("critic", "critic_reset")})
         self.latent_critics = nn.ModuleDict({
-            name: mlp([c.latent_dim + 1, *c.latent_critic_hidden, 1])
+            name: mlp([c.latent_dim + n_c, *c.latent_critic_hidden, 1])
             for name in ("latent_critic", "latent_critic_reset")})
-        chans = [2, *c.pp_channels]
+        chans = [1 + n_c, *c.pp_channels]
         pp: list[nn.Module] = []
         for i in range(len(chans) - 1):
             pp += [nn.Conv3d(chans[i], chans[i + 1], 3, padding=1), nn.LeakyReLU(0.2)]
         pp.append(nn.Conv3d(chans[-1], 1, 3, padding=1))
         self.postprocessor = nn.Sequential(*pp)
-        # Latent KDE: encoded training showers + energy label (last column).
-        self.register_buffer("kde_points", torch.zeros(c.kde_points, c.latent_dim + 1))
-        self.register_buffer("kde_bandwidth", torch.ones(c.latent_dim + 1))
+        # Latent KDE: encoded training showers + their condition (energy label last
+        # for energy-only models; the latent flow's training set for angle models).
+        self.register_buffer("kde_points", torch.zeros(c.kde_points, c.latent_dim + n_c))
+        self.register_buffer("kde_bandwidth", torch.ones(c.latent_dim + n_c))
         self.register_buffer("kde_count", torch.zeros((), dtype=torch.long))
+        if self.takes_angles:
+            self.latent_flow = spline_coupling_flow(c.latent_dim, n_c, c.latent_flow_transforms,
+                                                    8, tuple(c.latent_flow_hidden))
 
     # ---- pieces ----------------------------------------------------------------------------
     def fit_preprocessing(self, x: Tensor, e_inc: Tensor) -> None:
@@ -169,7 +186,7 @@ class BIBAE(GenerativeModel):
         return torch.relu(self.decoder(z, c))[:, None]
 
     def postprocess(self, y: Tensor, c: Tensor) -> Tensor:
-        inp = torch.cat([y, c[:, :, None, None, None].expand_as(y)], 1)
+        inp = torch.cat([y, c[:, :, None, None, None].expand(-1, -1, *y.shape[2:])], 1)
         return torch.relu(y + self.postprocessor(inp))
 
     def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:
@@ -193,7 +210,7 @@ class BIBAE(GenerativeModel):
 
     # ---- training ---------------------------------------------------------------------------
     def training_step(self, batch: TrainBatch, phase: str, ctx: StepContext) -> dict[str, float]:
-        c = self.energy(batch.e_inc)
+        c = self.condition_features(batch.e_inc, batch.angles)
         y = self.transform(batch.x, batch.e_inc).view(len(c), 1, *self.grid_shape)
         if phase == "postprocessor":
             return self._pp_step(y, c, ctx)
@@ -275,8 +292,10 @@ class BIBAE(GenerativeModel):
         ctx.reset_optimizer("latent_critic_reset")
 
     @torch.no_grad()
-    def finalize(self, x: Tensor, e_inc: Tensor, generator: torch.Generator) -> None:
-        """Encode (up to ``kde_points``) training showers and fit the latent KDE."""
+    def finalize(self, x: Tensor, e_inc: Tensor, generator: torch.Generator,
+                 angles: Tensor | None = None) -> None:
+        """Encode (up to ``kde_points``) training showers and fit the latent KDE (or the
+        conditional latent flow of a model that takes angles)."""
         was = self.training
         self.eval()
         n = min(len(x), self.config.kde_points)
@@ -285,7 +304,7 @@ class BIBAE(GenerativeModel):
         for i in range(0, n, 256):
             sel = idx[i:i + 256]
             xb, eb = x[sel].to(self.device), e_inc[sel].to(self.device)
-            c = self.energy(eb)
+            c = self.condition_features(eb, None if angles is None else angles[sel].to(eb))
             y = self.transform(xb, eb).view(len(c), 1, *self.grid_shape)
             mu, _ = self.encode(y, c)
             points.append(torch.cat([mu, c], 1))
@@ -297,7 +316,24 @@ class BIBAE(GenerativeModel):
         d = pts.shape[1]
         std = pts.std(0).clamp_min(1e-3) if n > 1 else torch.ones(d, device=pts.device)
         self.kde_bandwidth.copy_(std * n ** (-1.0 / (d + 4)))
+        if self.takes_angles:
+            self._fit_latent_flow(pts, generator)
         self.train(was)
+
+    @torch.enable_grad()
+    def _fit_latent_flow(self, pts: Tensor, generator: torch.Generator) -> None:
+        """Maximum likelihood of the encoded latents given their conditions."""
+        d = self.config.latent_dim
+        flow = self.latent_flow.train()
+        opt = torch.optim.Adam(flow.parameters(), 1e-3)
+        for _ in range(self.config.latent_flow_steps):
+            idx = torch.randint(0, len(pts), (min(256, len(pts)),), generator=generator,
+                                device=generator.device).to(pts.device)
+            loss = -flow(pts[idx, d:]).log_prob(pts[idx, :d]).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        flow.eval()
 
     # ---- generation ------------------------------------------------------------------------
     def sample_latent(self, c: Tensor, generator: Source) -> Tensor:
@@ -311,6 +347,8 @@ class BIBAE(GenerativeModel):
         dev = c.device
         if n == 0:
             return randn(generator, len(c), d, device=dev)
+        if self.takes_angles:
+            return sample_flow(self.latent_flow, c, randn(generator, len(c), d, device=dev))
         pts, h = self.kde_points[:n], self.kde_bandwidth
         chosen = torch.full((len(c),), -1, dtype=torch.long, device=dev)
         target = c[:, 0]
@@ -332,7 +370,7 @@ class BIBAE(GenerativeModel):
 
     def generate(self, e_inc: Tensor, noise: ShowerNoise,
                  conditions: Conditions | None = None) -> Tensor:
-        c = self.energy(e_inc)
+        c = self.condition_features(e_inc, self.angle_tensor(conditions, len(e_inc)))
         z = self.sample_latent(c, noise)
         y = self.postprocess(self.decode(z, c), c).flatten(1).float()
         return self.transform.inverse(y, e_inc)

@@ -156,7 +156,11 @@ class ConditionSpace:
         self._out_of_range("incident_energy", e, out, (lo, hi), model, allow_extrapolation)
         theta = conditions.theta if conditions.theta is not None else np.zeros(len(e))
         oblique = np.abs(theta) > ANGLE_TOL
-        for name, v in _columns(conditions).items():
+        cols = _columns(conditions)
+        for name in ANGLES:  # a model fed angles gets 0 for a direction left out
+            if name in self.ranges and name not in cols:
+                cols[name] = np.zeros(len(e))
+        for name, v in cols.items():
             if name == "phi":
                 v, rows = np.mod(v, 2 * math.pi), oblique  # phi only matters off the normal
             else:

@@ -144,3 +144,15 @@ def positive(cfg: Config, *names: str) -> None:
     for n in names:
         if not getattr(cfg, n) > 0:
             raise ConfigError(f"config key {n!r} must be > 0, got {getattr(cfg, n)!r}")
+
+
+@dataclasses.dataclass
+class ModelConfig(Config):
+    """Base of the architectures' configs.
+
+    ``conditions``: conditions beyond the incident energy that the networks take as
+    inputs (``theta``, ``phi``); declared from the training data
+    (:meth:`~caloforge.models.base.GenerativeModel.conditions_from_data`), not by hand.
+    """
+
+    conditions: tuple[str, ...] = ()

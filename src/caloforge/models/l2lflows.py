@@ -40,14 +40,14 @@ from caloforge.data.batch import Conditions
 from caloforge.geometry import Geometry
 from caloforge.models import calibration as calib
 from caloforge.models.base import GenerativeModel, StepContext, TrainBatch, register
-from caloforge.models.config import Config, positive
+from caloforge.models.config import ModelConfig, positive
 from caloforge.models.flows import AffineCouplingFlow, sample_flow, spline_coupling_flow
 from caloforge.models.noise import ShowerNoise, Source, randn
 from caloforge.models.transforms import Standardize
 
 
 @dataclass
-class L2LFlowsConfig(Config):
+class L2LFlowsConfig(ModelConfig):
     context_layers: int = 5  # previous layers in a layer flow's context (seed 000)
     context_embedding: int = 64  # 0 = feed the raw previous images
     transforms: int = 4
@@ -118,6 +118,7 @@ class L2LFlows(GenerativeModel):
     """Per-layer conditional spline flows plus a layer-energy flow."""
 
     Config = L2LFlowsConfig
+    condition_inputs = ("theta", "phi")
     presets = {
         # Affine couplings: about 10x faster sampling than splines on ILD ECAL, but their
         # per-cell densities are too simple for the bimodal empty/hit cell spectrum.
@@ -146,7 +147,8 @@ class L2LFlows(GenerativeModel):
             raise GeometryError(f"l2lflows needs at least two non-empty layers; "
                                 f"{geometry.name!r} has {n_e}")
         self.energy_std = Standardize(n_e)
-        self.energy_flow = spline_coupling_flow(n_e, 1, c.energy_transforms, c.energy_bins,
+        n_c = self.n_conditions  # energy (+ direction): in the context of every flow
+        self.energy_flow = spline_coupling_flow(n_e, n_c, c.energy_transforms, c.energy_bins,
                                                 c.energy_hidden)
         self.voxel_std = Standardize(geometry.n_voxels, min_std=1e-2)  # logit units
         self.layer_flows = nn.ModuleDict()
@@ -176,9 +178,9 @@ class L2LFlows(GenerativeModel):
             if c.context_embedding and raw:
                 self.context_nets[str(k)] = nn.Sequential(
                     nn.Linear(raw, c.context_embedding), nn.ELU())
-                ctx = c.context_embedding + 2
+                ctx = c.context_embedding + 1 + n_c
             else:
-                ctx = raw + 2
+                ctx = raw + 1 + n_c
             self.layer_flows[str(k)] = spline_coupling_flow(cells[k], ctx, c.transforms, c.bins,
                                                             c.hidden)
 
@@ -202,12 +204,13 @@ class L2LFlows(GenerativeModel):
         else:
             emb = raw
         self.register_buffer("layer_onehot", torch.eye(self.n_mod), persistent=False)
+        ctx = emb + self.n_mod + 1 + self.n_conditions
         if c.lean_affine:
             self.layer_flows["shared"] = AffineCouplingFlow(
-                self.n_cells, emb + self.n_mod + 2, c.transforms, tuple(c.hidden))
+                self.n_cells, ctx, c.transforms, tuple(c.hidden))
         else:
             self.layer_flows["shared"] = spline_coupling_flow(
-                self.n_cells, emb + self.n_mod + 2, c.transforms, c.bins, c.hidden)
+                self.n_cells, ctx, c.transforms, c.bins, c.hidden)
         # Column index of every modelled layer's cells in the voxel vector.
         idx = torch.cat([torch.arange(self._slice(k).start, self._slice(k).stop)
                          for k in self.modelled])
@@ -316,7 +319,7 @@ class L2LFlows(GenerativeModel):
     # ---- training ---------------------------------------------------------------------------
     def training_step(self, batch: TrainBatch, phase: str, ctx: StepContext) -> dict[str, float]:
         x, e_inc = self._threshold(batch.x), batch.e_inc
-        c = self.energy(e_inc)
+        c = self.condition_features(e_inc, batch.angles)
         el = self._layer_energies(x)
         e_feat = self.energy_std(self._energy_features(el, e_inc), e_inc)
         y = self.voxel_std(self._cell_features(x, el, ctx.generator), e_inc)
@@ -354,7 +357,7 @@ class L2LFlows(GenerativeModel):
             parts.append(net(prev) if net is not None else prev)
         parts.append(self.layer_onehot.expand(b, m, m).reshape(b * m, m))
         parts.append(e_feat[:, self.mod_energy_index].reshape(b * m, 1))
-        parts.append(c.expand(b, 1).repeat_interleave(m, 0))
+        parts.append(c.repeat_interleave(m, 0))
         return torch.cat(parts, 1)
 
     def _shared_nll(self, y: Tensor, el: Tensor, e_feat: Tensor, c: Tensor) -> Tensor:
@@ -395,10 +398,11 @@ class L2LFlows(GenerativeModel):
 
     def generate(self, e_inc: Tensor, noise: ShowerNoise,
                  conditions: Conditions | None = None) -> Tensor:
-        return self._generate(e_inc, noise)[0]
+        return self._generate(e_inc, noise, angles=self.angle_tensor(conditions, len(e_inc)))[0]
 
     @torch.no_grad()
-    def finalize(self, x: Tensor, e_inc: Tensor, generator: torch.Generator) -> None:
+    def finalize(self, x: Tensor, e_inc: Tensor, generator: torch.Generator,
+                 angles: Tensor | None = None) -> None:
         """log_threshold: calibrate the per-cell cuts so that each cell's occupancy in
         generated showers equals that of the training showers ``x`` (same energies), then
         the hit-energy maps and the response (:mod:`caloforge.models.calibration`)."""
@@ -410,7 +414,8 @@ class L2LFlows(GenerativeModel):
         was_training = self.training
         self.eval()
         # Generate at the training energies, with the current cuts switched off.
-        parts = [self._generate(e_inc[i:i + 500].to(self.device), generator, calibrated=False)
+        parts = [self._generate(e_inc[i:i + 500].to(self.device), generator, calibrated=False,
+                                angles=None if angles is None else angles[i:i + 500].to(self.device))
                  for i in range(0, n, 500)]
         feats = torch.cat([p[1].cpu() for p in parts])
         gen_r = torch.cat([p[0].sum(1).double().cpu() for p in parts]) / e_inc[:n].double().cpu()
@@ -433,10 +438,10 @@ class L2LFlows(GenerativeModel):
                                      self.resp_k), table):
                     buf.copy_(val.to(buf))
 
-    def _generate(self, e_inc: Tensor, generator: Source,
-                  calibrated: bool = True) -> tuple[Tensor, Tensor | None]:
+    def _generate(self, e_inc: Tensor, generator: Source, calibrated: bool = True,
+                  angles: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
         """Voxel energies (MeV) and, in log_threshold mode, the raw log features."""
-        c = self.energy(e_inc)
+        c = self.condition_features(e_inc, angles)
         n_e = len(self.active)
         if isinstance(generator, ShowerNoise):  # all normals of a shower in one draw
             generator.reserve(n_e + sum(self.cells[k] for k in self.modelled))

@@ -1,7 +1,8 @@
 """Network building blocks shared by the voxel models (3-D grids ``(L, A, B)``).
 
-The condition ``c`` is the normalised incident energy, shape ``(B, 1)``; convolutional
-blocks receive it as an extra constant input channel so that every layer can use it.
+The condition ``c`` is the normalised incident energy, shape ``(B, 1)``, followed by
+the direction for angle-conditioned models (``(B, cond)``); convolutional blocks receive
+it as extra constant input channels so that every layer can use it.
 """
 
 from __future__ import annotations
@@ -123,9 +124,9 @@ class Critic3d(nn.Module):
 
     def __init__(self, grid: tuple[int, int, int], in_channels: int = 1,
                  channels: Sequence[int] = (16, 32, 64), hidden: int = 64,
-                 minibatch: bool = False) -> None:
+                 minibatch: bool = False, cond: int = 1) -> None:
         super().__init__()
-        self.encoder = GridEncoder(grid, in_channels, channels)
+        self.encoder = GridEncoder(grid, in_channels, channels, cond)
         self.mbd = MinibatchDiscrimination() if minibatch else None
         extra = self.mbd.out_features if self.mbd is not None else 0
         self.head = mlp([self.encoder.out_features + extra, hidden, hidden, 1])

@@ -46,8 +46,10 @@ def visible_fraction(e_inc_mev: np.ndarray) -> np.ndarray:
 
 
 def toy_showers(geometry: str | Geometry, e_inc_mev: np.ndarray,
-                rng: np.random.Generator) -> ShowerBatch:
-    """Toy showers on a regular geometry for incident energies in MeV."""
+                rng: np.random.Generator, theta: np.ndarray | None = None,
+                phi: np.ndarray | None = None) -> ShowerBatch:
+    """Toy showers on a regular geometry for incident energies in MeV; with ``theta``
+    and ``phi`` (rad) the shower axis leaves the front-face centre in that direction."""
     geo = get_geometry(geometry) if isinstance(geometry, str) else geometry
     e = np.asarray(e_inc_mev, dtype=np.float64).reshape(-1)
     n, n_l = len(e), geo.n_layers
@@ -59,19 +61,29 @@ def toy_showers(geometry: str | Geometry, e_inc_mev: np.ndarray,
     e_vis = visible_fraction(e) * e * (1 + 0.05 * rng.standard_normal(n))
     out = np.zeros((n, geo.n_voxels), np.float32)
     centres = geo.cell_centres
+    if theta is not None:
+        theta = np.broadcast_to(np.asarray(theta, dtype=np.float64), (n,))
+        phi = np.broadcast_to(np.asarray(0.0 if phi is None else phi, dtype=np.float64), (n,))
+        axis = np.tan(theta)[:, None] * np.stack([np.cos(phi), np.sin(phi)], 1)  # mm / mm
     for k in range(n_l):
         lo, hi = geo.layer_offsets[k], geo.layer_offsets[k + 1]
         xy = centres[lo:hi, :2]
         scale = max(float(np.abs(xy).max()), 1.0)
         width = scale * (0.15 + 0.25 * depth[k])
-        w = np.exp(-0.5 * (xy ** 2).sum(1) / width ** 2)
-        w /= w.sum()
-        mean = (e_vis * prof[:, k])[:, None] * w[None]
+        if theta is None:
+            w = np.exp(-0.5 * (xy ** 2).sum(1) / width ** 2)
+            w = (w / w.sum())[None]
+        else:  # the axis crosses layer k at its depth times tan(theta)
+            shift = axis * float(geo.layer_z_mm[k])
+            w = np.exp(-0.5 * ((xy[None] - shift[:, None]) ** 2).sum(2) / width ** 2)
+            w /= w.sum(1, keepdims=True)
+        mean = (e_vis * prof[:, k])[:, None] * w
         # Gamma fluctuations with shape 2: relative spread of 70% per cell.
         out[:, lo:hi] = rng.gamma(2.0, mean / 2.0 + 1e-12)
     thr = geo.readout_threshold_mev
     out[out < thr] = 0.0
-    return ShowerBatch(geo.name, out, Conditions(e))
+    angles = {} if theta is None else {"theta": theta, "phi": phi}
+    return ShowerBatch(geo.name, out, Conditions(e, **angles))
 
 
 def toy_layered_showers(geometry: str | Geometry, e_inc_mev: np.ndarray,

@@ -27,14 +27,14 @@ from caloforge.data.batch import Conditions
 from caloforge.errors import ConfigError
 from caloforge.geometry import Geometry
 from caloforge.models.base import GenerativeModel, StepContext, TrainBatch, register
-from caloforge.models.config import Config, positive
+from caloforge.models.config import ModelConfig, positive
 from caloforge.models.nets import Critic3d, GridDecoder, gradient_penalty, mlp
 from caloforge.models.noise import ShowerNoise, Source, randn
 from caloforge.models.transforms import Compose, LogTransform, ScaleByIncident
 
 
 @dataclass
-class WGANConfig(Config):
+class WGANConfig(ModelConfig):
     latent_dim: int = 100
     gen_channels: tuple[int, ...] = (64, 32, 16)
     critic_channels: tuple[int, ...] = (16, 32, 64)
@@ -72,13 +72,15 @@ class WGAN(GenerativeModel):
                  "lr_critic": 1e-3, "n_critic": 2, "constrainer_fraction": 0.2},
     }
     requires_regular_grid = True
+    condition_inputs = ("theta", "phi")
 
     def __init__(self, config: WGANConfig, geometry: Geometry) -> None:
         super().__init__(config, geometry)
         grid = self.grid_shape
         self.transform = Compose(ScaleByIncident(), LogTransform(config.log_eps))
-        self.generator = GridDecoder(config.latent_dim, grid, config.gen_channels)
-        self.critic = Critic3d(grid, 1, config.critic_channels, config.critic_hidden)
+        n_c = self.n_conditions  # energy (+ direction for angle-conditioned models)
+        self.generator = GridDecoder(config.latent_dim, grid, config.gen_channels, cond=n_c)
+        self.critic = Critic3d(grid, 1, config.critic_channels, config.critic_hidden, cond=n_c)
         self.constrainer = mlp([geometry.n_voxels, *config.constrainer_hidden, 1])
 
     def fit_preprocessing(self, x: Tensor, e_inc: Tensor) -> None:
@@ -104,11 +106,12 @@ class WGAN(GenerativeModel):
         return torch.relu(self.generator(z, c))[:, None]  # (B, 1, L, A, B)
 
     def training_step(self, batch: TrainBatch, phase: str, ctx: StepContext) -> dict[str, float]:
-        c = self.energy(batch.e_inc)
+        c = self.condition_features(batch.e_inc, batch.angles)
+        e_c = c[:, :1]  # the constrainer regresses the energy condition only
         real = self.transform(batch.x, batch.e_inc).view(len(c), 1, *self.grid_shape)
         if phase == "constrainer":
             with ctx.autocast():
-                loss = nn.functional.mse_loss(self.constrainer(real.flatten(1)).float(), c)
+                loss = nn.functional.mse_loss(self.constrainer(real.flatten(1)).float(), e_c)
             ctx.step("constrainer", loss)
             return {"constrainer": loss.item()}
         self.constrainer.requires_grad_(False)  # frozen during GAN training (seed 001)
@@ -123,13 +126,13 @@ class WGAN(GenerativeModel):
             with ctx.autocast():
                 fake = self._fake(c, ctx.generator)
                 adv = -self.critic(fake, c).float().mean()
-                e_loss = (self.constrainer(fake.flatten(1)).float() - c).abs().mean()
+                e_loss = (self.constrainer(fake.flatten(1)).float() - e_c).abs().mean()
             ctx.step("generator", adv + self.config.constrainer_weight * e_loss)
             out.update(generator=adv.item(), energy=e_loss.item())
         return out
 
     def generate(self, e_inc: Tensor, noise: ShowerNoise,
                  conditions: Conditions | None = None) -> Tensor:
-        c = self.energy(e_inc)
+        c = self.condition_features(e_inc, self.angle_tensor(conditions, len(e_inc)))
         y = self._fake(c, noise).flatten(1).float()
         return self.transform.inverse(y, e_inc)
