@@ -126,14 +126,17 @@ class EvaluationConfig(Config):
         super().validate()
 
     def _validate_reco(self) -> None:
-        from caloforge.evaluation.reco.digitise import DigitisationConfig
-
-        DigitisationConfig(light_yield=self.reco_light_yield,
-                           sipm_pixels=self.reco_sipm_pixels, noise_mip=self.reco_noise_mip,
-                           threshold_mip=self.reco_threshold_mip).validate()
-        e = self.reco_max_rel_error
-        if not (math.isfinite(e) and 0 < e < 1):
-            raise ConfigError(f"{_option('reco_max_rel_error')} must be in (0, 1), got {e}")
+        for name, low, strict in (("reco_light_yield", 0, True), ("reco_sipm_pixels", 0, True),
+                                  ("reco_noise_mip", 0, False),
+                                  ("reco_threshold_mip", 0, False),
+                                  ("reco_max_rel_error", 0, True)):
+            v = getattr(self, name)
+            if not (math.isfinite(v) and (v > low if strict else v >= low)):
+                raise ConfigError(f"{_option(name)} must be a finite number "
+                                  f"{'>' if strict else '>='} {low}, got {v}")
+        if self.reco_max_rel_error >= 1:
+            raise ConfigError(f"{_option('reco_max_rel_error')} must be < 1, got "
+                              f"{self.reco_max_rel_error}")
 
 
 def _classifier_config(data: Any, source: str | None) -> ClassifierConfig:
