@@ -239,3 +239,23 @@ def test_cli_reco_options_reach_the_config():
     assert cfg.reco is True and cfg.reco_calibration == "c.json" and cfg.reco_noise_mip == 0.1
     args = parser.parse_args(["evaluate", "r.h5", "g.h5", "--report", "out", "--no-reco"])
     assert cli._config(args).reco is False
+
+
+def test_calibration_made_for_another_geometry_enables_reco_there(tmp_path):
+    """The way out that the 'no reconstruction calibration' error names: a calibration
+    fitted with calibrate_file (no SiPM model for silicon) passed as reco_calibration."""
+    from caloforge.evaluation import evaluate
+    from caloforge.evaluation.reco import calibrate_file
+    from caloforge.evaluation.toy import toy_showers
+
+    energies = np.repeat([20.0, 50.0], 40)
+    ref = toy_showers(80, "ild-ecal", seed=1, energies_gev=energies)
+    gen = toy_showers(80, "ild-ecal", seed=2, energies_gev=energies)
+    path = tmp_path / "ecal.json"
+    cal = calibrate_file(ref, path, DigitisationConfig(sipm=False), max_rel_error=0.15)
+    assert cal.geometry == "ild-ecal" and not cal.digitisation.sipm
+    ev = evaluate(ref, [gen], classifier=False, progress_bar=False,  # file given: reco on
+                  reco_calibration=str(path), reco_max_rel_error=0.15)
+    reco = ev.metrics["generated"][0]["reco"]
+    assert reco["calibration"]["fitted_on"] == "<in-memory reference>"
+    assert reco["compensated"]["generated"]["n"] == [40, 40]

@@ -9,8 +9,8 @@ reference, with noise floors from the reference halves.
 
 The stage is on by default for hadron calorimeters read out by SiPM-on-tile
 (scintillator active layers, at least 3 interaction lengths deep: ild-ahcal) and on
-request (``reco=True``, ``caloforge evaluate --reco``) for others, which then need a
-calibration file.
+request (``reco=True``, ``caloforge evaluate --reco``, or by giving a calibration file)
+for others, which then need a calibration file.
 """
 
 from __future__ import annotations
@@ -75,7 +75,8 @@ class RecoSetup:
 
 def prepare(config: Any, geo: Geometry) -> RecoSetup | None:
     """The stage for an :class:`EvaluationConfig` and geometry (None when it is off)."""
-    on = config.reco if config.reco is not None else is_hadron_calorimeter(geo)
+    on = config.reco if config.reco is not None else \
+        is_hadron_calorimeter(geo) or config.reco_calibration is not None
     if not on:
         return None
     if config.reco_calibration is not None:
