@@ -259,3 +259,20 @@ def test_calibration_made_for_another_geometry_enables_reco_there(tmp_path):
     reco = ev.metrics["generated"][0]["reco"]
     assert reco["calibration"]["fitted_on"] == "<in-memory reference>"
     assert reco["compensated"]["generated"]["n"] == [40, 40]
+
+
+def test_response_in_bins_of_a_continuous_spectrum_is_not_widened_by_the_bin():
+    """Uniform 10-100 GeV with a 5% Gaussian resolution: each of the 8 quantile bins
+    (about 11 GeV wide) shows 5%, not the spread of E_inc inside the bin."""
+    from caloforge.evaluation.observables import energy_bins
+    from caloforge.evaluation.reco.stage import response
+
+    rng = np.random.default_rng(9)
+    e_mev = rng.uniform(10e3, 100e3, 8000)
+    e_reco = e_mev / 1e3 * rng.normal(1.0, 0.05, len(e_mev))
+    edges, discrete = energy_bins(e_mev)
+    assert not discrete
+    bins = np.clip(np.searchsorted(edges, e_mev, side="right") - 1, 0, len(edges) - 2)
+    table = response(e_reco, e_mev, bins, len(edges) - 1)
+    np.testing.assert_allclose(table["sigma90_over_mu90"], 0.05, rtol=0.15)
+    np.testing.assert_allclose(table["linearity"], 1.0, atol=0.01)

@@ -3,7 +3,8 @@
 Two-step calibration (seed 001, Sec. 2.2): the digitised amplitudes are in MIP (step i,
 :mod:`.digitise`); step ii converts the MIP sum S of a shower into GeV with one factor c
 fitted so that the hit sum equals the incident energy: a least-squares line through the
-origin of the incident energy against mu90(S) of each incident-energy bin.
+origin of the incident energy E against mu90(S/E_inc) E of each incident-energy bin (each
+energy of a single-energy sample, else quantile bins).
 
 Software compensation (CALICE, JINST 7 (2012) P09017; the PandoraPFA method of seed 001's
 reference [51]): the hits of a shower are binned by their energy density (amplitude per
@@ -186,8 +187,11 @@ def fit_calibration(e_inc_mev: np.ndarray, sums_mip: np.ndarray, geometry: str,
     ok = s > 0
     e_true, sums, s = e_true[ok], sums[ok], s[ok]
     bins = check_sample_size(e_true * 1e3, max_rel_error, "reference")
-    mu = np.array([mu90_sigma90(s[bins == k])[0] for k in range(bins.max() + 1)])
+    # mu90 of S/E_true times the bin's energy: the mu90 of S at that energy, without the
+    # spread of E_true inside a bin of a continuous spectrum
     e_bin = np.array([np.median(e_true[bins == k]) for k in range(bins.max() + 1)])
+    mu = np.array([mu90_sigma90(s[bins == k] / e_true[bins == k])[0]
+                   for k in range(bins.max() + 1)]) * e_bin
     gev_per_mip = float(e_bin @ mu / (mu @ mu))
     e_k = gev_per_mip * sums
     scale = float(np.median(e_true))

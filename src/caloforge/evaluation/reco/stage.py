@@ -119,17 +119,19 @@ def reco_energies(cal: RecoCalibration, sums: np.ndarray) -> dict[str, np.ndarra
 
 def response(e_reco: np.ndarray, e_inc_mev: np.ndarray, bins: np.ndarray, n_bins: int
              ) -> dict[str, list[float]]:
-    """Per incident-energy bin: E_inc (GeV, median), mu90 (GeV), linearity mu90/E_inc,
-    resolution sigma90/mu90 and the number of showers."""
+    """Per incident-energy bin: E_inc (GeV, median), mu90 (GeV), linearity mu90/E_inc and
+    resolution sigma90/mu90 (both of E_reco/E_inc, so that the spread of E_inc inside a
+    bin of a continuous spectrum does not count), and the number of showers."""
     out: dict[str, list[float]] = {k: [] for k in ("e_inc", "mu90", "linearity",
                                                    "sigma90_over_mu90", "n")}
+    e_gev = np.asarray(e_inc_mev, np.float64) / 1e3
     for k in range(n_bins):
         sel = bins == k
-        e = float(np.median(e_inc_mev[sel])) / 1e3 if sel.any() else math.nan
-        mu, sig = mu90_sigma90(e_reco[sel])
+        e = float(np.median(e_gev[sel])) if sel.any() else math.nan
+        mu, sig = mu90_sigma90(e_reco[sel] / e_gev[sel])
         out["e_inc"].append(e)
-        out["mu90"].append(mu)
-        out["linearity"].append(mu / e if e > 0 else math.nan)
+        out["mu90"].append(mu * e)
+        out["linearity"].append(mu)
         out["sigma90_over_mu90"].append(sig / mu if mu > 0 else math.nan)
         out["n"].append(int(sel.sum()))
     return out
