@@ -13,7 +13,11 @@ from caloforge.errors import InputError
 FIELDS = {"labels": "labels", "geometry": "geometry", "threshold_mip": "threshold_mip",
           "seed": "seed", "classifier": "classifier", "classifier_floor": "classifier_floor",
           "device": "device", "train_ref": "train_reference", "batch_size": "batch_size",
-          "lowlevel_memory_gib": "lowlevel_memory_gib", "threads": "threads"}
+          "lowlevel_memory_gib": "lowlevel_memory_gib", "threads": "threads",
+          "reco": "reco", "reco_calibration": "reco_calibration",
+          "reco_light_yield": "reco_light_yield", "reco_sipm_pixels": "reco_sipm_pixels",
+          "reco_noise_mip": "reco_noise_mip", "reco_threshold_mip": "reco_threshold_mip",
+          "reco_max_rel_error": "reco_max_rel_error"}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -62,6 +66,29 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-fpd-kpd", dest="fpd_kpd", action="store_false",
                    help="--protocol calochallenge: skip FPD/KPD (the official batch sizes of "
                         "10k-50k showers take minutes whatever the sample size)")
+    g = p.add_argument_group(
+        "reconstruction level (seed 001)",
+        "digitisation (SiPM light yield, pixel saturation, noise, threshold), calibration "
+        "fitted on the reference (saved as reco_calibration.json in the report) and "
+        "software compensation; linearity and resolution with and without it.  On by "
+        "default for SiPM-on-tile hadron calorimeters (ild-ahcal).")
+    g.add_argument("--reco", dest="reco", action="store_const", const=True,
+                   help="evaluate the reconstruction level (error if it cannot be made)")
+    g.add_argument("--no-reco", dest="reco", action="store_const", const=False,
+                   help="skip the reconstruction level")
+    g.add_argument("--reco-calibration", metavar="FILE",
+                   help="calibration file to use instead of fitting one on the reference "
+                        "(e.g. reco_calibration.json of an earlier report)")
+    g.add_argument("--reco-light-yield", type=float,
+                   help="photo-electrons per MIP (default 15)")
+    g.add_argument("--reco-sipm-pixels", type=int, help="SiPM pixels (default 2000)")
+    g.add_argument("--reco-noise-mip", type=float,
+                   help="electronics noise in MIP (default 0.05)")
+    g.add_argument("--reco-threshold-mip", type=float,
+                   help="threshold after digitisation in MIP (default 0.5)")
+    g.add_argument("--reco-max-rel-error", type=float,
+                   help="statistical precision of sigma90/mu90 that sets the minimum "
+                        "showers per incident energy (default 0.10: 68 showers)")
     p.add_argument("--report", required=True, help="output folder of the report")
     p.add_argument("--overwrite", action="store_true", help="replace an existing report")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")

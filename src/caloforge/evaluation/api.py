@@ -44,6 +44,7 @@ from caloforge.evaluation.observables import (
     GeometryFeatures,
     energy_bins,
 )
+from caloforge.evaluation.reco import stage as reco_stage
 from caloforge.evaluation.report.folder import staged_report_dir
 from caloforge.evaluation.result import Evaluation, json_safe
 from caloforge.evaluation.stream import (
@@ -159,8 +160,9 @@ def _baseline(reference, cfg: EvaluationConfig, train_reference, progress_bar: b
         if cfg.classifier else 0
     train_src = _training_source(train_reference, cfg, geo.name, notes)
     proj = memo_projection(geo.n_voxels, cfg.seed)
+    reco = reco_stage.prepare(cfg, geo)
     stream_cfg = StreamConfig(thr_mev, spec_edges, n_ll, cfg.n_memo if train_src else 0,
-                              proj, cfg.seed)
+                              proj, cfg.seed, reco.stream if reco else None)
     ref = summarise(ref_src, gf, stream_cfg, geo.name == "calogan", progress_bar)
     if ref.bad_showers:
         notes.warnings.append(f"reference: skipped {len(ref.bad_showers)} showers "
@@ -173,10 +175,28 @@ def _baseline(reference, cfg: EvaluationConfig, train_reference, progress_bar: b
         return {k: M.hist_edges(v, integer=k in INTEGER_OBSERVABLES) for k, v in values.items()}
 
     e_edges, _ = energy_bins(ref.scalars["e_inc"])
+    if reco is not None:
+        reco = _calibrate(reco, cfg, geo.name, ref, ref_src.name, notes)
+        stream_cfg.reco = reco.stream if reco else None
     base = Baseline(ref, gf, cfg, thr_mev, spec_edges, e_edges, edges(ref.scalars),
                     edges(ref.calogan), floor_splits(ref, cfg.seed),
-                    cfg.resolved_classifier(), train_src, proj, progress_bar)
+                    cfg.resolved_classifier(), train_src, proj, progress_bar, reco)
     return base, stream_cfg
+
+
+def _calibrate(reco, cfg: EvaluationConfig, geometry: str, ref: SampleSummary, name: str,
+               notes: Notes):
+    """The reco calibration (fitted on the reference unless a file was given); when the
+    stage is only on by default, a reference unfit for it skips it with a warning."""
+    try:
+        reco_stage.calibrate(reco, geometry, ref.scalars["e_inc"], ref.reco, name)
+    except InputError as exc:
+        if cfg.reco:
+            raise
+        notes.warnings.append(f"reconstruction level skipped ({exc}); "
+                              "--no-reco turns it off")
+        return None
+    return reco
 
 
 def _training_source(data, cfg: EvaluationConfig, geometry: str, notes: Notes
@@ -232,6 +252,10 @@ def _compare_sample(base: Baseline, stream_cfg: StreamConfig, i: int, data, note
         return notes.fail(entry, f"{src.label}: no usable showers; not compared"), summ
     entry["incident_energy_outside_reference"] = _outside_energy_range(base, summ, warnings)
     results, verdicts = run_metrics(base, summ)
+    if base.config.reco and results.get("reco", {}).get("status") == "not computed":
+        # asked for explicitly: a missing reco level must not pass for a complete report
+        notes.warnings.append(f"{src.label}: reco: {results['reco']['reason']}")
+        notes.not_compared.append(notes.warnings[-1])
     entry.update(results)
     entry["verdict"] = verdicts
     return entry, summ
@@ -278,6 +302,7 @@ def _result(base: Baseline, entries: list[dict[str, Any]], notes: Notes) -> dict
         "warnings": notes.warnings,
         "not_computed": not_computed,
         "not_compared": notes.not_compared,
+        "reco_calibration": base.reco.calibration.to_dict() if base.reco else None,
     }
 
 
@@ -294,6 +319,9 @@ def _write_report(ev: Evaluation, staging: Path, out: Path, formats: tuple[str, 
     m["figures"] = ev.figures
     m["seconds_total"] = m["seconds_metrics"] + time.perf_counter() - t0
     (staging / "metrics.json").write_text(json.dumps(m, indent=1))
+    if m.get("reco_calibration"):  # reusable with --reco-calibration
+        (staging / reco_stage.CALIBRATION_FILE).write_text(
+            json.dumps(m["reco_calibration"], indent=1))
 
 
 # ---- helpers -------------------------------------------------------------------------------

@@ -60,6 +60,7 @@ class Baseline:
     train: Source | None = None  # training file of the memorisation check
     projection: np.ndarray | None = None  # memorisation feature projection
     progress_bar: bool | None = None
+    reco: Any = None  # caloforge.evaluation.reco.stage.RecoSetup, calibrated
 
     @property
     def threshold_mip(self) -> float:

@@ -44,6 +44,14 @@ class EvaluationConfig(Config):
     the many small linear-algebra calls on shared CPUs; None: library defaults).
     ``classifier_config``: classifier training settings (default: CaloChallenge's, with
     this config's ``device``, ``seed`` and ``threads``).
+
+    Reconstruction level (:mod:`caloforge.evaluation.reco`): ``reco`` True/False, None =
+    on for SiPM-on-tile hadron calorimeters (ild-ahcal); ``reco_calibration``: a
+    calibration file to use instead of fitting one on the reference (its digitisation
+    settings then apply); ``reco_light_yield`` (photo-electrons per MIP),
+    ``reco_sipm_pixels``, ``reco_noise_mip``, ``reco_threshold_mip``: digitisation;
+    ``reco_max_rel_error``: statistical precision of sigma90/mu90 that fixes the minimum
+    number of showers per incident energy (0.10 -> 68).
     """
 
     geometry: str | None = None
@@ -60,6 +68,13 @@ class EvaluationConfig(Config):
     n_memo: int = 2000
     figure_formats: tuple[str, ...] = FIGURE_FORMATS
     threads: int | None = 1
+    reco: bool | None = None
+    reco_calibration: str | None = None
+    reco_light_yield: float = 15.0
+    reco_sipm_pixels: int = 2000
+    reco_noise_mip: float = 0.05
+    reco_threshold_mip: float = 0.5
+    reco_max_rel_error: float = 0.10
 
     # -- dict / YAML: the nested classifier settings travel as a mapping ----------------
     @classmethod
@@ -105,9 +120,23 @@ class EvaluationConfig(Config):
         if unknown or "png" not in self.figure_formats:
             raise ConfigError(f"figure_formats must include 'png' and may add 'pdf', got "
                               f"{list(self.figure_formats)}")
+        self._validate_reco()
         if self.labels is not None and not all(isinstance(x, str) and x for x in self.labels):
             raise ConfigError(f"{_option('labels')} must be non-empty strings")
         super().validate()
+
+    def _validate_reco(self) -> None:
+        for name, low, strict in (("reco_light_yield", 0, True), ("reco_sipm_pixels", 0, True),
+                                  ("reco_noise_mip", 0, False),
+                                  ("reco_threshold_mip", 0, False),
+                                  ("reco_max_rel_error", 0, True)):
+            v = getattr(self, name)
+            if not (math.isfinite(v) and (v > low if strict else v >= low)):
+                raise ConfigError(f"{_option(name)} must be a finite number "
+                                  f"{'>' if strict else '>='} {low}, got {v}")
+        if self.reco_max_rel_error >= 1:
+            raise ConfigError(f"{_option('reco_max_rel_error')} must be < 1, got "
+                              f"{self.reco_max_rel_error}")
 
 
 def _classifier_config(data: Any, source: str | None) -> ClassifierConfig:

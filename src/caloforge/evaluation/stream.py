@@ -98,6 +98,7 @@ class StreamConfig:
     n_memo: int = 0  # showers projected for the memorisation check
     memo_projection: np.ndarray | None = None  # (V, D) or None for exact distances
     seed: int = 0
+    reco: Any = None  # caloforge.evaluation.reco.stage.RecoStream: digitise and keep sums
 
 
 @dataclass
@@ -127,6 +128,7 @@ class SampleSummary:
     memo: np.ndarray | None = None  # (K, D) projections of E / E_vis
     bad_showers: list[int] = field(default_factory=list)
     bad_reasons: dict[str, int] = field(default_factory=dict)
+    reco: np.ndarray | None = None  # (N, K) digitised MIP sums per hit-density bin
 
     @property
     def n_used(self) -> int:
@@ -189,7 +191,7 @@ def summarise(source: Source, gf: GeometryFeatures, config: StreamConfig,
     cg: dict[str, list[np.ndarray]] = {}
     angles: dict[str, list[np.ndarray]] = {}
     xyz = np.stack([gf.x, gf.y, gf.z], axis=1)
-    halves, indices, ll_rows, ll_einc, memo_rows = [], [], [], [], []
+    halves, indices, ll_rows, ll_einc, memo_rows, reco_rows = [], [], [], [], [], []
     r_bin = np.clip(np.searchsorted(gf.r_edges, np.hypot(gf.x, gf.y), side="right") - 1, 0,
                     prof_bins["r"] - 1)
     prof_index = {"x": gf.x_bin, "y": gf.y_bin, "r": r_bin}
@@ -226,6 +228,8 @@ def summarise(source: Source, gf: GeometryFeatures, config: StreamConfig,
             np.clip(b, 0, n_spec + 1, out=b)
             for h in (0, 1):
                 spectrum[h] += np.bincount(b[half[rows] == h], minlength=n_spec + 2)
+            if config.reco is not None:  # digitised from all deposits, its own threshold
+                reco_rows.append(config.reco.features(rows, vals, idx))
             keep = vals >= config.threshold_mev if config.threshold_mev > 0 else vals > 0
             rows, cols, vals = rows[keep], cols[keep], vals[keep]
             sc, lf = sparse_observables(rows, cols, vals, n, e_inc, gf)
@@ -308,6 +312,8 @@ def summarise(source: Source, gf: GeometryFeatures, config: StreamConfig,
         summ.lowlevel_e_inc = np.concatenate(ll_einc)
     if memo_rows:
         summ.memo = np.concatenate(memo_rows)
+    if reco_rows:
+        summ.reco = np.concatenate(reco_rows)
     return summ
 
 

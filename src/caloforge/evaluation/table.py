@@ -22,6 +22,7 @@ from caloforge.evaluation import angles as A
 from caloforge.evaluation import compare as C
 from caloforge.evaluation import metrics as M
 from caloforge.evaluation.compare import Baseline
+from caloforge.evaluation.reco.stage import reco_metric
 from caloforge.evaluation.stream import SampleSummary
 
 HALVES = "the same metric between two random halves of the reference"
@@ -99,6 +100,12 @@ METRICS: tuple[Metric, ...] = (
            "incidence) when they vary", f"{HALVES}, within each bin",
            f"worst over bins and observables; {LIGHTS}", parts=True,
            applies=A.has_varying_angles),
+    Metric("reco", reco_metric,
+           "reconstruction level (seed 001): digitised, calibrated energy with and without "
+           "software compensation; mu90/E_inc and sigma90/mu90 per incident energy",
+           f"{HALVES} (stored halving), same calibration",
+           f"worst of the largest relative deviations of mu90 and sigma90/mu90 of both "
+           f"energies; {LIGHTS}", applies=lambda base: base.reco is not None),
     Metric("memorisation", C.memorisation,
            "nearest-training-shower distances of generated vs held-out reference showers",
            "held-out reference showers (about 1% below their own 1st percentile)",

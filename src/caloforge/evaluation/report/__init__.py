@@ -77,10 +77,15 @@ def write_report(ev: Evaluation, gf: GeometryFeatures, folder: Path,
         attempt("profiles", P.profiles, fw, tables, labels, gf, [g["profiles"] for g in gm])
         attempt("response", P.response, fw, [g["response"] for g in gm], labels)
         e_edges = np.asarray(m["energy_bins_mev"])
-        for name in ("e_ratio", "n_hits"):
+        for name in ("e_vis", "e_ratio", "n_hits"):
             attempt(f"energy-binned {name}", P.energy_binned, fw, ref, gens, labels, e_edges,
                     name, SCALAR_OBSERVABLES)
         attempt("correlations", P.correlations, fw, [g["correlations"] for g in gm], labels)
+        if any("reco" in g for g in gm):
+            from caloforge.evaluation.report.reco_plots import reco_figures
+
+            attempt("reconstruction level", reco_figures, fw, [g.get("reco") for g in gm],
+                    labels)
         attempt("layer features", P.layer_feature_summary, fw, ref, gens, labels, gf,
                 [g.get("layer_features") for g in gm])
         if is_cylindrical(gf.geometry.name):
@@ -229,6 +234,10 @@ def _global_rows(gm: list[dict]) -> list[str]:
     if any("reconstructed_angle" in g for g in gm):
         row("reconstructed θ: max |Δ mean| per θ bin", lambda g: _reco_cell(
             g["reconstructed_angle"]))
+    if any("reco" in g for g in gm):
+        for v in ("uncompensated", "compensated"):
+            row(f"reco {v}: μ90 / σ90/μ90 max rel. dev.", lambda g, v=v: _reco_level(
+                g["reco"], v))
     if any("memorisation" in g for g in gm):
         row("memorisation", lambda g: _memo_cell(g["memorisation"]))
     row("generator time per shower", lambda g: (
@@ -251,6 +260,18 @@ def _reco_cell(d: dict) -> tuple[str, str]:
         return html.escape(d["reason"]), "grey"
     return (f"{_fmt(d['max_abs_mean_diff_deg'])}° <span class=fl>(floor "
             f"{_fmt(d['max_abs_mean_diff_floor_deg'], 2)}°)</span>", d["verdict"])
+
+
+def _reco_level(d: dict, variant: str) -> tuple[str, str]:
+    if d.get("status") == "not computed":
+        return html.escape(d["reason"]), "grey"
+    v = d[variant]
+    fit = v["resolution_fit_reference"]
+    return (f"{_fmt(v['mu90_max_rel_dev'])} / {_fmt(v['sigma90_over_mu90_max_rel_dev'])} "
+            f"<span class=fl>(floor {_fmt(v['mu90_max_rel_dev_floor'], 2)} / "
+            f"{_fmt(v['sigma90_over_mu90_max_rel_dev_floor'], 2)}; reference "
+            f"{_fmt(100 * fit['stochastic'], 2)}%/√E ⊕ {_fmt(100 * fit['constant'], 2)}%)"
+            "</span>", v["verdict"])
 
 
 def _angle_rows(gm: list[dict]) -> list[str]:
@@ -336,6 +357,14 @@ normal, of the principal axis of the energy-weighted positions of the hits above
 are compared with reference showers in the same true-θ bin.  With varying angles the
 observables and the response are also compared per θ bin (and per φ bin among showers
 at θ &gt; 5°).</li>
+<li>Reconstruction level (seed 001, Sec. 2.2): cells digitised (MIP scale, Poisson
+photo-electrons, SiPM pixel statistics with saturation
+N<sub>pix</sub>(1−e<sup>−N<sub>pe</sub>/N<sub>pix</sub></sup>) and desaturation,
+Gaussian noise, 0.5 MIP threshold), MIP sum → GeV with one factor fitted on the
+reference, and software compensation: hits binned by energy density (MIP per cell),
+weights w<sub>k</sub>(E) = a<sub>k</sub> + b<sub>k</sub>u + c<sub>k</sub>u² of the
+uncompensated energy fitted on the reference (CALICE, JINST 7 (2012) P09017).  The
+calibration is in reco_calibration.json.</li>
 <li>Memorisation: Euclidean distance between shower shapes E/E<sub>vis</sub> (random
 projection to 128 dimensions for large geometries) to the nearest training shower, for
 generated and held-out reference showers.</li></ul>"""
@@ -378,6 +407,7 @@ def render_html(m: dict[str, Any], figures: dict[str, str], captions: dict[str, 
                 ("Cell energy spectrum", "cell_spectrum"), ("Profiles", "profile_"),
                 ("Energy response and resolution", "response_"),
                 ("Energy-binned panels", "ebinned_"), ("Correlations", "correlation_"),
+                ("Reconstruction level (seed 001)", "reco_"),
                 ("Per-layer features", "layers_"), ("Per-layer histograms", "layergrid_"),
                 ("Shower images", "images_"), ("Incidence angle", "angles_"),
                 ("Memorisation", "memorisation")]

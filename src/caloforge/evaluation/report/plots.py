@@ -255,9 +255,17 @@ def energy_binned(fw: FigureWriter, ref: SampleSummary, gens: list[SampleSummary
     fw.save(fig, f"ebinned_{name}", f"{name} in bins of incident energy.")
 
 
+# The seed-001 (Fig. 5) names of the correlation observables.
+SEED001_NAMES = {"cog_x": "$m_{1,x}$", "cog_y": "$m_{1,y}$", "cog_z": "$m_{1,z}$",
+                 "width_x": "$m_{2,x}$", "width_y": "$m_{2,y}$", "width_z": "$m_{2,z}$",
+                 "e_vis": r"$E_\mathrm{vis}$", "e_inc": r"$E_\mathrm{inc}$",
+                 "n_hits": r"$n_\mathrm{hit}$", "frac_first": r"$E_1/E_\mathrm{vis}$",
+                 "frac_second": r"$E_2/E_\mathrm{vis}$", "frac_last": r"$E_3/E_\mathrm{vis}$"}
+
+
 def correlations(fw: FigureWriter, corr: list[dict[str, Any]], labels: list[str]) -> None:
     """Pearson correlation matrices (reference, generated) and their differences."""
-    names = list(CORRELATION_OBSERVABLES)
+    names = [SEED001_NAMES.get(k, k) for k in CORRELATION_OBSERVABLES]
     n = len(names)
     mats = [("reference", np.asarray(corr[0]["reference"]), "RdBu_r", 1.0)]
     for c, lab in zip(corr, labels):
