@@ -80,3 +80,15 @@ def test_default_refuses_angles_it_was_not_trained_on(default_model):
         default_model.sample(Conditions(e, impact=np.array([[5.0, 0.0], [0.0, 0.0]])), 1)
     with pytest.raises(InputError, match=r"incident_energy .*10.01 GeV to 99.98 GeV"):
         default_model.sample(Conditions(np.array([150e3])), 1)
+
+
+def test_generated_showers_state_the_fixed_conditions(default_model):
+    """A model trained at normal incidence writes theta = 0 and the fixed impact point into
+    its output, so evaluation compares like with like (and never guesses)."""
+    out = default_model.sample(np.array([20e3, 50e3]), seed=1)
+    c = out.conditions
+    assert c.theta is not None and np.all(c.theta == 0.0)
+    assert c.impact is not None and np.all(c.impact == 0.0)
+    # conditions the caller gave are kept as given
+    given = default_model.sample(out.conditions, seed=1).conditions
+    assert np.array_equal(given.theta, c.theta)

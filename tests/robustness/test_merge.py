@@ -217,16 +217,6 @@ def test_gap_in_a_subprocess(run_files, tmp_path):
     assert not out.exists() and not leftovers(tmp_path)
 
 
-def test_empty_shards_of_a_small_run(tmp_path, capsys):
-    """With fewer showers than shards some shards are empty; they still count as given."""
-    small = [_simulate(tmp_path, f"t{i}.h5", "--shard", f"{i}/3", "-n", "2") for i in range(3)]
-    assert len(read_showers(small[0])) == 0
-    out = tmp_path / "small.h5"
-    assert run_cli(["merge", out, *small]) == 0
-    assert len(read_showers(out)) == 2 and _meta(out)["complete"] is True
-    expect_failure(capsys, ["merge", tmp_path / "x.h5", small[0], small[1]], "indices 1..1")
-
-
 def test_info_says_which_part_of_a_run_a_file_holds(run_files, tmp_path, capsys):
     part = tmp_path / "part.h5"
     assert run_cli(["merge", part, run_files["s0"], run_files["s2"], "--allow-partial"]) == 0

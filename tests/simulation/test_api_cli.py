@@ -192,8 +192,11 @@ def test_cli_points_and_format(tmp_path):
     assert _sim(tmp_path, "p.h5", "--points") == 0
     with open_showers(tmp_path / "p.h5") as f:
         assert f.is_point_cloud and f.n_showers == 5
-    assert _sim(tmp_path, "c0.h5", "--format", "calochallenge") == 1  # would drop theta, ...
-    assert not (tmp_path / "c0.h5").exists()
+    # constant conditions (theta = 0, one particle) are kept as file attributes...
+    assert _sim(tmp_path, "c0.h5", "--format", "calochallenge") == 0
+    # ...varying ones cannot be stored without --lossy
+    assert _sim(tmp_path, "c1.h5", "--format", "calochallenge", "--theta", "0:20") == 1
+    assert not (tmp_path / "c1.h5").exists()
     assert _sim(tmp_path, "c.h5", "--format", "calochallenge", "--lossy") == 0
     assert read_showers(tmp_path / "c.h5").energies.shape == (5, 27000)
     assert _sim(tmp_path, "bad.h5", "--points", "--format", "calochallenge") == 1

@@ -375,6 +375,7 @@ class GenerativeModel(nn.Module):
         finally:
             self.train(was_training)
         meta = {"model": self.name}
+        conditions = self.condition_space.complete(conditions)
         if self.representation == "points":
             return self._point_batch(parts, conditions, meta)
         x = torch.cat([p.float().clamp_min(0) for p in parts]) if parts \

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -144,6 +144,22 @@ class ConditionSpace:
         parts += [f"{k} {_fmt(k, a)}-{_fmt(k, b)}" for k, (a, b) in self.ranges.items()]
         fixed = [f"{k} = {_fmt(k, v) if k in ANGLES else v}" for k, v in self.fixed.items()]
         return ", ".join(parts) + (f"; fixed: {', '.join(fixed)}" if fixed else "")
+
+    def complete(self, conditions: Conditions) -> Conditions:
+        """``conditions`` with the fixed values filled in where none were given, so that a
+        generated file states the conditions its showers stand for (theta = 0 for a model
+        trained at normal incidence) and evaluation can compare them."""
+        n = len(conditions)
+        filled: dict[str, Any] = {}
+        for name in ("theta", "phi"):
+            if getattr(conditions, name) is None and name in self.fixed:
+                filled[name] = np.full(n, float(self.fixed[name]))
+        if conditions.impact is None and "impact" in self.fixed:
+            filled["impact"] = np.tile(np.asarray(self.fixed["impact"], dtype=np.float64),
+                                       (n, 1))
+        if conditions.particle is None and "particle" in self.fixed:
+            filled["particle"] = np.full(n, int(self.fixed["particle"]))
+        return replace(conditions, **filled) if filled else conditions
 
     # ---- checking requests -----------------------------------------------------------------
     def check(self, conditions: Conditions, model: str, energy_range_mev: tuple[float, float],
