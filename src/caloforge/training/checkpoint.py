@@ -25,6 +25,7 @@ import json
 import os
 import shutil
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,7 @@ from caloforge.models.base import (
     get_model_class,
     read_model_meta,
 )
+from caloforge.training.ema import apply_ema, write_ema
 from caloforge.utils import atomic_path
 
 STATE_FILE = "training_state.pt"
@@ -53,7 +55,9 @@ def _write_model_files(model: GenerativeModel, directory: Path) -> None:
     # Clone: safetensors refuses tensors that share storage (tied or viewed buffers).
     state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
     save_file(state, str(directory / WEIGHTS_FILE), metadata={"model": model.name})
-    (directory / META_FILE).write_text(yaml.safe_dump(model.metadata(), sort_keys=False))
+    meta = model.metadata()
+    write_ema(model, directory, meta)  # hook: averaged weights, if the loop keeps them
+    (directory / META_FILE).write_text(yaml.safe_dump(meta, sort_keys=False))
 
 
 @contextlib.contextmanager
@@ -85,9 +89,11 @@ def save_model_dir(model: GenerativeModel, directory: str | Path) -> Path:
     return directory
 
 
-def load_model_dir(directory: str | Path, device: str | torch.device = "cpu") -> GenerativeModel:
+def load_model_dir(directory: str | Path, device: str | torch.device = "cpu",
+                   weights: str = "auto") -> GenerativeModel:
     """Rebuild a model from a model (or checkpoint) folder; clear errors for foreign or
-    corrupt files."""
+    corrupt files.  ``weights``: ``auto`` (the averaged EMA weights if the folder says to
+    sample with them), ``ema`` or ``live`` (the last trained weights)."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -112,6 +118,7 @@ def load_model_dir(directory: str | Path, device: str | torch.device = "cpu") ->
         raise FormatError(
             f"weights do not match a {meta['model']!r} model with the stored config: "
             f"{' '.join(s.strip() for s in first)}", wpath) from None
+    apply_ema(model, directory, meta, weights)  # hook: see caloforge.training.ema
     model.trained_version = str(meta.get("caloforge_version", "unknown"))
     return model.to(device).eval()
 
@@ -125,11 +132,12 @@ def _rng_state() -> dict[str, Any]:
 
 def save_checkpoint(out_dir: str | Path, step: int, model: GenerativeModel,
                     training_state: dict[str, Any], run_config: dict[str, Any],
-                    keep: int = 2) -> Path:
+                    keep: int = 2, write_extra: Callable[[Path], None] | None = None) -> Path:
     """Write checkpoint ``step-NNNNNNNN`` atomically, update ``latest.json``, prune old ones.
 
     ``training_state`` holds plain tensors / numbers / lists / dicts only (it is read back
-    with ``torch.load(weights_only=True)``).
+    with ``torch.load(weights_only=True)``); ``write_extra(folder)`` may add files (copies
+    of frozen models) inside the checkpoint before it is renamed into place.
     """
     ckdir = Path(out_dir) / "checkpoints"
     name = f"step-{step:08d}"
@@ -138,6 +146,8 @@ def save_checkpoint(out_dir: str | Path, step: int, model: GenerativeModel,
         _write_model_files(model, tmp)
         torch.save({**training_state, "global_rng": _rng_state()}, tmp / STATE_FILE)
         (tmp / RUN_FILE).write_text(yaml.safe_dump(run_config, sort_keys=False))
+        if write_extra is not None:
+            write_extra(tmp)
     try:
         with atomic_path(ckdir / LATEST, overwrite=True) as tmp:
             tmp.write_text(json.dumps({"checkpoint": name, "step": step}))
@@ -184,7 +194,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu"
                     ) -> tuple[GenerativeModel, dict[str, Any], dict[str, Any]]:
     """(model, training_state, run_config) of a checkpoint folder."""
     path = Path(path)
-    model = load_model_dir(path, device)
+    model = load_model_dir(path, device, weights="live")
     spath = path / STATE_FILE
     if not spath.is_file():
         raise FormatError("training state is missing (a model folder, not a checkpoint)", spath)

@@ -36,7 +36,7 @@ import signal
 import time
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,7 @@ from caloforge.data.batch import Conditions, ShowerBatch
 from caloforge.errors import (
     CaloforgeError,
     ConfigError,
+    FormatError,
     GeometryMismatchError,
     InputError,
     OutputExistsError,
@@ -62,6 +63,7 @@ from caloforge.models.base import (
 )
 from caloforge.models.config import Config, positive, read_yaml
 from caloforge.training import checkpoint as ckpt
+from caloforge.training.attach import attach_all, copy_frozen
 from caloforge.training.dataset import ShowerStream, open_source, showers_fitting
 from caloforge.training.distributed import (
     DistInfo,
@@ -73,6 +75,7 @@ from caloforge.training.distributed import (
     make_grad_sync,
     shutdown,
 )
+from caloforge.training.ema import EMA, EMA_FILE, clip_gradients
 from caloforge.training.interrupt import StopRequest, TrainingInterrupted
 from caloforge.utils import atomic_path, progress
 
@@ -95,6 +98,12 @@ class TrainConfig(Config):
     fit_memory_mb: float = 1024.0  # ... at most this much memory of dense float32 showers
     chunk_showers: int = 256  # consecutive showers read from the file at once
     shuffle_buffer_mb: float = 512.0  # showers shuffled together (a whole small file: all)
+    ema_decay: float = 0.0  # exponential moving average of the weights; 0 = none
+    use_ema: bool = True  # sample and export with the averaged weights (if ema_decay > 0)
+    grad_clip: float = 0.0  # max gradient norm per optimiser step; 0 = no clipping
+    grad_clip_by_optimizer: dict[str, float] = field(default_factory=dict)  # overrides
+    frozen_models: dict[str, str] = field(default_factory=dict)  # role -> model folder
+    copy_frozen_models: bool = False  # store copies in every checkpoint (self-contained)
 
     def validate(self) -> None:
         super().validate()
@@ -106,8 +115,27 @@ class TrainConfig(Config):
                 raise ConfigError(f"config key {key!r} must be >= 0, got {getattr(self, key)}")
         if self.steps == 0 and self.epochs == 0:
             raise ConfigError("give a positive number of steps or epochs")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ConfigError(f"config key 'ema_decay' must lie in [0, 1), got {self.ema_decay}")
+        clips = {"grad_clip": self.grad_clip, **{
+            f"grad_clip_by_optimizer.{k}": v for k, v in _mapping(
+                self.grad_clip_by_optimizer, "grad_clip_by_optimizer").items()}}
+        for key, value in clips.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise ConfigError(f"config key {key!r} must be a number >= 0, got {value!r}")
+        for role, path in _mapping(self.frozen_models, "frozen_models").items():
+            if not isinstance(path, str) or not path:
+                raise ConfigError(f"config key 'frozen_models.{role}' must be a model folder "
+                                  f"path, got {path!r}")
         if self.amp not in ("auto", "bf16", "fp16", "none"):
             raise ConfigError(f"config key 'amp' must be auto|bf16|fp16|none, got {self.amp!r}")
+
+
+def _mapping(value: Any, key: str) -> dict[str, Any]:
+    if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+        raise ConfigError(f"config key {key!r} must be a mapping of names to values, "
+                          f"got {value!r}")
+    return value
 
 
 def load_run_config(path: str | Path) -> tuple[dict[str, Any], dict[str, Any], str | None]:
@@ -133,6 +161,16 @@ def load_training_data(path: str | Path, max_showers: int = 0) -> ShowerBatch:
         batch = f.read(0, n)
     batch.validate(str(path))
     return batch
+
+
+def _read_ema(checkpoint: Path | None) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+    path = Path(checkpoint or ".") / EMA_FILE
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise FormatError(f"averaged (EMA) weights missing or corrupt ({exc})", path) from None
 
 
 def _tensors(batch: ShowerBatch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -192,12 +230,15 @@ class Trainer:
         self.show_progress = show_progress
         state: dict[str, Any] | None = None
         model = None
+        recorded_frozen: dict[str, Any] | None = None
+        self.resumed_from = latest
         if latest is not None:
             model, state, run = ckpt.load_checkpoint(latest, "cpu")
             if model.name != cls.name:
                 raise InputError(f"the checkpoint holds a {model.name!r} model, not "
                                  f"{model_name!r}", latest)
             self.cfg, self.seed, preset = resumed_settings(run, train_config, seed, preset)
+            recorded_frozen = run.get("frozen_models") or {}
             ckpt.remove_stale_parts(self.out)
         else:
             self.cfg = train_config or TrainConfig()
@@ -206,15 +247,15 @@ class Trainer:
         self.data_source = data_source
         self.source = open_source(data)
         try:
-            self._build(cls, model, state, model_config,
-                        preset, device)
+            self._build(cls, model, state, model_config, preset, device, recorded_frozen)
         except BaseException:
             self.source.close()
             raise
 
     def _build(self, cls: type[GenerativeModel], model: GenerativeModel | None,
                state: dict[str, Any] | None, model_config: dict[str, Any] | Config | None,
-               preset: str | None, device: str) -> None:
+               preset: str | None, device: str,
+               recorded_frozen: dict[str, Any] | None) -> None:
         """Model, data stream, optimisers and RNG, restored from ``state`` if resuming."""
         if model is None:
             model = cls.from_config(model_config, self.source.geometry, seed=self.seed,
@@ -230,6 +271,15 @@ class Trainer:
         self.model.to(self.device)
         broadcast_state(self.model, self.dist)
         self.optimizers = self.model.configure_optimizers()
+        unknown = sorted(set(self.cfg.grad_clip_by_optimizer) - set(self.optimizers))
+        if unknown:
+            raise ConfigError(f"grad_clip_by_optimizer names unknown optimiser(s) "
+                              f"{', '.join(unknown)}; {self.model.name} has "
+                              f"{', '.join(self.optimizers)}")
+        clip_gradients(self.optimizers, self.cfg.grad_clip, self.cfg.grad_clip_by_optimizer)
+        self.ema = EMA(self.model, self.cfg.ema_decay, self.cfg.use_ema) \
+            if self.cfg.ema_decay > 0 else None
+        self.model.ema = self.ema
         self.steps_per_epoch = max(1, self.n_train // (self.cfg.batch_size * self.dist.world_size))
         self.total_steps = self.cfg.steps or self.cfg.epochs * self.steps_per_epoch
         self.schedulers = self.model.configure_schedulers(self.optimizers, self.total_steps)
@@ -244,6 +294,10 @@ class Trainer:
         self.step = 0
         self.finished = False
         self.stop = StopRequest()
+        self.frozen_refs, self.frozen = attach_all(
+            self.cfg.frozen_models, recorded_frozen, self.device,
+            self.resumed_from / "frozen" if self.resumed_from else None)
+        self.ctx.frozen = self.frozen  # training_step reads ctx.frozen[role]
         if state is not None:
             self._restore(state)
             if self.dist.is_main:
@@ -253,6 +307,7 @@ class Trainer:
             "model_config": self.model.config.to_dict(), "training": self.cfg.to_dict(),
             "seed": self.seed, "data": self.data_source, "device": str(device),
             "world_size": self.dist.world_size, "caloforge_version": __version__,
+            "frozen_models": self.frozen_refs,
         }
 
     # ---- data ------------------------------------------------------------------------------
@@ -322,6 +377,8 @@ class Trainer:
             raise InputError("the training data or their streaming settings differ from those "
                              "of the checkpoint (another file, --max-showers, chunk or buffer "
                              "size): the run cannot be resumed exactly", self.data_source or None)
+        if self.ema is not None:
+            self.ema.load_state_dict(_read_ema(self.resumed_from))
         ckpt.restore_global_rng(state)
         self.step = int(state["step"])
         self.finished = bool(state.get("finished", False)) and self.step >= self.total_steps
@@ -331,8 +388,13 @@ class Trainer:
         path = None
         if self.dist.is_main:
             with write_errors(self.out, "checkpoint"):
+                copies = None
+                if self.cfg.copy_frozen_models and self.frozen_refs:
+                    def copies(folder: Path) -> None:
+                        copy_frozen(self.frozen_refs, folder / "frozen")
                 path = ckpt.save_checkpoint(self.out, self.step, self.model, self._state(),
-                                            self.run_config, keep=self.cfg.keep_checkpoints)
+                                            self.run_config, keep=self.cfg.keep_checkpoints,
+                                            write_extra=copies)
         barrier(self.dist)
         return path
 
@@ -406,6 +468,12 @@ class Trainer:
             with write_errors(self.out, "model"):
                 self.model.save(self.out / "model")
         barrier(self.dist)
+        if self.finished and self.ema is not None and self.ema.use_for_sampling:
+            # Return what loading the model folder gives: the averaged weights.
+            with torch.no_grad():
+                params = dict(self.model.named_parameters())
+                for k, v in self.ema.shadow.items():
+                    params[k].copy_(v)
         return self.model
 
     def _one_step(self, bar: Any, t0: float) -> None:
@@ -414,6 +482,8 @@ class Trainer:
         phase = _phase_at(self.phase_bounds, step)
         self.ctx.step_index, self.ctx.epoch = step, step // self.steps_per_epoch
         losses = self.model.training_step(self._batch(step), phase, self.ctx)
+        if self.ema is not None:
+            self.ema.update(self.model)
         with warnings.catch_warnings():
             # Phased models leave some optimisers idle; their schedulers still tick.
             warnings.simplefilter("ignore", UserWarning)
