@@ -11,7 +11,7 @@ averaged weights when ``use_for_sampling`` is true, unless the live weights are 
 >>> net = torch.nn.Linear(2, 1)
 >>> ema = EMA(net, decay=0.5)
 >>> with torch.no_grad():
-...     net.weight.add_(2.0)
+...     _ = net.weight.add_(2.0)
 >>> ema.update(net)
 >>> bool(torch.allclose(ema.shadow["weight"], net.weight - 1.0))
 True

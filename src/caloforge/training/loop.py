@@ -29,14 +29,10 @@ showers (``finalize_showers``, at most ``fit_memory_mb`` of dense showers).
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import signal
 import time
 import warnings
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -47,12 +43,10 @@ import yaml
 from caloforge import __version__
 from caloforge.data.batch import Conditions, ShowerBatch
 from caloforge.errors import (
-    CaloforgeError,
     ConfigError,
     FormatError,
     GeometryMismatchError,
     InputError,
-    OutputExistsError,
 )
 from caloforge.models.base import (
     GenerativeModel,
@@ -61,9 +55,10 @@ from caloforge.models.base import (
     check_device,
     get_model_class,
 )
-from caloforge.models.config import Config, positive, read_yaml
+from caloforge.models.config import Config
 from caloforge.training import checkpoint as ckpt
 from caloforge.training.attach import attach_all, copy_frozen
+from caloforge.training.config import TrainConfig, load_run_config
 from caloforge.training.dataset import ShowerStream, open_source, showers_fitting
 from caloforge.training.distributed import (
     DistInfo,
@@ -77,78 +72,14 @@ from caloforge.training.distributed import (
 )
 from caloforge.training.ema import EMA, EMA_FILE, clip_gradients
 from caloforge.training.interrupt import StopRequest, TrainingInterrupted
-from caloforge.utils import atomic_path, progress
-
-
-@dataclass
-class TrainConfig(Config):
-    """How long and how to train (the model's own config is separate)."""
-
-    steps: int = 0  # total optimisation steps; 0 = derive from epochs
-    epochs: int = 10
-    batch_size: int = 64  # per process
-    checkpoint_every: int = 500  # steps; the end of training always checkpoints
-    validate_every: int = 500  # steps; 0 = never
-    validation_showers: int = 500  # held out from training for validation
-    keep_checkpoints: int = 2
-    amp: str = "auto"  # auto (bf16 on CUDA if supported, else fp16; none on CPU) | bf16 | fp16 | none
-    max_showers: int = 0  # 0 = all showers of the file
-    stop_after: int = 0  # stop this run after so many steps (resume later); 0 = no limit
-    finalize_showers: int = 50000  # training showers for fit_preprocessing() and finalize()
-    fit_memory_mb: float = 1024.0  # ... at most this much memory of dense float32 showers
-    chunk_showers: int = 256  # consecutive showers read from the file at once
-    shuffle_buffer_mb: float = 512.0  # showers shuffled together (a whole small file: all)
-    ema_decay: float = 0.0  # exponential moving average of the weights; 0 = none
-    use_ema: bool = True  # sample and export with the averaged weights (if ema_decay > 0)
-    grad_clip: float = 0.0  # max gradient norm per optimiser step; 0 = no clipping
-    grad_clip_by_optimizer: dict[str, float] = field(default_factory=dict)  # overrides
-    frozen_models: dict[str, str] = field(default_factory=dict)  # role -> model folder
-    copy_frozen_models: bool = False  # store copies in every checkpoint (self-contained)
-
-    def validate(self) -> None:
-        super().validate()
-        positive(self, "batch_size", "keep_checkpoints", "finalize_showers", "fit_memory_mb",
-                 "chunk_showers", "shuffle_buffer_mb")
-        for key in ("steps", "epochs", "checkpoint_every", "validate_every",
-                    "validation_showers", "max_showers", "stop_after"):
-            if getattr(self, key) < 0:
-                raise ConfigError(f"config key {key!r} must be >= 0, got {getattr(self, key)}")
-        if self.steps == 0 and self.epochs == 0:
-            raise ConfigError("give a positive number of steps or epochs")
-        if not 0.0 <= self.ema_decay < 1.0:
-            raise ConfigError(f"config key 'ema_decay' must lie in [0, 1), got {self.ema_decay}")
-        clips = {"grad_clip": self.grad_clip, **{
-            f"grad_clip_by_optimizer.{k}": v for k, v in _mapping(
-                self.grad_clip_by_optimizer, "grad_clip_by_optimizer").items()}}
-        for key, value in clips.items():
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-                raise ConfigError(f"config key {key!r} must be a number >= 0, got {value!r}")
-        for role, path in _mapping(self.frozen_models, "frozen_models").items():
-            if not isinstance(path, str) or not path:
-                raise ConfigError(f"config key 'frozen_models.{role}' must be a model folder "
-                                  f"path, got {path!r}")
-        if self.amp not in ("auto", "bf16", "fp16", "none"):
-            raise ConfigError(f"config key 'amp' must be auto|bf16|fp16|none, got {self.amp!r}")
-
-
-def _mapping(value: Any, key: str) -> dict[str, Any]:
-    if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
-        raise ConfigError(f"config key {key!r} must be a mapping of names to values, "
-                          f"got {value!r}")
-    return value
-
-
-def load_run_config(path: str | Path) -> tuple[dict[str, Any], dict[str, Any], str | None]:
-    """Read a run YAML with optional sections ``model`` (model config, may hold
-    ``preset``) and ``training`` (:class:`TrainConfig`); other keys are an error."""
-    data = read_yaml(path)
-    unknown = sorted(set(data) - {"model", "training", "preset"})
-    if unknown:
-        raise ConfigError(f"unknown section(s) {', '.join(unknown)} (known: model, training, "
-                          f"preset)", path)
-    model = dict(data.get("model") or {})
-    preset = model.pop("preset", None) or data.get("preset")
-    return model, dict(data.get("training") or {}), preset
+from caloforge.training.run_folder import (
+    METRICS_FILE,
+    prepare_output,
+    resumed_settings,
+    truncate_metrics,
+    write_errors,
+)
+from caloforge.utils import progress
 
 
 def load_training_data(path: str | Path, max_showers: int = 0) -> ShowerBatch:
@@ -506,98 +437,6 @@ class Trainer:
         if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 \
                 and self.step < self.total_steps:
             self.save()
-
-
-METRICS_FILE = "metrics.jsonl"
-# Settings that may differ between a run and its resumption without breaking exactness
-# (run length and bookkeeping); ``stop_after`` applies to one invocation only.
-RESUMABLE_SETTINGS = ("steps", "epochs", "checkpoint_every", "validate_every",
-                      "keep_checkpoints")
-
-
-def resumed_settings(run: dict[str, Any], given: TrainConfig | None, seed: int,
-                     preset: str | None) -> tuple[TrainConfig, int, str | None]:
-    """(training config, seed, preset) of a resumed run.
-
-    The stored settings win, except run length and bookkeeping, which may change between
-    invocations, and ``stop_after``, which never carries over (resuming with the original
-    options runs to the end).  A setting given now that differs from the stored one (and
-    from its default) is ignored with a warning; unchanged options do not warn."""
-    stored = dict(run.get("training", {}))
-    given = given or TrainConfig()
-    default = TrainConfig()
-    merged = {**stored, "stop_after": given.stop_after}
-    ignored = []
-    for key, value in given.to_dict().items():
-        if key == "stop_after" or value == getattr(default, key):
-            continue
-        if key in RESUMABLE_SETTINGS:
-            merged[key] = value
-        elif key not in stored or value != stored[key]:
-            ignored.append(key)
-    stored_seed = int(run.get("seed", seed))
-    if seed not in (0, stored_seed):
-        ignored.append("seed")
-    stored_preset = run.get("preset", preset)
-    if preset is not None and preset != stored_preset:
-        ignored.append("preset")
-    if ignored:
-        warnings.warn(f"resuming with the stored training settings; ignoring "
-                      f"{', '.join(ignored)} (exact resume needs them unchanged)", stacklevel=3)
-    return TrainConfig.from_dict(merged), stored_seed, stored_preset
-
-
-def truncate_metrics(path: Path, step: int, finished: bool) -> None:
-    """Drop the metrics rows written after the checkpoint a run resumes from (they will be
-    written again), and a last line cut short by a kill."""
-    if not path.is_file():
-        return
-    keep = []
-    for line in path.read_text().splitlines():
-        try:
-            row = json.loads(line)
-            row_step = int(row["step"])
-        except (ValueError, KeyError, TypeError):
-            continue
-        if row_step < step or (row_step == step and (finished or row.get("phase") != "final")):
-            keep.append(line + "\n")
-    with write_errors(path.parent, METRICS_FILE), atomic_path(path, overwrite=True) as tmp:
-        tmp.write_text("".join(keep))
-
-
-def prepare_output(out: Path, resume: bool) -> Path | None:
-    """Check the output folder before any expensive work; returns the checkpoint to
-    resume from (None for a new run).  The folder is created and probed for writing."""
-    if out.exists() and not out.is_dir():
-        raise InputError("training output path exists and is not a folder", out)
-    latest = ckpt.latest_checkpoint(out) if out.is_dir() else None
-    if resume and latest is None:
-        raise InputError("nothing to resume: no checkpoint in the output folder", out)
-    if not resume and out.is_dir() and any(out.iterdir()):
-        raise OutputExistsError("training output folder is not empty (use --resume to "
-                                "continue a run, or choose a new folder)", out)
-    with write_errors(out, "output folder"):
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".write-test.{os.getpid()}.part"
-        probe.write_bytes(b"")
-        probe.unlink()
-    return latest
-
-
-@contextlib.contextmanager
-def write_errors(out: Path, what: str) -> Iterator[None]:
-    """Turn a failed write (full disk, read-only folder, quota) into one clear error that
-    says the last checkpoint is intact (writes are atomic: nothing half-written stays)."""
-    try:
-        yield
-    except OSError as exc:
-        reason = exc.strerror or str(exc)
-        try:
-            latest = ckpt.latest_checkpoint(out) if out.is_dir() else None
-        except CaloforgeError:
-            latest = None
-        kept = f"; the last checkpoint {latest.name} is intact" if latest else ""
-        raise CaloforgeError(f"cannot write the {what}: {reason}{kept}", out) from None
 
 
 def train(model_name: str, data: ShowerBatch | str | Path, out_dir: str | Path,
