@@ -29,6 +29,7 @@ showers (``finalize_showers``, at most ``fit_memory_mb`` of dense showers).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import time
@@ -448,8 +449,15 @@ def train(model_name: str, data: ShowerBatch | str | Path, out_dir: str | Path,
 
     Raises :class:`~caloforge.training.interrupt.TrainingInterrupted` (a
     ``KeyboardInterrupt``) after checkpointing when SIGINT or SIGTERM arrives."""
-    trainer = Trainer(model_name, data, out_dir, model_config, preset, train_config, device,
-                      seed, resume, progress)
+    existed = Path(out_dir).exists()
+    try:
+        trainer = Trainer(model_name, data, out_dir, model_config, preset, train_config,
+                          device, seed, resume, progress)
+    except BaseException:
+        if not existed:  # refused before any work: leave no empty folder behind
+            with contextlib.suppress(OSError):
+                Path(out_dir).rmdir()
+        raise
     try:
         return trainer.run()
     finally:
