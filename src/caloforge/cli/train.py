@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from caloforge.errors import ConfigError, InputError
+from caloforge.errors import ConfigError
 
 # Numeric options and their smallest allowed value (0 has a documented meaning where 0).
 _MINIMUM = {"epochs": 1, "steps": 1, "batch_size": 1, "threads": 1, "seed": 0,
@@ -54,23 +54,9 @@ def check_options(args: argparse.Namespace) -> None:
         value = getattr(args, key)
         if value is not None and value < low:
             raise ConfigError(f"--{key.replace('_', '-')} must be >= {low}, got {value}")
-    check_train_device(args.device)
+    from caloforge.utils import resolve_device
 
-
-def check_train_device(device: str) -> None:
-    """An existing device, including the CUDA index (cuda:3 on a one-GPU machine)."""
-    # TODO(lead): unify with the shared device check being added to caloforge.utils.
-    import torch
-
-    from caloforge.models.base import check_device
-
-    try:
-        dev = check_device(device)
-    except InputError as exc:
-        raise InputError(f"--device: {exc}") from None
-    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise InputError(f"--device: {device!r} requested but only "
-                         f"{torch.cuda.device_count()} CUDA device(s) are available")
+    resolve_device(args.device, "--device")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -60,6 +60,7 @@ from caloforge.models.folder import (  # noqa: F401 - the public names of calofo
 from caloforge.models.noise import ShowerNoise, draw_seed
 from caloforge.models.registry import get_model_class, list_models, register  # noqa: F401
 from caloforge.models.transforms import EnergyCondition
+from caloforge.utils import resolve_device
 
 
 class TrainingDiverged(CaloforgeError):
@@ -421,17 +422,10 @@ class GenerativeModel(nn.Module):
         return save_model_dir(self, directory)
 
 
-def check_device(device: str | torch.device) -> torch.device:
-    """A torch device that exists here, else :class:`InputError`."""
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise InputError(f"unknown device {device!r} (use cpu, cuda or cuda:N)") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"device {device!r} requested but no CUDA device is available")
-    if dev.type not in ("cpu", "cuda", "mps"):
-        raise InputError(f"unsupported device {device!r} (use cpu, cuda or cuda:N)")
-    return dev
+def check_device(device: str | torch.device, option: str = "--device") -> torch.device:
+    """A torch device that exists here, else :class:`~caloforge.errors.ConfigError` naming
+    ``option`` (:func:`caloforge.utils.resolve_device`)."""
+    return resolve_device(device, option)
 
 
 def build(name: str, geometry: str | Geometry, config: Config | dict[str, Any] | None = None,

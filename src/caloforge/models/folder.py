@@ -13,12 +13,7 @@ True
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import shutil
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,34 +23,15 @@ import yaml
 from caloforge.errors import CaloforgeError, FormatError, InputError
 from caloforge.geometry import get_geometry
 from caloforge.models.config import read_yaml
+from caloforge.models.ema import apply_ema, write_ema
 from caloforge.models.registry import get_model_class, list_models
+from caloforge.utils import atomic_dir
 
 if TYPE_CHECKING:
     from caloforge.models.base import GenerativeModel
 
 WEIGHTS_FILE = "model.safetensors"
 META_FILE = "model.yaml"
-
-
-@contextlib.contextmanager
-def atomic_dir(target: Path) -> Iterator[Path]:
-    """Yield a temporary folder next to ``target``; move it onto ``target`` on success
-    (replacing an existing folder only once the new one is complete)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.part")
-    tmp.mkdir()
-    try:
-        yield tmp
-        if target.exists():
-            old = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.old")
-            os.replace(target, old)
-            os.replace(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def write_model_files(model: GenerativeModel, directory: Path) -> None:
@@ -65,13 +41,17 @@ def write_model_files(model: GenerativeModel, directory: Path) -> None:
     # Clone: safetensors refuses tensors that share storage (tied or viewed buffers).
     state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
     save_file(state, str(directory / WEIGHTS_FILE), metadata={"model": model.name})
-    (directory / META_FILE).write_text(yaml.safe_dump(model.metadata(), sort_keys=False))
+    meta = model.metadata()
+    write_ema(model, directory, meta)  # averaged weights, when the training loop keeps them
+    (directory / META_FILE).write_text(yaml.safe_dump(meta, sort_keys=False))
 
 
 def save_model_dir(model: GenerativeModel, directory: str | Path) -> Path:
-    """Write a model folder atomically; returns its path."""
+    """Write a model folder atomically (replacing an existing one only once the new one
+    is complete); returns its path."""
     directory = Path(directory)
-    with atomic_dir(directory) as tmp:
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_dir(directory, overwrite=True) as tmp:
         write_model_files(model, tmp)
     return directory
 
@@ -85,9 +65,11 @@ def read_model_meta(directory: Path) -> dict[str, Any]:
     return meta
 
 
-def load_model_dir(directory: str | Path, device: str | torch.device = "cpu") -> GenerativeModel:
+def load_model_dir(directory: str | Path, device: str | torch.device = "cpu",
+                   weights: str = "auto") -> GenerativeModel:
     """Rebuild a model from a model (or checkpoint) folder; clear errors for foreign or
-    corrupt files."""
+    corrupt files.  ``weights``: ``auto`` (the averaged EMA weights if the folder says to
+    sample with them), ``ema`` or ``live`` (the last trained weights)."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -113,6 +95,7 @@ def load_model_dir(directory: str | Path, device: str | torch.device = "cpu") ->
         raise FormatError(
             f"weights do not match a {meta['model']!r} model with the stored config: "
             f"{' '.join(s.strip() for s in first)}", wpath) from None
+    apply_ema(model, directory, meta, weights)
     model.trained_version = str(meta.get("caloforge_version", "unknown"))
     return model.to(device).eval()
 

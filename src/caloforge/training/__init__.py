@@ -5,6 +5,8 @@
 64
 """
 
-from caloforge.training.loop import TrainConfig, Trainer, load_run_config, train
+from caloforge.training.config import TrainConfig, load_run_config
+from caloforge.training.interrupt import TrainingInterrupted
+from caloforge.training.loop import Trainer, train
 
-__all__ = ["TrainConfig", "Trainer", "load_run_config", "train"]
+__all__ = ["TrainConfig", "Trainer", "TrainingInterrupted", "load_run_config", "train"]

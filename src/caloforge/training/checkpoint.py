@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,13 +33,9 @@ from caloforge.errors import FormatError
 from caloforge.models.base import GenerativeModel
 
 # The model-folder format lives in caloforge.models.folder; re-exported for callers here.
-from caloforge.models.folder import (  # noqa: F401
-    atomic_dir,
-    load_model_dir,
-    save_model_dir,
-)
+from caloforge.models.folder import load_model_dir, save_model_dir  # noqa: F401
 from caloforge.models.folder import write_model_files as _write_model_files
-from caloforge.utils import atomic_path
+from caloforge.utils import atomic_dir, atomic_path
 
 STATE_FILE = "training_state.pt"
 RUN_FILE = "run.yaml"
@@ -54,19 +51,23 @@ def _rng_state() -> dict[str, Any]:
 
 def save_checkpoint(out_dir: str | Path, step: int, model: GenerativeModel,
                     training_state: dict[str, Any], run_config: dict[str, Any],
-                    keep: int = 2) -> Path:
+                    keep: int = 2, write_extra: Callable[[Path], None] | None = None) -> Path:
     """Write checkpoint ``step-NNNNNNNN`` atomically, update ``latest.json``, prune old ones.
 
     ``training_state`` holds plain tensors / numbers / lists / dicts only (it is read back
-    with ``torch.load(weights_only=True)``).
+    with ``torch.load(weights_only=True)``); ``write_extra(folder)`` may add files (copies
+    of frozen models) inside the checkpoint before it is renamed into place.
     """
     ckdir = Path(out_dir) / "checkpoints"
     name = f"step-{step:08d}"
     existed = (ckdir / name).exists()
-    with atomic_dir(ckdir / name) as tmp:
+    ckdir.mkdir(parents=True, exist_ok=True)
+    with atomic_dir(ckdir / name, overwrite=True) as tmp:
         _write_model_files(model, tmp)
         torch.save({**training_state, "global_rng": _rng_state()}, tmp / STATE_FILE)
         (tmp / RUN_FILE).write_text(yaml.safe_dump(run_config, sort_keys=False))
+        if write_extra is not None:
+            write_extra(tmp)
     try:
         with atomic_path(ckdir / LATEST, overwrite=True) as tmp:
             tmp.write_text(json.dumps({"checkpoint": name, "step": step}))
@@ -113,7 +114,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu"
                     ) -> tuple[GenerativeModel, dict[str, Any], dict[str, Any]]:
     """(model, training_state, run_config) of a checkpoint folder."""
     path = Path(path)
-    model = load_model_dir(path, device)
+    model = load_model_dir(path, device, weights="live")
     spath = path / STATE_FILE
     if not spath.is_file():
         raise FormatError("training state is missing (a model folder, not a checkpoint)", spath)

@@ -169,23 +169,35 @@ class ShowerStream:
 
     # ---- reading ------------------------------------------------------------------------
     def gather(self, index: np.ndarray) -> ShowerBatch:
-        """Showers at file indices ``index`` (any order), one read per chunk touched."""
+        """Showers at file indices ``index`` (any order), one read per chunk touched,
+        written straight into their place (one copy of the data in memory)."""
         index = np.asarray(index, dtype=np.int64)
         if len(index) == 0:
             raise InputError("no showers to read")
         order = np.argsort(index, kind="stable")
         ordered = index[order]
-        parts = []
-        chunk_of = ordered // self.chunk_showers
-        cuts = np.flatnonzero(np.diff(chunk_of)) + 1
+        x: np.ndarray | None = None
+        conditions, done = [], 0
+        cuts = np.flatnonzero(np.diff(ordered // self.chunk_showers)) + 1
         for sel in np.split(ordered, cuts):
             lo, hi = int(sel[0]), int(sel[-1]) + 1
             block = self.source.read(lo, hi)
-            parts.append(block if len(sel) == hi - lo else block[sel - lo])
-        batch = parts[0] if len(parts) == 1 else ShowerBatch.concatenate(parts)
+            if len(sel) != hi - lo:
+                block = block[sel - lo]
+            if x is None:
+                x = np.empty((len(index), block.n_voxels), np.float32)
+            x[order[done:done + len(sel)]] = block.energies
+            conditions.append(block.conditions)
+            done += len(sel)
         inverse = np.empty_like(order)
         inverse[order] = np.arange(len(order))
-        return batch[inverse]
+        cond = Conditions.concatenate(conditions)[inverse]
+        return ShowerBatch(self.source.geometry, x, cond)
+
+    def train_conditions(self) -> Conditions:
+        """Conditions (energy, theta, phi, impact, particle) of every training shower, read
+        without the voxels: what the model declares and records as its conditions."""
+        return self.source.read_conditions(0, self.n_showers)[self.train_index]
 
     def validation_rows(self) -> ShowerBatch | None:
         return self.gather(self.val_index) if len(self.val_index) else None

@@ -31,12 +31,9 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import signal
 import time
 import warnings
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,12 +44,12 @@ import yaml
 from caloforge import __version__
 from caloforge.data.batch import Conditions, ShowerBatch
 from caloforge.errors import (
-    CaloforgeError,
     ConfigError,
+    FormatError,
     GeometryMismatchError,
     InputError,
-    OutputExistsError,
 )
+from caloforge.geometry import get_geometry
 from caloforge.models.base import (
     GenerativeModel,
     StepContext,
@@ -60,8 +57,10 @@ from caloforge.models.base import (
     check_device,
     get_model_class,
 )
-from caloforge.models.config import Config, positive, read_yaml
+from caloforge.models.config import Config
 from caloforge.training import checkpoint as ckpt
+from caloforge.training.attach import attach_all, copy_frozen
+from caloforge.training.config import TrainConfig, load_run_config
 from caloforge.training.dataset import ShowerStream, open_source, showers_fitting
 from caloforge.training.distributed import (
     DistInfo,
@@ -73,54 +72,16 @@ from caloforge.training.distributed import (
     make_grad_sync,
     shutdown,
 )
+from caloforge.training.ema import EMA, EMA_FILE, clip_gradients
 from caloforge.training.interrupt import StopRequest, TrainingInterrupted
-from caloforge.utils import atomic_path, progress
-
-
-@dataclass
-class TrainConfig(Config):
-    """How long and how to train (the model's own config is separate)."""
-
-    steps: int = 0  # total optimisation steps; 0 = derive from epochs
-    epochs: int = 10
-    batch_size: int = 64  # per process
-    checkpoint_every: int = 500  # steps; the end of training always checkpoints
-    validate_every: int = 500  # steps; 0 = never
-    validation_showers: int = 500  # held out from training for validation
-    keep_checkpoints: int = 2
-    amp: str = "auto"  # auto (bf16 on CUDA if supported, else fp16; none on CPU) | bf16 | fp16 | none
-    max_showers: int = 0  # 0 = all showers of the file
-    stop_after: int = 0  # stop this run after so many steps (resume later); 0 = no limit
-    finalize_showers: int = 50000  # training showers for fit_preprocessing() and finalize()
-    fit_memory_mb: float = 1024.0  # ... at most this much memory of dense float32 showers
-    chunk_showers: int = 256  # consecutive showers read from the file at once
-    shuffle_buffer_mb: float = 512.0  # showers shuffled together (a whole small file: all)
-
-    def validate(self) -> None:
-        super().validate()
-        positive(self, "batch_size", "keep_checkpoints", "finalize_showers", "fit_memory_mb",
-                 "chunk_showers", "shuffle_buffer_mb")
-        for key in ("steps", "epochs", "checkpoint_every", "validate_every",
-                    "validation_showers", "max_showers", "stop_after"):
-            if getattr(self, key) < 0:
-                raise ConfigError(f"config key {key!r} must be >= 0, got {getattr(self, key)}")
-        if self.steps == 0 and self.epochs == 0:
-            raise ConfigError("give a positive number of steps or epochs")
-        if self.amp not in ("auto", "bf16", "fp16", "none"):
-            raise ConfigError(f"config key 'amp' must be auto|bf16|fp16|none, got {self.amp!r}")
-
-
-def load_run_config(path: str | Path) -> tuple[dict[str, Any], dict[str, Any], str | None]:
-    """Read a run YAML with optional sections ``model`` (model config, may hold
-    ``preset``) and ``training`` (:class:`TrainConfig`); other keys are an error."""
-    data = read_yaml(path)
-    unknown = sorted(set(data) - {"model", "training", "preset"})
-    if unknown:
-        raise ConfigError(f"unknown section(s) {', '.join(unknown)} (known: model, training, "
-                          f"preset)", path)
-    model = dict(data.get("model") or {})
-    preset = model.pop("preset", None) or data.get("preset")
-    return model, dict(data.get("training") or {}), preset
+from caloforge.training.run_folder import (
+    METRICS_FILE,
+    prepare_output,
+    resumed_settings,
+    truncate_metrics,
+    write_errors,
+)
+from caloforge.utils import progress
 
 
 def load_training_data(path: str | Path, max_showers: int = 0) -> ShowerBatch:
@@ -135,10 +96,37 @@ def load_training_data(path: str | Path, max_showers: int = 0) -> ShowerBatch:
     return batch
 
 
-def _tensors(batch: ShowerBatch) -> tuple[torch.Tensor, torch.Tensor]:
-    """(voxel energies, incident energies) as float32 tensors (what models train on)."""
+def _read_ema(checkpoint: Path | None) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+    path = Path(checkpoint or ".") / EMA_FILE
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise FormatError(f"averaged (EMA) weights missing or corrupt ({exc})", path) from None
+
+
+def _tensors(batch: ShowerBatch, model: GenerativeModel
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """(voxel energies, incident energies, theta/phi or None) as float32 tensors: what
+    ``model`` trains on (the angles on the model's device, only if it takes them)."""
     return (torch.from_numpy(np.ascontiguousarray(batch.energies, dtype=np.float32)),
-            torch.from_numpy(batch.incident_energy.astype(np.float32)))
+            torch.from_numpy(batch.incident_energy.astype(np.float32)),
+            model.angle_tensor(batch.conditions, len(batch)))
+
+
+def _with_conditions(cls: type[GenerativeModel], config: dict[str, Any] | Config | None,
+                     conditions: Conditions) -> dict[str, Any] | Config | None:
+    """``config`` with its ``conditions`` key declared from the training showers (those of
+    the architecture's inputs that vary in them), unless the config sets it."""
+    if isinstance(config, Config):
+        # A Config always carries the key: empty means not set (the default).
+        declared = () if getattr(config, "conditions", ()) else cls.conditions_from_data(conditions)
+        return config.replace(conditions=declared) if declared else config
+    given = dict(config or {})
+    if "conditions" not in given:
+        given["conditions"] = list(cls.conditions_from_data(conditions))
+    return given
 
 
 def _amp_settings(amp: str, device: torch.device) -> tuple[torch.dtype | None, bool]:
@@ -192,12 +180,15 @@ class Trainer:
         self.show_progress = show_progress
         state: dict[str, Any] | None = None
         model = None
+        recorded_frozen: dict[str, Any] | None = None
+        self.resumed_from = latest
         if latest is not None:
             model, state, run = ckpt.load_checkpoint(latest, "cpu")
             if model.name != cls.name:
                 raise InputError(f"the checkpoint holds a {model.name!r} model, not "
                                  f"{model_name!r}", latest)
             self.cfg, self.seed, preset = resumed_settings(run, train_config, seed, preset)
+            recorded_frozen = run.get("frozen_models") or {}
             ckpt.remove_stale_parts(self.out)
         else:
             self.cfg = train_config or TrainConfig()
@@ -206,30 +197,50 @@ class Trainer:
         self.data_source = data_source
         self.source = open_source(data)
         try:
-            self._build(cls, model, state, model_config,
-                        preset, device)
+            self._build(cls, model, state, model_config, preset, device, recorded_frozen)
         except BaseException:
             self.source.close()
             raise
 
     def _build(self, cls: type[GenerativeModel], model: GenerativeModel | None,
                state: dict[str, Any] | None, model_config: dict[str, Any] | Config | None,
-               preset: str | None, device: str) -> None:
+               preset: str | None, device: str,
+               recorded_frozen: dict[str, Any] | None) -> None:
         """Model, data stream, optimisers and RNG, restored from ``state`` if resuming."""
         if model is None:
-            model = cls.from_config(model_config, self.source.geometry, seed=self.seed,
-                                    preset=preset)
-        if model.geometry.name != self.source.geometry:
-            raise GeometryMismatchError(
-                f"the model is built for geometry {model.geometry.name!r} but the data are "
-                f"on {self.source.geometry!r}", self.data_source or None)
+            self._open_stream(get_geometry(self.source.geometry).n_voxels)
+            train_conditions = self.stream.train_conditions()
+            model = cls.from_config(_with_conditions(cls, model_config, train_conditions),
+                                    self.source.geometry, seed=self.seed, preset=preset)
+            model.fit_conditions(train_conditions)  # ranges the model will refuse beyond
+        else:
+            if model.geometry.name != self.source.geometry:
+                raise GeometryMismatchError(
+                    f"the model is built for geometry {model.geometry.name!r} but the data "
+                    f"are on {self.source.geometry!r}", self.data_source or None)
+            self._open_stream(model.geometry.n_voxels)
         self.model = model
-        self._open_stream()
+        # After building the model: its own refusals (geometry, config) come first.
+        if self.n_train < self.cfg.batch_size * self.dist.world_size:
+            raise InputError(f"{self.n_train} training showers are fewer than one batch of "
+                             f"{self.cfg.batch_size} x {self.dist.world_size} processes",
+                             self.data_source or None)
+        self.validation_data = self.stream.validation_rows()
         if state is None:
-            model.fit_preprocessing(*self._fit_subset())
+            x, e_inc, _ = self._fit_subset()
+            model.fit_preprocessing(x, e_inc)
         self.model.to(self.device)
         broadcast_state(self.model, self.dist)
         self.optimizers = self.model.configure_optimizers()
+        unknown = sorted(set(self.cfg.grad_clip_by_optimizer) - set(self.optimizers))
+        if unknown:
+            raise ConfigError(f"grad_clip_by_optimizer names unknown optimiser(s) "
+                              f"{', '.join(unknown)}; {self.model.name} has "
+                              f"{', '.join(self.optimizers)}")
+        clip_gradients(self.optimizers, self.cfg.grad_clip, self.cfg.grad_clip_by_optimizer)
+        self.ema = EMA(self.model, self.cfg.ema_decay, self.cfg.use_ema) \
+            if self.cfg.ema_decay > 0 else None
+        self.model.ema = self.ema
         self.steps_per_epoch = max(1, self.n_train // (self.cfg.batch_size * self.dist.world_size))
         self.total_steps = self.cfg.steps or self.cfg.epochs * self.steps_per_epoch
         self.schedulers = self.model.configure_schedulers(self.optimizers, self.total_steps)
@@ -244,6 +255,10 @@ class Trainer:
         self.step = 0
         self.finished = False
         self.stop = StopRequest()
+        self.frozen_refs, self.frozen = attach_all(
+            self.cfg.frozen_models, recorded_frozen, self.device,
+            self.resumed_from / "frozen" if self.resumed_from else None)
+        self.ctx.frozen = self.frozen  # training_step reads ctx.frozen[role]
         if state is not None:
             self._restore(state)
             if self.dist.is_main:
@@ -253,11 +268,12 @@ class Trainer:
             "model_config": self.model.config.to_dict(), "training": self.cfg.to_dict(),
             "seed": self.seed, "data": self.data_source, "device": str(device),
             "world_size": self.dist.world_size, "caloforge_version": __version__,
+            "frozen_models": self.frozen_refs,
         }
 
     # ---- data ------------------------------------------------------------------------------
-    def _open_stream(self) -> None:
-        cfg, n_vox = self.cfg, self.model.geometry.n_voxels
+    def _open_stream(self, n_vox: int) -> None:
+        cfg = self.cfg
         n = self.source.n_showers if cfg.max_showers <= 0 else \
             min(cfg.max_showers, self.source.n_showers)
         if n < 2:
@@ -266,27 +282,22 @@ class Trainer:
         buffer = showers_fitting(cfg.shuffle_buffer_mb, n_vox)
         self.stream = ShowerStream(self.source, self.seed, n_val, cfg.chunk_showers, buffer, n)
         self.n_train = self.stream.n_train
-        if self.n_train < cfg.batch_size * self.dist.world_size:
-            raise InputError(f"{self.n_train} training showers are fewer than one batch of "
-                             f"{cfg.batch_size} x {self.dist.world_size} processes",
-                             self.data_source or None)
-        self.validation_data = self.stream.validation_rows()
 
-    def _fit_subset(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def _fit_subset(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """A random subsample of the training showers, bounded in number and memory
         (what fitted preprocessing and ``finalize`` see)."""
         cfg = self.cfg
         n = min(self.n_train, cfg.finalize_showers,
                 showers_fitting(cfg.fit_memory_mb, self.model.geometry.n_voxels))
-        return _tensors(self.stream.gather(self.stream.subsample_index(n)))
+        return _tensors(self.stream.gather(self.stream.subsample_index(n)), self.model)
 
     def _batch(self, step: int) -> TrainBatch:
         epoch, pos = divmod(step, self.steps_per_epoch)
         bs, world = self.cfg.batch_size, self.dist.world_size
         start = pos * bs * world + self.dist.rank * bs
-        x, e_inc = _tensors(self.stream.rows(epoch, start, start + bs))
+        x, e_inc, angles = _tensors(self.stream.rows(epoch, start, start + bs), self.model)
         return TrainBatch(x.to(self.device, non_blocking=True),
-                          e_inc.to(self.device, non_blocking=True))
+                          e_inc.to(self.device, non_blocking=True), angles)
 
     def close(self) -> None:
         """Close the training file."""
@@ -322,6 +333,8 @@ class Trainer:
             raise InputError("the training data or their streaming settings differ from those "
                              "of the checkpoint (another file, --max-showers, chunk or buffer "
                              "size): the run cannot be resumed exactly", self.data_source or None)
+        if self.ema is not None:
+            self.ema.load_state_dict(_read_ema(self.resumed_from))
         ckpt.restore_global_rng(state)
         self.step = int(state["step"])
         self.finished = bool(state.get("finished", False)) and self.step >= self.total_steps
@@ -331,8 +344,13 @@ class Trainer:
         path = None
         if self.dist.is_main:
             with write_errors(self.out, "checkpoint"):
+                copies = None
+                if self.cfg.copy_frozen_models and self.frozen_refs:
+                    def copies(folder: Path) -> None:
+                        copy_frozen(self.frozen_refs, folder / "frozen")
                 path = ckpt.save_checkpoint(self.out, self.step, self.model, self._state(),
-                                            self.run_config, keep=self.cfg.keep_checkpoints)
+                                            self.run_config, keep=self.cfg.keep_checkpoints,
+                                            write_extra=copies)
         barrier(self.dist)
         return path
 
@@ -340,10 +358,7 @@ class Trainer:
     def validate(self) -> dict[str, float]:
         if self.validation_data is None:
             return {}
-        # Incident energies only: the models are conditioned on nothing else yet.
-        held_out = self.validation_data
-        real = ShowerBatch(held_out.geometry, held_out.energies,
-                           Conditions(held_out.incident_energy))
+        real = self.validation_data
         gen = torch.Generator(device=self.device).manual_seed(self.seed + 17)
         # Held-out showers may lie just outside the energies the model was fitted on.
         with warnings.catch_warnings():
@@ -401,7 +416,8 @@ class Trainer:
         if self._stop_requested():
             raise self._interrupted()
         if self.step >= self.total_steps and not self.finished:
-            self.model.finalize(*self._fit_subset(), self.ctx.generator)
+            x, e_inc, angles = self._fit_subset()
+            self.model.finalize(x, e_inc, self.ctx.generator, angles=angles)
             self.finished = True
             if cfg.validate_every and self.dist.is_main:
                 self._log({"step": self.step, "phase": "final", **self.validate()})
@@ -410,6 +426,12 @@ class Trainer:
             with write_errors(self.out, "model"):
                 self.model.save(self.out / "model")
         barrier(self.dist)
+        if self.finished and self.ema is not None and self.ema.use_for_sampling:
+            # Return what loading the model folder gives: the averaged weights.
+            with torch.no_grad():
+                params = dict(self.model.named_parameters())
+                for k, v in self.ema.shadow.items():
+                    params[k].copy_(v)
         return self.model
 
     def _one_step(self, bar: Any, t0: float) -> None:
@@ -418,6 +440,8 @@ class Trainer:
         phase = _phase_at(self.phase_bounds, step)
         self.ctx.step_index, self.ctx.epoch = step, step // self.steps_per_epoch
         losses = self.model.training_step(self._batch(step), phase, self.ctx)
+        if self.ema is not None:
+            self.ema.update(self.model)
         with warnings.catch_warnings():
             # Phased models leave some optimisers idle; their schedulers still tick.
             warnings.simplefilter("ignore", UserWarning)
@@ -442,98 +466,6 @@ class Trainer:
             self.save()
 
 
-METRICS_FILE = "metrics.jsonl"
-# Settings that may differ between a run and its resumption without breaking exactness
-# (run length and bookkeeping); ``stop_after`` applies to one invocation only.
-RESUMABLE_SETTINGS = ("steps", "epochs", "checkpoint_every", "validate_every",
-                      "keep_checkpoints")
-
-
-def resumed_settings(run: dict[str, Any], given: TrainConfig | None, seed: int,
-                     preset: str | None) -> tuple[TrainConfig, int, str | None]:
-    """(training config, seed, preset) of a resumed run.
-
-    The stored settings win, except run length and bookkeeping, which may change between
-    invocations, and ``stop_after``, which never carries over (resuming with the original
-    options runs to the end).  A setting given now that differs from the stored one (and
-    from its default) is ignored with a warning; unchanged options do not warn."""
-    stored = dict(run.get("training", {}))
-    given = given or TrainConfig()
-    default = TrainConfig()
-    merged = {**stored, "stop_after": given.stop_after}
-    ignored = []
-    for key, value in given.to_dict().items():
-        if key == "stop_after" or value == getattr(default, key):
-            continue
-        if key in RESUMABLE_SETTINGS:
-            merged[key] = value
-        elif key not in stored or value != stored[key]:
-            ignored.append(key)
-    stored_seed = int(run.get("seed", seed))
-    if seed not in (0, stored_seed):
-        ignored.append("seed")
-    stored_preset = run.get("preset", preset)
-    if preset is not None and preset != stored_preset:
-        ignored.append("preset")
-    if ignored:
-        warnings.warn(f"resuming with the stored training settings; ignoring "
-                      f"{', '.join(ignored)} (exact resume needs them unchanged)", stacklevel=3)
-    return TrainConfig.from_dict(merged), stored_seed, stored_preset
-
-
-def truncate_metrics(path: Path, step: int, finished: bool) -> None:
-    """Drop the metrics rows written after the checkpoint a run resumes from (they will be
-    written again), and a last line cut short by a kill."""
-    if not path.is_file():
-        return
-    keep = []
-    for line in path.read_text().splitlines():
-        try:
-            row = json.loads(line)
-            row_step = int(row["step"])
-        except (ValueError, KeyError, TypeError):
-            continue
-        if row_step < step or (row_step == step and (finished or row.get("phase") != "final")):
-            keep.append(line + "\n")
-    with write_errors(path.parent, METRICS_FILE), atomic_path(path, overwrite=True) as tmp:
-        tmp.write_text("".join(keep))
-
-
-def prepare_output(out: Path, resume: bool) -> Path | None:
-    """Check the output folder before any expensive work; returns the checkpoint to
-    resume from (None for a new run).  The folder is created and probed for writing."""
-    if out.exists() and not out.is_dir():
-        raise InputError("training output path exists and is not a folder", out)
-    latest = ckpt.latest_checkpoint(out) if out.is_dir() else None
-    if resume and latest is None:
-        raise InputError("nothing to resume: no checkpoint in the output folder", out)
-    if not resume and out.is_dir() and any(out.iterdir()):
-        raise OutputExistsError("training output folder is not empty (use --resume to "
-                                "continue a run, or choose a new folder)", out)
-    with write_errors(out, "output folder"):
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".write-test.{os.getpid()}.part"
-        probe.write_bytes(b"")
-        probe.unlink()
-    return latest
-
-
-@contextlib.contextmanager
-def write_errors(out: Path, what: str) -> Iterator[None]:
-    """Turn a failed write (full disk, read-only folder, quota) into one clear error that
-    says the last checkpoint is intact (writes are atomic: nothing half-written stays)."""
-    try:
-        yield
-    except OSError as exc:
-        reason = exc.strerror or str(exc)
-        try:
-            latest = ckpt.latest_checkpoint(out) if out.is_dir() else None
-        except CaloforgeError:
-            latest = None
-        kept = f"; the last checkpoint {latest.name} is intact" if latest else ""
-        raise CaloforgeError(f"cannot write the {what}: {reason}{kept}", out) from None
-
-
 def train(model_name: str, data: ShowerBatch | str | Path, out_dir: str | Path,
           model_config: dict[str, Any] | Config | None = None, preset: str | None = None,
           train_config: TrainConfig | None = None, device: str = "cpu", seed: int = 0,
@@ -543,8 +475,15 @@ def train(model_name: str, data: ShowerBatch | str | Path, out_dir: str | Path,
 
     Raises :class:`~caloforge.training.interrupt.TrainingInterrupted` (a
     ``KeyboardInterrupt``) after checkpointing when SIGINT or SIGTERM arrives."""
-    trainer = Trainer(model_name, data, out_dir, model_config, preset, train_config, device,
-                      seed, resume, progress)
+    existed = Path(out_dir).exists()
+    try:
+        trainer = Trainer(model_name, data, out_dir, model_config, preset, train_config,
+                          device, seed, resume, progress)
+    except BaseException:
+        if not existed:  # refused before any work: leave no empty folder behind
+            with contextlib.suppress(OSError):
+                Path(out_dir).rmdir()
+        raise
     try:
         return trainer.run()
     finally:
