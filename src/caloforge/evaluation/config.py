@@ -105,7 +105,7 @@ class EvaluationConfig(Config):
         if t is not None and not (math.isfinite(t) and t >= 0):
             raise ConfigError(f"{_option('threshold_mip')} must be a finite number >= 0, "
                               f"got {t}")
-        for name, low in (("batch_size", 1), ("n_memo", 0)):
+        for name, low in (("batch_size", 1), ("n_memo", 0), ("seed", 0)):
             if getattr(self, name) < low:
                 raise ConfigError(f"{_option(name)} must be >= {low}, got "
                                   f"{getattr(self, name)}")

@@ -30,6 +30,9 @@ CONSTANT_ATTR = "caloforge_condition_"
 CONSTANT_SHAPES: dict[str, tuple[int, ...]] = {"theta": (), "phi": (), "particle": (),
                                                "impact": (2,)}
 
+# How the errors name the switch: the CLI option first, its API spelling after.
+_LOSSY = "--lossy (lossy=True in the API)"
+
 
 def open_h5(path: str | Path, mode: str = "r") -> h5py.File:
     """Open an HDF5 file, turning h5py's low-level errors into one clear FormatError."""
@@ -306,8 +309,8 @@ class ShowerWriter(ABC):
 
             raise LossyConversionError(
                 f"format {self.format!r} cannot store {', '.join(problems)}: it keeps only "
-                "conditions that are the same for every shower of the file; use --lossy / "
-                "lossy=True to drop them", self.target)
+                f"conditions that are the same for every shower of the file; use {_LOSSY} to "
+                "drop them", self.target)
         for item in varying:
             name = item.split(" ", 1)[0]
             self._dropped.add(name)
@@ -336,7 +339,7 @@ class ShowerWriter(ABC):
 
                 raise LossyConversionError(
                     f"voxelising point clouds for format {self.format!r} loses "
-                    f"{' and '.join(problems)} (use --lossy / lossy=True to accept)",
+                    f"{' and '.join(problems)} (use {_LOSSY} to accept)",
                     self.target)
         return voxels
 
