@@ -24,7 +24,7 @@ def error_line(stderr: str) -> str:
     lines = stderr.strip().splitlines()
     assert lines, "nothing on stderr"
     assert len(lines) == 1, f"expected one error line, got: {lines}"
-    assert lines[0].startswith("caloforge ") and ": error: " in lines[0], lines[0]
+    assert lines[0].startswith("caloforge") and ": error: " in lines[0], lines[0]
     return lines[0]
 
 

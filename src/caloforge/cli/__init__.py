@@ -51,6 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _subparser(parser: argparse.ArgumentParser, command: str) -> argparse.ArgumentParser:
+    actions = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return actions[0].choices[command]
+
+
 def _on_signal(signum: int, frame: FrameType | None) -> None:
     """SIGTERM, SIGHUP and SIGINT as exceptions, so that cleanup code runs (the default
     action of the first two kills without it).  Deferred while HDF5 is writing through a
@@ -94,7 +99,11 @@ def _quiet_broken_pipe() -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # name the subcommand that refused them, as for any other option error
+        command = getattr(args, "command", None)
+        refuser = _subparser(parser, command) if command else parser
+        refuser.error(f"unrecognized arguments: {' '.join(extra)}")
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

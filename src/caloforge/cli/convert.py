@@ -39,7 +39,8 @@ def convert(input_path: str, output_path: str, to: str, geometry: str | None = N
     if batch_size < 1:
         raise InputError(f"batch size must be >= 1, got {batch_size}")
     options = {"sparse": sparse} if to == "caloforge" else {}
-    if Path(output_path).exists() and Path(output_path).samefile(input_path):
+    if Path(output_path).exists() and Path(input_path).exists() \
+            and Path(output_path).samefile(input_path):
         raise InputError("the output is the input file (convert writes a new file)",
                          output_path)
     with open_showers(input_path, geometry=geometry) as src:

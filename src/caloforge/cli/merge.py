@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 from pathlib import Path
 from typing import Any
 
@@ -110,7 +111,8 @@ def merge(output: str, inputs: list[str], overwrite: bool = False, batch_size: i
         raise InputError(f"batch size must be >= 1, got {batch_size}")
     check_output_path(output, overwrite)
     out_path = Path(output)
-    if any(Path(p).resolve() == out_path.resolve()
+    # realpath, not Path.resolve: a symbolic-link loop must reach open_showers' clear error
+    if any(os.path.realpath(p) == os.path.realpath(output)
            or (out_path.exists() and Path(p).exists() and out_path.samefile(p))
            for p in inputs):
         raise InputError("the output is also an input", output)

@@ -39,9 +39,14 @@ def open_h5(path: str | Path, mode: str = "r") -> h5py.File:
     path = Path(path)
     if mode == "r":
         if not path.exists():
-            raise InputError("file does not exist", path)
+            reason = "broken or looping symbolic link" if path.is_symlink() else \
+                "file does not exist"
+            raise InputError(reason, path)
         if path.is_dir():
             raise InputError("is a directory, not a shower file", path)
+        if not path.is_file():  # reading a FIFO would block forever; HDF5 needs to seek
+            raise InputError("is not a regular file (a pipe or device?): HDF5 shower files "
+                             "must be plain files", path)
     try:
         return h5py.File(path, mode)
     except OSError as exc:
