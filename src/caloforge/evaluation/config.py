@@ -154,17 +154,22 @@ def _classifier_config(data: Any, source: str | None) -> ClassifierConfig:
 
 
 def check_device(name: str, option: str = "--device") -> str:
-    """Refuse, in one line, a torch device name that is unknown or absent on this machine.
+    """Refuse, in one line naming ``option``, a torch device name that is unknown or absent
+    on this machine (:func:`caloforge.utils.resolve_device`, the check of every command).
 
     >>> check_device("cpu")
     'cpu'
     >>> check_device("gpu")
     Traceback (most recent call last):
     ...
-    caloforge.errors.ConfigError: --device 'gpu': not a torch device (cpu, cuda, cuda:N, mps)
+    caloforge.errors.ConfigError: --device: unknown device 'gpu' (use cpu, cuda, cuda:N or mps)
     """
     if name == "cpu":  # the common case needs no torch import
         return name
+    from caloforge.utils.device import resolve_device
+
+    resolve_device(name, option)
+    return name
     import torch
 
     try:
