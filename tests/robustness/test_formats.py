@@ -207,3 +207,18 @@ def test_native_offsets_beyond_the_hits(tmp_path, capsys):
     with h5py.File(path, "r+") as h5:
         h5["hits/offsets"][-1] += 100
     _both_commands_fail(path, capsys, "hits/offsets run from 0 to", "hits/cell has")
+
+
+@pytest.mark.parametrize("fmt, option", [("caloforge", {"layout": "sparse"}),
+                                         ("calochallenge", {"sparse": True})])
+def test_writer_option_that_does_not_exist(tmp_path, fmt, option):
+    """A misspelt or misplaced writer option is refused, not silently dropped."""
+    from caloforge.data.io import write_showers
+    from caloforge.errors import InputError
+
+    out = tmp_path / "o.h5"
+    with pytest.raises(InputError, match=f"format '{fmt}' has no option {next(iter(option))}"):
+        with write_showers(out, fmt, "calogan", **option):
+            pass
+    assert not out.exists()
+    assert_no_temporaries(tmp_path)

@@ -274,7 +274,9 @@ class ShowerWriter(ABC):
         self.target = target
         self.metadata = dict(metadata or {})
         self.lossy = lossy
-        self.options = options
+        if options:  # a misspelt or misplaced option must not be dropped silently
+            raise InputError(f"format {self.format!r} has no option "
+                             f"{', '.join(sorted(options))}", target)
         self.n_written = 0
         #: set by write_showers: the file whose failed writes are raised after each batch
         self.io_guard: Any = None
