@@ -19,15 +19,12 @@ def run_cli(argv: list[str]) -> int:
 
 
 def error_line(stderr: str) -> str:
-    """The one error line of a failed command; argparse's usage lines are allowed before
-    it, nothing else."""
+    """The one error line of a failed command (option errors too: no usage lines)."""
     assert "Traceback" not in stderr
     lines = stderr.strip().splitlines()
     assert lines, "nothing on stderr"
-    if lines[0].startswith("usage:"):  # argparse: usage (possibly wrapped), then the error
-        lines = [ln for ln in lines if not (ln.startswith("usage:") or ln.startswith(" "))]
     assert len(lines) == 1, f"expected one error line, got: {lines}"
-    assert lines[0].startswith("caloforge ") and ": error: " in lines[0], lines[0]
+    assert lines[0].startswith("caloforge") and ": error: " in lines[0], lines[0]
     return lines[0]
 
 

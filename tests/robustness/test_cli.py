@@ -211,3 +211,118 @@ def test_subprocess_option_error(files, tmp_path):
     assert proc.stderr.strip().splitlines()[-1] == (
         "caloforge convert: error: argument --batch-size: must be an integer >= 1, got '0'")
     assert not out.exists()
+
+
+# ---- option errors: one line, whatever parser refuses ----------------------------------
+ARGPARSE_CASES = [
+    (["nosuchcommand"], "caloforge: error: argument COMMAND: invalid choice"),
+    (["--bogus"], "caloforge: error: unrecognized arguments: --bogus"),
+    (["info"], "caloforge info: error: the following arguments are required: FILE"),
+    (["simulate", "--nosuch"], "caloforge simulate: error: the following arguments"),
+    (["geometry", "ild-ecal", "extra"], "caloforge geometry: error: unrecognized arguments"),
+    (["convert", "a.h5", "b.h5", "--to", "nosuch"], "caloforge convert: error: argument --to"),
+    (["evaluate", "a.h5", "b.h5"], "caloforge evaluate: error: the following arguments are "
+                                   "required: --report"),
+]
+
+
+@pytest.mark.parametrize("argv, start", ARGPARSE_CASES, ids=[a[0] for a, _ in ARGPARSE_CASES])
+def test_option_errors_are_one_line_without_usage(capsys, argv, start):
+    line = expect_failure(capsys, argv)
+    assert line.startswith(start), line
+
+
+def test_option_error_of_a_real_process_is_one_line(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "caloforge.cli", "merge", "--nosuch"],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("caloforge merge: error:")
+
+
+# ---- no work to do, or work that would destroy its input -------------------------------
+@pytest.fixture(scope="module")
+def no_showers(tmp_path_factory):
+    path = tmp_path_factory.mktemp("zero") / "zero.h5"
+    with write_showers(path, "caloforge", "ild-ecal"):
+        pass
+    return path
+
+
+def test_info_reports_zero_showers(no_showers, capsys):
+    assert run_cli(["info", no_showers]) == 0
+    assert "showers     0" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command", ["convert", "merge"])
+def test_zero_showers_are_not_work_done(no_showers, tmp_path, capsys, command):
+    out = tmp_path / "out.h5"
+    argv = _commands(no_showers, out)[command]
+    expect_failure(capsys, argv, str(no_showers), "holds no showers", f"nothing to {command}")
+    expect_failure(capsys, ["merge", out, no_showers, no_showers], "none of the 2 inputs")
+    assert not out.exists() and not leftovers(tmp_path)
+
+
+def _aliases(good, folder):
+    """The same file under another name: a symbolic and a hard link."""
+    (folder / "sym.h5").symlink_to(good)
+    (folder / "hard.h5").hardlink_to(good)
+    return [good, folder / "sym.h5", folder / "hard.h5"]
+
+
+def test_convert_onto_its_input_is_refused(files, tmp_path, capsys):
+    good = tmp_path / "good.h5"
+    good.write_bytes(files["good"].read_bytes())
+    before = good.read_bytes()
+    for alias in _aliases(good, tmp_path):
+        expect_failure(capsys, ["convert", good, alias, "--to", "caloforge", "--overwrite"],
+                       str(alias), "the output is the input")
+    assert good.read_bytes() == before and not leftovers(tmp_path)
+
+
+def test_merge_onto_one_of_its_inputs_is_refused(files, tmp_path, capsys):
+    good = tmp_path / "good.h5"
+    good.write_bytes(files["good"].read_bytes())
+    before = good.read_bytes()
+    for alias in _aliases(good, tmp_path):
+        expect_failure(capsys, ["merge", alias, files["good"], good, "--overwrite"],
+                       str(alias), "the output is also an input")
+    assert good.read_bytes() == before and not leftovers(tmp_path)
+
+
+# ---- inputs that are not plain files --------------------------------------------------
+def test_fifo_is_refused_without_blocking(tmp_path):
+    import os
+
+    fifo = tmp_path / "pipe.h5"
+    os.mkfifo(fifo)
+    proc = subprocess.run([sys.executable, "-m", "caloforge.cli", "info", str(fifo)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip() == (f"caloforge info: error: {fifo}: is not a regular file "
+                                   "(a pipe or device?): HDF5 shower files must be plain files")
+
+
+@pytest.mark.parametrize("command", ["info", "convert", "merge"])
+def test_device_and_symlink_loop_inputs(tmp_path, capsys, command):
+    out = tmp_path / "out.h5"
+    expect_failure(capsys, _commands("/dev/zero", out)[command], "/dev/zero",
+                   "not a regular file")
+    (tmp_path / "a.h5").symlink_to(tmp_path / "b.h5")
+    (tmp_path / "b.h5").symlink_to(tmp_path / "a.h5")
+    expect_failure(capsys, _commands(tmp_path / "a.h5", out)[command], "a.h5",
+                   "broken or looping symbolic link")
+    assert not out.exists() and not leftovers(tmp_path)
+
+
+def test_lossy_error_names_the_option(tmp_path, capsys):
+    from caloforge.evaluation.toy import toy_showers
+
+    varying = tmp_path / "varying.h5"
+    batch = toy_showers(6, "calogan", seed=1)
+    batch.conditions.theta = np.linspace(0.0, 0.3, 6)
+    with write_showers(varying, "caloforge", "calogan") as w:
+        w.append(batch)
+    out = tmp_path / "out.h5"
+    expect_failure(capsys, ["convert", varying, out, "--to", "calochallenge"], "theta",
+                   "use --lossy (lossy=True in the API)")
+    assert not out.exists() and not leftovers(tmp_path)

@@ -119,6 +119,7 @@ def test_partial_comparison_exits_nonzero_but_reports_what_was_done(files, capsy
     (["--lowlevel-memory-gib", "-0.5"], "--lowlevel-memory-gib"),
     (["--threads", "-2"], "--threads"),
     (["--labels", "a", "b"], "--labels"),
+    (["--device", "foo"], "--device"),
 ])
 def test_bad_option_refused_before_any_work(files, capsys, tmp_path, args, option):
     report = tmp_path / "rep"
@@ -157,7 +158,7 @@ def test_existing_output_untouched(files, capsys, tmp_path, kind):
         (report / "index.html").write_text("keep me")
     rc, _, err = _run(capsys, files["ref"], files["gen"], "--report", report)
     assert rc == 1 and len(err) == 1 and str(report) in err[0]
-    assert ("not a folder" if kind == "file" else "--overwrite") in err[0]
+    assert ("report path is a file" if kind == "file" else "--overwrite") in err[0]
     kept = report if kind == "file" else report / "index.html"
     assert kept.read_text() == "keep me"
     _no_leftovers(tmp_path)
@@ -227,3 +228,59 @@ def test_overwrite_replaces_the_old_report(files, capsys, tmp_path):
     assert rc == 1 and "empty.h5" in _error_line(err)
     assert not (report / "stale.txt").exists() and (report / "metrics.json").exists()
     _no_leftovers(tmp_path)
+
+
+def test_negative_seed_refused_by_the_parser(files, capsys, tmp_path):
+    with pytest.raises(SystemExit) as done:
+        _run(capsys, files["ref"], files["gen"], "--seed", "-1", "--report", tmp_path / "rep")
+    err = capsys.readouterr().err
+    assert done.value.code == 2 and err.strip() == (
+        "caloforge evaluate: error: argument --seed: must be an integer >= 0, got '-1'")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_negative_seed_in_a_config_file(files, capsys, tmp_path):
+    config = tmp_path / "eval.yaml"
+    config.write_text("seed: -1\n")
+    rc, out, err = _run(capsys, files["ref"], files["gen"], "--config", config,
+                        "--report", tmp_path / "rep")
+    assert rc == 1 and len(err) == 1 and "seed (--seed) must be >= 0" in _error_line(err)
+    assert not (tmp_path / "rep").exists()
+    _no_leftovers(tmp_path)
+
+
+@pytest.mark.parametrize("alias", ["same", "dot", "link"])
+def test_reference_compared_with_itself(files, capsys, tmp_path, alias):
+    """A sample compared with itself passes every test: refused, not reported as a match."""
+    ref = files["ref"]
+    same = {"same": ref, "dot": ref.parent / "." / ref.name, "link": tmp_path / "ln.h5"}[alias]
+    if alias == "link":
+        same.symlink_to(ref)
+    rc, out, err = _run(capsys, ref, files["gen"], same, "--labels", "gen", "self",
+                        "--report", tmp_path / "rep")
+    line = _error_line(err)
+    assert rc == 1 and len(err) == 1 and str(same) in line and "reference file itself" in line
+    assert not (tmp_path / "rep").exists()
+
+
+def test_same_generated_file_twice_with_a_wrong_label_count(files, capsys, tmp_path):
+    rc, _, err = _run(capsys, files["ref"], files["gen"], files["gen"], "--labels", "one",
+                      "--report", tmp_path / "rep")
+    assert rc == 1 and len(err) == 1 and "1 labels given for 2 generated files" in err[0]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_report_inside_a_read_only_mount(files, capsys, readonly_dir):
+    rc, _, err = _run(capsys, files["ref"], files["gen"], "--report", readonly_dir / "rep")
+    line = _error_line(err)
+    assert rc == 1 and len(err) == 1 and str(readonly_dir / "rep") in line
+    assert "Read-only file system" in line
+    assert list(readonly_dir.iterdir()) == []
+
+
+def test_report_on_a_really_full_disk(files, capsys, tiny_disk):
+    """No monkeypatching: a 256 KiB tmpfs fills while figures are written."""
+    rc, _, err = _run(capsys, files["ref"], files["gen"], "--report", tiny_disk / "rep")
+    line = _error_line(err)
+    assert rc == 1 and str(tiny_disk / "rep") in line and "No space left on device" in line
+    assert list(tiny_disk.iterdir()) == []  # no .rep.part/ staging folder

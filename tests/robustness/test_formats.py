@@ -172,3 +172,53 @@ def test_file_being_written_by_another_process(tmp_path, capsys):
     finally:
         writer.kill()
         writer.wait()
+
+
+# ---- caloforge's own sparse and point layouts -----------------------------------------
+def _native_flat(path, points=False):  # noqa: ANN001, ANN202
+    from caloforge.data.io import write_showers
+    from caloforge.evaluation.toy import toy_showers
+
+    batch = toy_showers(6, "calogan", seed=1)
+    with write_showers(path, "caloforge", "calogan", sparse=True) as w:
+        w.append(batch.to_points() if points else batch)
+    return path
+
+
+@pytest.mark.parametrize("column", ["hits/cell", "hits/energy", "points/x", "points/energy"])
+def test_native_missing_column(tmp_path, capsys, column):
+    path = _native_flat(tmp_path / "m.h5", points=column.startswith("points"))
+    with h5py.File(path, "r+") as h5:
+        del h5[column]
+    _both_commands_fail(path, capsys, f"missing dataset '{column}'")
+
+
+def test_native_decreasing_offsets(tmp_path, capsys):
+    path = _native_flat(tmp_path / "o.h5")
+    with h5py.File(path, "r+") as h5:
+        offsets = h5["hits/offsets"][:]
+        offsets[3] = offsets[1] - 1
+        h5["hits/offsets"][:] = offsets
+    _both_commands_fail(path, capsys, "hits/offsets decrease")
+
+
+def test_native_offsets_beyond_the_hits(tmp_path, capsys):
+    path = _native_flat(tmp_path / "b.h5")
+    with h5py.File(path, "r+") as h5:
+        h5["hits/offsets"][-1] += 100
+    _both_commands_fail(path, capsys, "hits/offsets run from 0 to", "hits/cell has")
+
+
+@pytest.mark.parametrize("fmt, option", [("caloforge", {"layout": "sparse"}),
+                                         ("calochallenge", {"sparse": True})])
+def test_writer_option_that_does_not_exist(tmp_path, fmt, option):
+    """A misspelt or misplaced writer option is refused, not silently dropped."""
+    from caloforge.data.io import write_showers
+    from caloforge.errors import InputError
+
+    out = tmp_path / "o.h5"
+    with pytest.raises(InputError, match=f"format '{fmt}' has no option {next(iter(option))}"):
+        with write_showers(out, fmt, "calogan", **option):
+            pass
+    assert not out.exists()
+    assert_no_temporaries(tmp_path)

@@ -26,6 +26,7 @@ CASES = {
     "batch size negative": (["--energy", "50", "-n", "2", "--batch-size", "-3"],
                             "--batch-size"),
     "threads zero": (["--energy", "50", "-n", "2", "--threads", "0"], "--threads"),
+    "seed negative": (["--energy", "50", "-n", "2", "--seed", "-1"], "--seed"),
     "energy NaN": (["--energy", "nan", "-n", "2"], "--energy 'nan'"),
     "energy negative": (["--energy", "-10", "-n", "2"], "--energy '-10'"),
     "energy reversed": (["--energy", "90:20", "-n", "2"], "--energy '90:20'"),

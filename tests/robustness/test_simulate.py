@@ -70,6 +70,9 @@ BAD_INPUT = [
     (["--impact", "nan,0"], "--impact"),
     (["--impact", "1"], "--impact"),
     (["--impact", "a,b"], "--impact"),
+    (["--impact", "1,2,3"], "--impact"),
+    (["--energy", "10GeV"], "--energy '10GeV'"),  # units belong to the option, not the value
+    (["--energy", "1:2:cubic"], "--energy"),
     (["--detector", "nope"], "unknown geometry"),
     (["--particle", "kaon"], "unknown particle"),
     (["--points", "--format", "calochallenge"], "--points"),
@@ -177,3 +180,13 @@ def test_workers_die_with_the_parent(tmp_path, sig):
     if sig == signal.SIGTERM:
         assert proc.returncode == 130
         assert list(tmp_path.iterdir()) == []
+
+
+def test_stray_values_name_the_subcommand(tmp_path, capsys):
+    """``--impact 1 2 3`` leaves ``2 3`` over: refused by simulate's parser in one line."""
+    with pytest.raises(SystemExit) as done:
+        main(BASE + ["--impact", "1", "2", "3", "-o", str(tmp_path / "out.h5")])
+    err = capsys.readouterr().err
+    assert done.value.code == 2
+    assert err.strip() == "caloforge simulate: error: unrecognized arguments: 2 3"
+    assert list(tmp_path.iterdir()) == []

@@ -15,6 +15,7 @@ import signal
 import sys
 import threading
 from types import FrameType
+from typing import NoReturn
 
 from caloforge import __version__
 from caloforge.errors import CaloforgeError, Terminated
@@ -26,13 +27,21 @@ from caloforge.utils.safe_io import (
 )
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """Refuses a bad option with one line, ``caloforge CMD: error: MESSAGE`` (exit 2), as
+    every other error of the CLI reads; the usage stays available through ``--help``."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="caloforge",
         description="Generative fast simulation of calorimeter showers: simulate reference "
                     "showers, train generative models, generate, evaluate, export.")
     parser.add_argument("--version", action="version", version=f"caloforge {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
     for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
         if info.name.startswith("_"):
             continue
@@ -40,6 +49,11 @@ def build_parser() -> argparse.ArgumentParser:
         if hasattr(module, "register"):
             module.register(sub)
     return parser
+
+
+def _subparser(parser: argparse.ArgumentParser, command: str) -> argparse.ArgumentParser:
+    actions = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return actions[0].choices[command]
 
 
 def _on_signal(signum: int, frame: FrameType | None) -> None:
@@ -85,7 +99,11 @@ def _quiet_broken_pipe() -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # name the subcommand that refused them, as for any other option error
+        command = getattr(args, "command", None)
+        refuser = _subparser(parser, command) if command else parser
+        refuser.error(f"unrecognized arguments: {' '.join(extra)}")
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from caloforge.cli._options import positive_int
 from caloforge.data.io import FORMATS, POINT_FORMATS, open_showers, write_showers
@@ -38,7 +39,13 @@ def convert(input_path: str, output_path: str, to: str, geometry: str | None = N
     if batch_size < 1:
         raise InputError(f"batch size must be >= 1, got {batch_size}")
     options = {"sparse": sparse} if to == "caloforge" else {}
+    if Path(output_path).exists() and Path(input_path).exists() \
+            and Path(output_path).samefile(input_path):
+        raise InputError("the output is the input file (convert writes a new file)",
+                         output_path)
     with open_showers(input_path, geometry=geometry) as src:
+        if src.n_showers == 0:  # a script must not take an empty output for work done
+            raise InputError("holds no showers: nothing to convert", input_path)
         keep_points = src.is_point_cloud and to in POINT_FORMATS
         meta = dict(src.metadata, converted_from=f"{src.format}:{input_path}")
         with write_showers(output_path, to, src.geometry, overwrite=overwrite, metadata=meta,

@@ -6,6 +6,7 @@ import argparse
 import sys
 from typing import Any
 
+from caloforge.cli._options import non_negative_int
 from caloforge.errors import InputError
 
 # CLI option -> EvaluationConfig field; options left out keep the --config file's value
@@ -36,7 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--threshold-mip", type=float,
                    help="readout threshold in MIP (default: the geometry's threshold, "
                         "0.5 MIP for the ILD calorimeters)")
-    p.add_argument("--seed", type=int, help="seed of every random choice (default 0)")
+    p.add_argument("--seed", type=non_negative_int, help="seed of every random choice (default 0)")
     p.add_argument("--no-classifier", dest="classifier", action="store_const", const=False,
                    help="skip the classifier test")
     p.add_argument("--no-classifier-floor", dest="classifier_floor", action="store_const",

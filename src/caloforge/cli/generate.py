@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from caloforge.cli._options import non_negative_int
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -38,7 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lossy", action="store_true",
                    help="allow formats that cannot store all conditions to drop them")
     p.add_argument("--batch-size", type=int, default=100, help="showers per model call")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="random seed (default 0)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's)")
     p.add_argument("--allow-extrapolation", action="store_true",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 from pathlib import Path
 from typing import Any
 
@@ -109,9 +110,17 @@ def merge(output: str, inputs: list[str], overwrite: bool = False, batch_size: i
     if batch_size < 1:
         raise InputError(f"batch size must be >= 1, got {batch_size}")
     check_output_path(output, overwrite)
-    if any(Path(p).resolve() == Path(output).resolve() for p in inputs):
+    out_path = Path(output)
+    # realpath, not Path.resolve: a symbolic-link loop must reach open_showers' clear error
+    if any(os.path.realpath(p) == os.path.realpath(output)
+           or (out_path.exists() and Path(p).exists() and out_path.samefile(p))
+           for p in inputs):
         raise InputError("the output is also an input", output)
     files = [_describe(p) for p in inputs]
+    if not any(f["n"] for f in files):  # a script must not take an empty output for work done
+        if len(inputs) == 1:
+            raise InputError("holds no showers: nothing to merge", inputs[0])
+        raise InputError(f"none of the {len(inputs)} inputs holds a shower: nothing to merge")
     ref = files[0]
     for f in files[1:]:
         for key in ("format", "geometry", "points"):

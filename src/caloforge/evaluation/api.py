@@ -99,6 +99,10 @@ def evaluate(reference: str | Path | ShowerBatch,
         raise InputError("give at least one generated sample to compare")
     if cfg.labels and len(cfg.labels) != len(generated):
         raise InputError(f"{len(cfg.labels)} labels for {len(generated)} generated samples")
+    for sample in generated:
+        if _same_file(sample, reference):
+            raise InputError("is the reference file itself: comparing a sample with itself "
+                             "says nothing about it", sample)
     with threadpool_limits(limits=cfg.threads):
         if report_dir is None:
             return _compare(reference, generated, cfg, train_reference, progress_bar, Notes())
@@ -121,6 +125,16 @@ class Notes:
         self.not_compared.append(msg)
         entry.update(status="failed", reason=msg)
         return entry
+
+
+def _same_file(a: Any, b: Any) -> bool:
+    """Two paths naming one existing file (links included); False for in-memory samples."""
+    if not (isinstance(a, (str, Path)) and isinstance(b, (str, Path))):
+        return False
+    try:
+        return Path(a).samefile(b)
+    except OSError:  # a missing file is reported where it is opened
+        return False
 
 
 def _compare(reference, generated, cfg: EvaluationConfig, train_reference,

@@ -105,7 +105,7 @@ class EvaluationConfig(Config):
         if t is not None and not (math.isfinite(t) and t >= 0):
             raise ConfigError(f"{_option('threshold_mip')} must be a finite number >= 0, "
                               f"got {t}")
-        for name, low in (("batch_size", 1), ("n_memo", 0)):
+        for name, low in (("batch_size", 1), ("n_memo", 0), ("seed", 0)):
             if getattr(self, name) < low:
                 raise ConfigError(f"{_option(name)} must be >= {low}, got "
                                   f"{getattr(self, name)}")
@@ -154,8 +154,8 @@ def _classifier_config(data: Any, source: str | None) -> ClassifierConfig:
 
 
 def check_device(name: str, option: str = "--device") -> str:
-    """Refuse, in one line, a torch device name that is unknown or absent on this machine
-    (:func:`caloforge.utils.resolve_device`); returns the name.
+    """Refuse, in one line naming ``option``, a torch device name that is unknown or absent
+    on this machine (:func:`caloforge.utils.resolve_device`, the check of every command).
 
     >>> check_device("cpu")
     'cpu'
@@ -166,7 +166,7 @@ def check_device(name: str, option: str = "--device") -> str:
     """
     if name == "cpu":  # the common case needs no torch import
         return name
-    from caloforge.utils import resolve_device
+    from caloforge.utils.device import resolve_device
 
     resolve_device(name, option)
     return name

@@ -30,15 +30,23 @@ CONSTANT_ATTR = "caloforge_condition_"
 CONSTANT_SHAPES: dict[str, tuple[int, ...]] = {"theta": (), "phi": (), "particle": (),
                                                "impact": (2,)}
 
+# How the errors name the switch: the CLI option first, its API spelling after.
+_LOSSY = "--lossy (lossy=True in the API)"
+
 
 def open_h5(path: str | Path, mode: str = "r") -> h5py.File:
     """Open an HDF5 file, turning h5py's low-level errors into one clear FormatError."""
     path = Path(path)
     if mode == "r":
         if not path.exists():
-            raise InputError("file does not exist", path)
+            reason = "broken or looping symbolic link" if path.is_symlink() else \
+                "file does not exist"
+            raise InputError(reason, path)
         if path.is_dir():
             raise InputError("is a directory, not a shower file", path)
+        if not path.is_file():  # reading a FIFO would block forever; HDF5 needs to seek
+            raise InputError("is not a regular file (a pipe or device?): HDF5 shower files "
+                             "must be plain files", path)
     try:
         return h5py.File(path, mode)
     except OSError as exc:
@@ -266,7 +274,9 @@ class ShowerWriter(ABC):
         self.target = target
         self.metadata = dict(metadata or {})
         self.lossy = lossy
-        self.options = options
+        if options:  # a misspelt or misplaced option must not be dropped silently
+            raise InputError(f"format {self.format!r} has no option "
+                             f"{', '.join(sorted(options))}", target)
         self.n_written = 0
         #: set by write_showers: the file whose failed writes are raised after each batch
         self.io_guard: Any = None
@@ -306,8 +316,8 @@ class ShowerWriter(ABC):
 
             raise LossyConversionError(
                 f"format {self.format!r} cannot store {', '.join(problems)}: it keeps only "
-                "conditions that are the same for every shower of the file; use --lossy / "
-                "lossy=True to drop them", self.target)
+                f"conditions that are the same for every shower of the file; use {_LOSSY} to "
+                "drop them", self.target)
         for item in varying:
             name = item.split(" ", 1)[0]
             self._dropped.add(name)
@@ -336,7 +346,7 @@ class ShowerWriter(ABC):
 
                 raise LossyConversionError(
                     f"voxelising point clouds for format {self.format!r} loses "
-                    f"{' and '.join(problems)} (use --lossy / lossy=True to accept)",
+                    f"{' and '.join(problems)} (use {_LOSSY} to accept)",
                     self.target)
         return voxels
 

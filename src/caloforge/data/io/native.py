@@ -39,6 +39,7 @@ from caloforge.errors import FormatError, InputError
 
 FORMAT_VERSION = 1
 _CONDITIONS = ("theta", "phi", "particle", "impact")
+_FLAT_COLUMNS = {"hits": ("cell", "energy"), "points": ("x", "y", "z", "energy")}
 
 
 class NativeReader(ShowerReader):
@@ -75,7 +76,19 @@ class NativeReader(ShowerReader):
             if offsets.shape[0] != n + 1:
                 raise FormatError(f"{group}/offsets has {offsets.shape[0]} entries, expected "
                                   f"{n + 1}", self.path)
+            self._check_flat_columns(group, offsets)
         return n
+
+    def _check_flat_columns(self, group: str, offsets: h5py.Dataset) -> None:
+        """The per-hit (per-point) columns exist, and the offsets span them exactly."""
+        n = offsets.shape[0]
+        first = int(read_rows(offsets, 0, 1, self.path)[0])
+        last = int(read_rows(offsets, n - 1, n, self.path)[0])
+        for name in _FLAT_COLUMNS[group]:
+            ds = dataset(self.h5, f"{group}/{name}", self.path, ndim=1)
+            if first != 0 or last != ds.shape[0]:
+                raise FormatError(f"{group}/offsets run from {first} to {last} but "
+                                  f"{group}/{name} has {ds.shape[0]} entries", self.path)
 
     def _read_conditions(self, start: int, stop: int) -> Conditions:
         g = self.h5["conditions"]
@@ -90,6 +103,9 @@ class NativeReader(ShowerReader):
 
     def _flat_slice(self, group: str, start: int, stop: int) -> tuple[np.ndarray, slice]:
         offsets = read_rows(self.h5[f"{group}/offsets"], start, stop + 1, self.path)
+        if np.any(np.diff(offsets) < 0):
+            raise FormatError(f"{group}/offsets decrease between showers {start} and {stop} "
+                              "(corrupt file)", self.path)
         return offsets - offsets[0], slice(int(offsets[0]), int(offsets[-1]))
 
     def _read(self, start: int, stop: int) -> ShowerBatch:

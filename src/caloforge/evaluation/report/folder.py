@@ -25,7 +25,8 @@ def check_report_dir(out: str | Path, overwrite: bool) -> Path:
     """Refuse an output that is a file, or a non-empty folder without ``overwrite``."""
     out = Path(out)
     if out.exists() and not out.is_dir():
-        raise InputError("report path exists and is not a folder", out)
+        raise InputError("the report path is a file, not a folder (the report is a folder "
+                         "of files: give a new or folder path)", out)
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise OutputExistsError("report folder exists and is not empty (use --overwrite)", out)
     return out
