@@ -39,6 +39,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "(energy conserved) to write a voxel format")
     p.add_argument("--lossy", action="store_true",
                    help="allow formats that cannot store all conditions to drop them")
+    p.add_argument("--shard", metavar="i/N",
+                   help="generate only shard i of N (0-based) of the -n-shower run: the same "
+                        "seed gives the same showers however the run is split; join the "
+                        "shards with 'caloforge merge'")
     p.add_argument("--batch-size", type=int, default=100, help="showers per model call")
     p.add_argument("--seed", type=non_negative_int, default=0, help="random seed (default 0)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
@@ -100,6 +104,30 @@ def _conditions(args: argparse.Namespace):  # noqa: ANN202 - avoids importing nu
     return cond, spec
 
 
+def _shard(args: argparse.Namespace, conditions, spec: str):  # noqa: ANN202
+    """This shard's slice of the run's conditions, its first global index, and the shard
+    metadata that ``merge`` checks (see ``caloforge.cli._shards``)."""
+    from caloforge.cli._shards import run_id_of
+    from caloforge.errors import CaloforgeError
+    from caloforge.models.folder import resolve_model_dir
+    from caloforge.utils.shards import parse_shard_spec, shard_range
+
+    i, n_shards = parse_shard_spec(args.shard)
+    start, stop = shard_range(len(conditions), i, n_shards)
+    try:
+        model = str(resolve_model_dir(args.model).resolve())
+    except CaloforgeError:  # the model load below reports it in one line
+        model = str(args.model)
+    # Everything that decides the showers, and nothing that does not (batch size,
+    # threads, shard number): shards of one run share this id.
+    settings = {"command": "generate", "model": model, "seed": args.seed, "conditions": spec,
+                "n": len(conditions), "allow_extrapolation": args.allow_extrapolation,
+                "project": args.project, "format": args.format}
+    meta = {"run_id": run_id_of(settings), "run_size": len(conditions), "first_index": start,
+            "stop_index": stop, "shard": f"{i}/{n_shards}", "run_settings": settings}
+    return conditions[start:stop], start, meta
+
+
 def run(args: argparse.Namespace) -> int:
     from caloforge.data.io import FORMATS
     from caloforge.errors import InputError
@@ -116,16 +144,22 @@ def run(args: argparse.Namespace) -> int:
     check_device(args.device)
     check_output_path(args.output, args.overwrite)
     conditions, spec = _conditions(args)
+    shard_meta, first_index = {}, 0
+    if args.shard is not None:
+        conditions, first_index, shard_meta = _shard(args, conditions, spec)
     if args.threads:
         import torch
         torch.set_num_threads(args.threads)
     meta = generate_file(args.model, conditions, args.output, args.format, args.batch_size,
                          args.seed, args.device, args.allow_extrapolation, args.overwrite,
-                         False if args.no_progress else None, {"conditions": spec},
-                         project=args.project, lossy=args.lossy)
+                         False if args.no_progress else None,
+                         {"conditions": spec, **shard_meta}, project=args.project,
+                         lossy=args.lossy, first_index=first_index)
     extra = ""
     if meta.get("projected"):
         extra = f", points projected: {meta['projected_outside_mev']:.4g} MeV outside the cells"
-    print(f"wrote {meta['n_showers']} showers to {args.output} "
+    part = f" (indices {first_index}..{first_index + meta['n_showers'] - 1})" \
+        if shard_meta else ""
+    print(f"wrote {meta['n_showers']} showers{part} to {args.output} "
           f"({meta['time_per_shower_ms']:.3g} ms/shower, model {meta['model']}{extra})")
     return 0

@@ -29,6 +29,7 @@ from caloforge.simulation.api import (
     shard_range,
 )
 from caloforge.utils.atomic import check_output_path
+from caloforge.utils.shards import parse_shard_spec
 
 EPILOG = """\
 units: --energy is in GeV on the command line (files store MeV, or what their format
@@ -55,14 +56,6 @@ def _integer(text: str, option: str, minimum: int) -> int:
     except (TypeError, ValueError):
         raise InputError(f"{option} expects an integer, got {text!r}") from None
     return check_count(value, option, minimum)
-
-
-def _shard(text: str) -> tuple[int, int]:
-    try:
-        i, n = (int(v) for v in text.split("/"))
-    except ValueError:
-        raise InputError(f"--shard expects i/N (integers, 0 <= i < N), got {text!r}") from None
-    return i, n
 
 
 def _impact(text: str) -> tuple[float, float]:
@@ -162,7 +155,7 @@ def run(args: argparse.Namespace) -> int:
     workers = _integer(args.workers, "--workers", 1)
     chunk_size = _integer(args.chunk_size, "--chunk-size", 1)
     min_hits = None if args.min_hits is None else _integer(args.min_hits, "--min-hits", 0)
-    shard = (0, 1) if args.shard is None else _shard(args.shard)
+    shard = (0, 1) if args.shard is None else parse_shard_spec(args.shard)
     if args.points and args.format not in POINT_FORMATS:
         raise InputError(f"--points needs a point-cloud format ({', '.join(POINT_FORMATS)}), "
                          f"not {args.format!r}")

@@ -217,7 +217,7 @@ def generate_file(model: GenerativeModel | str | Path, conditions: Conditions | 
                   seed: int = 0, device: str = "cpu", allow_extrapolation: bool = False,
                   overwrite: bool = False, show_progress: bool | None = None,
                   extra_metadata: dict[str, Any] | None = None, project: bool = False,
-                  lossy: bool = False) -> dict[str, Any]:
+                  lossy: bool = False, first_index: int = 0) -> dict[str, Any]:
     """Generate one shower per condition (or per incident energy in MeV) into ``output``.
 
     Everything is checked before the model runs; the file appears only when complete.
@@ -225,7 +225,9 @@ def generate_file(model: GenerativeModel | str | Path, conditions: Conditions | 
     generation time per shower (``time_per_shower_ms``, model time only, writing
     excluded).  Shower i depends only on (seed, i), whatever ``batch_size``.  A
     point-cloud model writes point formats; ``project`` deposits its points into the
-    geometry's cells for voxel formats.  Returns the metadata.
+    geometry's cells for voxel formats.  ``first_index``: global index of the first
+    shower (a shard of a larger run gives the same showers as the whole run).  Returns
+    the metadata.
     """
     from caloforge.data.io import write_showers
 
@@ -263,7 +265,7 @@ def generate_file(model: GenerativeModel | str | Path, conditions: Conditions | 
         for lo in range(0, len(conditions), batch_size):
             cond = conditions[lo:lo + batch_size]
             t0 = time.perf_counter()
-            batch = model.sample(cond, run_seed, batch_size, first_index=lo,
+            batch = model.sample(cond, run_seed, batch_size, first_index=first_index + lo,
                                  allow_extrapolation=True)  # checked above
             if model.device.type == "cuda":
                 torch.cuda.synchronize()

@@ -29,6 +29,7 @@ from caloforge.errors import CaloforgeError, ConfigError, InputError
 from caloforge.geometry import CartesianGeometry, Geometry, get_geometry
 from caloforge.simulation.engine import Deposits, Primary
 from caloforge.simulation.outputs import cluster_points, point_pitch_mm, voxelise
+from caloforge.utils.shards import shard_range
 
 ENGINES = ("builtin", "geant4")
 PION_NAMES = ("pi+", "pi-")
@@ -420,16 +421,6 @@ def concatenate_points(parts: list[PointCloudBatch]) -> PointCloudBatch:
         Conditions.concatenate([p.conditions for p in parts]),
         None if parts[0].layer is None else cat([p.layer for p in parts]),
         parts[0].geometry, dict(parts[0].metadata))
-
-
-def shard_range(n: int, shard: int, n_shards: int) -> tuple[int, int]:
-    """Global shower indices ``[start, stop)`` of shard ``shard`` (0-based) of ``n_shards``."""
-    if n_shards < 1 or not 0 <= shard < n_shards:
-        raise InputError(f"shard {shard}/{n_shards} out of range (use i/N with 0 <= i < N)")
-    if n_shards > n:
-        raise InputError(f"shard {shard}/{n_shards}: more shards than showers ({n}), "
-                         "some shards would be empty")
-    return n * shard // n_shards, n * (shard + 1) // n_shards
 
 
 __all__ = ["Range", "SimulationConfig", "iter_simulate", "make_engine",
