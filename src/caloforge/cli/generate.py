@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from caloforge.cli._options import non_negative_int
-
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -44,7 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "seed gives the same showers however the run is split; join the "
                         "shards with 'caloforge merge'")
     p.add_argument("--batch-size", type=int, default=100, help="showers per model call")
-    p.add_argument("--seed", type=non_negative_int, default=0, help="random seed (default 0)")
+    p.add_argument("--seed", type=int, default=0, help="random seed, >= 0 (default 0)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's)")
     p.add_argument("--allow-extrapolation", action="store_true",
@@ -139,6 +137,8 @@ def run(args: argparse.Namespace) -> int:
     _positive(args.n, "-n")
     _positive(args.batch_size, "--batch-size")
     _positive(args.threads, "--threads")
+    if args.seed < 0:
+        raise InputError(f"--seed must be >= 0, got {args.seed}")
     if args.format not in FORMATS:
         raise InputError(f"--format {args.format!r} is unknown; known: {', '.join(FORMATS)}")
     check_device(args.device)

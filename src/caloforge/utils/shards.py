@@ -20,7 +20,7 @@ def parse_shard_spec(text: str, option: str = "--shard") -> tuple[int, int]:
     except ValueError:
         raise InputError(f"{option} expects i/N (integers, 0 <= i < N), got {text!r}") from None
     if n < 1 or not 0 <= i < n:
-        raise InputError(f"{option} {text!r}: use i/N with 0 <= i < N")
+        raise InputError(f"{option} {text!r}: shard out of range (use i/N with 0 <= i < N)")
     return i, n
 
 
