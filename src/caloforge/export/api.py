@@ -185,7 +185,7 @@ def _trace_torchscript(sampler: Sampler, path: Path, batch: str, meta: dict[str,
     with onnx_ops.traceable_flows(), _quiet():
         traced = torch.jit.trace(sampler, sampler.example_inputs(1 if batch == "1" else 2),
                                  check_trace=False)
-    torch.jit.save(traced, str(path), _extra_files={TORCHSCRIPT_EXTRA: json.dumps(meta)})
+        torch.jit.save(traced, str(path), _extra_files={TORCHSCRIPT_EXTRA: json.dumps(meta)})
 
 
 @contextlib.contextmanager

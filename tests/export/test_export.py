@@ -1,0 +1,179 @@
+"""caloforge export: traced samplers run without caloforge and match PyTorch."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+
+from caloforge.cli import main
+from caloforge.export import export_model
+from caloforge.export.api import Sampler
+from caloforge.export.graph import ExportError, shower_normals
+from caloforge.training import TrainConfig, train
+
+MODELS = ["wgan", "bibae", "l2lflows"]
+RUNNER = {
+    "onnx": """
+        import onnxruntime as ort
+        sess = ort.InferenceSession(path)
+        names = [i.name for i in sess.get_inputs()]
+        meta = sess.get_modelmeta().custom_metadata_map["caloforge_export"]
+        outs = [sess.run(None, {n: a for n, a in zip(names, ins)})[0] for ins in batches]
+    """,
+    "torchscript": """
+        import torch
+        extra = {"caloforge_export.json": ""}
+        module = torch.jit.load(path, _extra_files=extra)
+        meta = extra["caloforge_export.json"]
+        meta = meta.decode() if isinstance(meta, bytes) else meta
+        outs = [module(*[torch.from_numpy(a) for a in ins]).numpy() for ins in batches]
+    """,
+}
+
+
+def run_fresh(fmt, path, batches, tmp_path):
+    """Run an exported file in a fresh interpreter that imports only the runtime."""
+    data = tmp_path / "inputs.npz"
+    np.savez(data, **{f"{b}_{i}": a for b, ins in enumerate(batches) for i, a in enumerate(ins)})
+    script = textwrap.dedent("""
+        import json, sys
+        import numpy as np
+        path, data, n, k = sys.argv[1], np.load(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+        batches = [[data[f"{b}_{i}"] for i in range(k)] for b in range(n)]
+    """) + textwrap.dedent(RUNNER[fmt]) + textwrap.dedent("""
+        assert not [m for m in sys.modules if m.startswith("caloforge")]
+        np.savez(sys.argv[5], *outs)
+        print(meta)
+    """)
+    out = tmp_path / "outputs.npz"
+    proc = subprocess.run([sys.executable, "-c", script, str(path), str(data), str(len(batches)),
+                           str(len(batches[0])), str(out)], capture_output=True, text=True,
+                          cwd=tmp_path, env={"PATH": "/usr/bin:/bin"}, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    res = np.load(out)
+    return [res[f"arr_{i}"] for i in range(len(batches))], json.loads(proc.stdout)
+
+
+def assert_close(runtime, reference):
+    """Within 1e-4 relative (plus a floor far below any readout threshold)."""
+    assert runtime.shape == reference.shape
+    np.testing.assert_allclose(runtime, reference, rtol=1e-4, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def trained(toy_data, tmp_path_factory):
+    cache = {}
+
+    def get(name):
+        if name not in cache:
+            out = tmp_path_factory.mktemp(name) / "run"
+            cfg = TrainConfig(steps=6, batch_size=16, validate_every=0, checkpoint_every=6)
+            cache[name] = train(name, toy_data, out, preset="tiny", train_config=cfg,
+                                progress=False)
+        return cache[name]
+    return get
+
+
+def _inputs(sampler, batch, seed):
+    torch.manual_seed(seed)
+    return [t.numpy() for t in sampler.example_inputs(batch)][:-1] + \
+        [shower_normals(seed, range(batch), sampler.noise_dim).numpy()]
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+@pytest.mark.parametrize("name", MODELS)
+def test_runtime_equals_pytorch_for_the_same_noise(name, fmt, trained, tmp_path):
+    model = trained(name)
+    path = tmp_path / f"{name}.{fmt}"
+    meta = export_model(model, path, to=fmt, noise="input")
+    sampler = Sampler(model, "ddml-grid", internal_noise=False)
+    batches = [_inputs(sampler, b, seed) for b, seed in ((1, 11), (5, 12))]
+    outs, stored = run_fresh(fmt, path, batches, tmp_path)
+    for ins, out in zip(batches, outs):
+        ref = sampler(*[torch.from_numpy(a) for a in ins]).numpy()
+        assert_close(out, ref)
+    assert stored == json.loads(json.dumps(meta))
+    assert [i["name"] for i in stored["inputs"]] == ["energy", "theta", "phi", "noise"]
+    assert (tmp_path / f"{name}.{fmt}.export.md").read_text().count("GeV") >= 1
+
+
+@pytest.mark.parametrize("name", ["wgan", "l2lflows"])
+def test_noise_input_reproduces_generate(name, trained):
+    """The documented noise input (shower i's stream) gives caloforge's own showers."""
+    model = trained(name)
+    sampler = Sampler(model, "ddml-grid", internal_noise=False)
+    e = np.array([3e3, 2e4, 6e4])
+    ref = model.sample(e, seed=9).energies
+    x = sampler(torch.tensor(e[:, None] / 1e3, dtype=torch.float32), torch.zeros(3, 1),
+                torch.zeros(3, 1), shower_normals(9, range(3), sampler.noise_dim))
+    np.testing.assert_allclose(x.numpy(), ref, rtol=1e-5, atol=1e-6)
+
+
+def test_bibae_kde_without_rejection_draws_the_kernel_weights(trained):
+    """The traceable KDE picks stored latents with the rejection sampler's probabilities."""
+    from caloforge.export.graph import _kde_latent
+
+    model = trained("bibae")
+    n = int(model.kde_count)
+    pts, h = model.kde_points[:n], model.kde_bandwidth
+    c = model.condition_features(torch.full((1,), 2e4))
+    w = torch.exp(-0.5 * ((c[0, 0] - pts[:, -1]) / h[-1]) ** 2)
+    expected = (w / w.sum()).numpy()
+    normals = torch.randn(20000, 1 + model.config.latent_dim,
+                          generator=torch.Generator().manual_seed(0))
+    normals[:, 1:] = 0  # no kernel noise: the latent is the chosen stored point
+    z = _kde_latent(model, c.expand(len(normals), -1), normals)
+    chosen = (z[:, None, :] == pts[None, :, :-1]).all(-1).float().argmax(1)
+    freq = np.bincount(chosen.numpy(), minlength=n) / len(normals)
+    assert np.abs(freq - expected).max() < 5 * np.sqrt(expected.max() / len(normals)) + 1e-3
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_internal_noise_batch_one(fmt, trained, tmp_path):
+    model = trained("l2lflows")
+    path = tmp_path / f"m.{fmt}"
+    meta = export_model(model, path, to=fmt, noise="internal", batch="1")
+    assert [i["shape"] for i in meta["inputs"]] == [[1, 1]] * 3
+    ins = [np.array([[20.0]], np.float32), np.zeros((1, 1), np.float32),
+           np.zeros((1, 1), np.float32)]
+    (a, b), _ = run_fresh(fmt, path, [ins, ins], tmp_path)
+    assert a.shape == (1, model.geometry.n_voxels) and np.isfinite(a).all() and (a >= 0).all()
+    assert not np.array_equal(a, b)  # noise drawn inside: two calls, two showers
+
+
+def test_bad_inputs_one_line_nothing_written(trained, tmp_path, capsys):
+    folder = tmp_path / "model"
+    trained("wgan").save(folder)
+    out = tmp_path / "m.onnx"
+    cases = [
+        (["--convention", "ddml-pointcloud"], "point-cloud models"),
+        (["--convention", "par04", "--noise", "input"], "cylindrical"),
+        (["--convention", "par04"], "--noise input"),
+    ]
+    for extra, message in cases:
+        assert main(["export", str(folder), "-o", str(out), *extra]) == 1
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1, err
+        assert list(tmp_path.glob("m.onnx*")) == [] and not list(tmp_path.glob(".m.onnx*"))
+    out.write_text("keep")
+    assert main(["export", str(folder), "-o", str(out)]) == 1
+    assert "exists" in capsys.readouterr().err and out.read_text() == "keep"
+    assert main(["export", str(tmp_path / "nope"), "-o", str(tmp_path / "x.onnx")]) == 1
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_par04_refuses_a_model_conditioned_on_phi(trained, tmp_path):
+    model = trained("wgan")
+    model.condition_space.ranges["phi"] = (0.0, 1.0)
+    try:
+        with pytest.raises(ExportError, match="phi"):
+            export_model(model, tmp_path / "m.onnx", convention="par04", noise="input")
+        assert list(tmp_path.iterdir()) == []
+    finally:
+        del model.condition_space.ranges["phi"]
