@@ -177,3 +177,70 @@ def test_par04_refuses_a_model_conditioned_on_phi(trained, tmp_path):
         assert list(tmp_path.iterdir()) == []
     finally:
         del model.condition_space.ranges["phi"]
+
+
+def test_par04_cell_order_on_a_cylindrical_mesh(tmp_path):
+    """genVector in, (r, phi, z) cell energies over the incident energy out."""
+    from caloforge.data import Conditions
+    from caloforge.geometry import register_geometry
+    from caloforge.geometry.base import CylindricalGeometry, LayerSpec
+    from caloforge.models import build
+
+    n_z, n_phi, n_r = 4, 3, 2
+    geo = CylindricalGeometry(
+        name="toy-cyl-export", description="toy cylinder for the par04 test",
+        layers=tuple(LayerSpec("W", 5.6, "Si", 0.5) for _ in range(n_z)),
+        r_edges=((0.0, 5.0, 15.0),) * n_z, n_alpha=(n_phi,) * n_z)
+    register_geometry(geo, overwrite=True)
+    model = build("l2lflows", geo, preset="tiny")
+    rng = np.random.default_rng(0)
+    e = rng.uniform(1e4, 5e4, 64)
+    x = torch.as_tensor(rng.exponential(1.0, (64, geo.n_voxels)) * e[:, None] / 200,
+                        dtype=torch.float32)
+    model.fit_conditions(Conditions(e))
+    model.fit_preprocessing(x, torch.as_tensor(e, dtype=torch.float32))
+    meta = export_model(model, tmp_path / "par04.onnx", convention="par04", noise="input")
+    k = meta["noise_width"]
+    assert meta["inputs"][0]["shape"] == ["batch", k + 4]
+    sampler = Sampler(model, "par04", internal_noise=False)
+    flat = Sampler(model, "ddml-grid", internal_noise=False)
+    noise = shower_normals(3, range(2), k)
+    energy = torch.tensor([[2e4], [4e4]])
+    gen = torch.cat([noise, energy / meta["trained_energy_range_mev"][1], torch.zeros(2, 1),
+                     torch.tensor([[0.0, 1.0]]).expand(2, 2)], 1)
+    cells = flat(energy / 1e3, torch.zeros(2, 1), torch.zeros(2, 1), noise)
+    expected = (cells.view(2, n_z, n_phi, n_r).permute(0, 3, 2, 1).reshape(2, -1)
+                / energy).numpy()
+    (out,), _ = run_fresh("onnx", tmp_path / "par04.onnx", [[gen.numpy()]], tmp_path)
+    assert_close(out, expected)
+    assert_close(sampler(gen).numpy(), expected)
+
+
+def test_traceable_spline_inverse_is_zukos():
+    from zuko.transforms import MonotonicRQSTransform
+
+    from caloforge.export.onnx_ops import traceable_flows
+
+    g = torch.Generator().manual_seed(0)
+    w, h, d = (torch.randn(50, 3, n, generator=g) for n in (8, 8, 7))
+    y = 6 * torch.randn(50, 3, generator=g)  # also outside the spline's bounds
+    ref = MonotonicRQSTransform(w, h, d).inv(y)
+    with traceable_flows():
+        patched = MonotonicRQSTransform(w, h, d).inv(y)
+    torch.testing.assert_close(patched, ref)
+    assert MonotonicRQSTransform(w, h, d).inv(y).equal(ref)  # restored
+
+
+@pytest.mark.parametrize("fmt", [pytest.param("onnx", marks=pytest.mark.slow), "torchscript"])
+def test_shipped_default_reproduces_generate(fmt, tmp_path):
+    from caloforge import zoo
+
+    model = zoo.load("ild-ecal-photons")
+    path = tmp_path / f"default.{fmt}"
+    meta = export_model("ild-ecal-photons", path, to=fmt, noise="input")
+    e = np.array([15e3, 80e3])
+    ref = model.sample(e, seed=4).energies
+    ins = [(e[:, None] / 1e3).astype(np.float32), np.zeros((2, 1), np.float32),
+           np.zeros((2, 1), np.float32), shower_normals(4, range(2), meta["noise_width"]).numpy()]
+    (out,), _ = run_fresh(fmt, path, [ins], tmp_path)
+    assert_close(out, ref)

@@ -93,10 +93,8 @@ def _coupling_merge(self, x_a, x_b, shape):  # noqa: ANN001, ANN202
 @contextlib.contextmanager
 def traceable_flows() -> Iterator[None]:
     """Swap in :func:`_rqs_inverse` while exporting (same values, see the tests)."""
-    from zuko.transforms import MonotonicRQSTransform
-
     import zuko.flows.coupling as coupling
-    from zuko.transforms import CouplingTransform
+    from zuko.transforms import CouplingTransform, MonotonicRQSTransform
 
     original = (MonotonicRQSTransform._inverse, coupling.broadcast, CouplingTransform.split,
                 CouplingTransform.merge)
