@@ -166,6 +166,25 @@ def test_bad_inputs_one_line_nothing_written(trained, tmp_path, capsys):
     assert "exists" in capsys.readouterr().err and out.read_text() == "keep"
     assert main(["export", str(tmp_path / "nope"), "-o", str(tmp_path / "x.onnx")]) == 1
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
+    assert main(["export", str(folder), "-o", str(tmp_path / "ok.pt"), "--to", "torchscript",
+                 "--batch", "1", "--noise", "input"]) == 0
+    assert "ok.pt.export.md" in capsys.readouterr().out
+    assert (tmp_path / "ok.pt").stat().st_size > 0 and (tmp_path / "ok.pt.export.md").is_file()
+
+
+def test_untraceable_step_is_one_clear_error(trained, tmp_path, monkeypatch):
+    """A sampler step the tracer cannot follow: ExportError naming the model, no file."""
+    from caloforge.errors import CaloforgeError
+
+    model = trained("wgan")
+
+    def data_dependent(*args, **kwargs):
+        raise RuntimeError("Could not export a data-dependent loop\nsecond line")
+
+    monkeypatch.setattr(torch.onnx, "export", data_dependent)
+    with pytest.raises(CaloforgeError, match="'wgan' could not be traced to onnx: Could not"):
+        export_model(model, tmp_path / "m.onnx")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_par04_refuses_a_model_conditioned_on_phi(trained, tmp_path):

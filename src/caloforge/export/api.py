@@ -228,6 +228,11 @@ def export_model(model: Any, output: str | Path, to: str = "onnx",
     from caloforge.export.document import render
 
     with atomic_path(output, overwrite) as tmp, atomic_path(doc, overwrite) as tmp_doc:
-        (_trace_onnx if to == "onnx" else _trace_torchscript)(sampler, tmp, batch, meta)
+        try:
+            (_trace_onnx if to == "onnx" else _trace_torchscript)(sampler, tmp, batch, meta)
+        except (RuntimeError, TypeError, ValueError) as exc:  # torch's tracer / exporter
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise ExportError(f"model {model.name!r} could not be traced to {to}: "
+                              f"{reason[:300]}") from None
         tmp_doc.write_text(render(meta, output.name))
     return meta
