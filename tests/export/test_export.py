@@ -304,3 +304,30 @@ def test_angle_conditioned_model_takes_theta_phi_in_degrees(name, toy_geo, tmp_p
     want = Conditions(want.incident_energy, theta=np.radians(theta + 4),
                       phi=np.radians(phi - 30))
     assert_close(out, model.sample(want, seed=2).energies)
+
+
+@pytest.mark.parametrize("right", [False, True])
+def test_onnx_searchsorted_equals_torch(right, tmp_path):
+    """The ONNX translation of searchsorted (calibration maps) on ties, ends, 1-D knots."""
+    import onnxruntime as ort
+
+    from caloforge.export.onnx_ops import register
+
+    class Search(torch.nn.Module):
+        def forward(self, rows, flat, x):
+            return torch.searchsorted(rows, x, right=right), \
+                torch.searchsorted(flat, x[0].contiguous(), right=right)
+
+    g = torch.Generator().manual_seed(0)
+    rows = torch.sort(torch.randn(7, 13, generator=g), 1).values
+    rows[:, 5] = rows[:, 4]  # a tie
+    flat = rows[0]
+    x = torch.cat([torch.randn(7, 40, generator=g) * 2, rows[:, :4]], 1)  # on the knots too
+    register(17)
+    torch.onnx.export(Search(), (rows, flat, x), str(tmp_path / "s.onnx"), dynamo=False,
+                      opset_version=17, input_names=["rows", "flat", "x"])
+    sess = ort.InferenceSession(str(tmp_path / "s.onnx"))
+    got = sess.run(None, {"rows": rows.numpy(), "flat": flat.numpy(), "x": x.numpy()})
+    want = Search()(rows, flat, x)
+    for a, b in zip(got, want):
+        np.testing.assert_array_equal(a, b.numpy())

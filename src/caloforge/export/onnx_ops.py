@@ -28,10 +28,10 @@ def _searchsorted(g, sorted_seq, x, out_int32, right, side, sorter):  # noqa: AN
     if sh._get_tensor_rank(sorted_seq) != 1:
         ss = g.op("Unsqueeze", sorted_seq, g.op("Constant", value_t=torch.tensor([-2])))
     below = g.op("LessOrEqual" if right else "Less", ss, xs)  # (..., M, K)
-    count = g.op("ReduceSum", g.op("Cast", below, to_i=7), last, keepdims_i=0)  # int64
-    if sh._maybe_get_const(out_int32, "b"):
-        count = g.op("Cast", count, to_i=6)
-    return count
+    # summed as float32 (exact for counts below 2^24): ONNX Runtime's int64 ReduceSum
+    # took half of the calibrated default's run time (an unrolled bisection was no faster)
+    count = g.op("ReduceSum", g.op("Cast", below, to_i=1), last, keepdims_i=0)
+    return g.op("Cast", count, to_i=6 if sh._maybe_get_const(out_int32, "b") else 7)
 
 
 def register(opset: int) -> None:
