@@ -117,6 +117,7 @@ def fidelity(model, sess, names: list[str], n: int) -> None:  # noqa: ANN001
                                torch_showers.conditions)
     print(f"generated 2 x {n} showers in {time.perf_counter() - t0:.0f} s; evaluating")
     res = evaluate(torch_showers, [onnx_showers], ["onnx"], threads=2)
+    print(f"overall verdicts: {res.metrics['generated'][0]['verdict']}")
     for key, val in _find(res.metrics, "auc"):
         print(f"{key}: AUC {val['auc']:.4f}, floor {val.get('auc_floor', float('nan')):.4f}, "
               f"null std {val.get('auc_null_std', float('nan')):.4f}, "
@@ -130,6 +131,9 @@ def _find(d, key: str, prefix: str = ""):  # noqa: ANN001, ANN202
             yield prefix, d
         for k, v in d.items():
             yield from _find(v, key, f"{prefix}/{k}")
+    elif isinstance(d, list):
+        for i, v in enumerate(d):
+            yield from _find(v, key, f"{prefix}/{i}")
 
 
 if __name__ == "__main__":
