@@ -66,6 +66,33 @@ def assert_close(runtime, reference):
     np.testing.assert_allclose(runtime, reference, rtol=1e-4, atol=1e-5)
 
 
+GEO = "toy-export"  # own geometries, unregistered after this module (see below)
+CYLINDER = "toy-cyl-export"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _own_geometries():
+    """Register this module's toy geometries and remove them afterwards, so that the
+    list of known geometries seen by other test modules stays as it was."""
+    from caloforge import geometry
+    from caloforge.models.toy import toy_geometry
+
+    toy_geometry(GEO)
+    yield
+    for name in (GEO, CYLINDER):
+        geometry._FACTORIES.pop(name, None)
+    geometry.get_geometry.cache_clear()
+
+
+@pytest.fixture(scope="module")
+def toy_data():
+    """256 toy showers on this module's 6x6x6 grid, energies log-uniform in 1-100 GeV."""
+    from caloforge.models.toy import toy_showers
+
+    rng = np.random.default_rng(1)
+    return toy_showers(GEO, np.exp(rng.uniform(np.log(1e3), np.log(1e5), 256)), rng)
+
+
 @pytest.fixture(scope="module")
 def trained(toy_data, tmp_path_factory):
     cache = {}
@@ -207,7 +234,7 @@ def test_par04_cell_order_on_a_cylindrical_mesh(tmp_path):
 
     n_z, n_phi, n_r = 4, 3, 2
     geo = CylindricalGeometry(
-        name="toy-cyl-export", description="toy cylinder for the par04 test",
+        name=CYLINDER, description="toy cylinder for the par04 test",
         layers=tuple(LayerSpec("W", 5.6, "Si", 0.5) for _ in range(n_z)),
         r_edges=((0.0, 5.0, 15.0),) * n_z, n_alpha=(n_phi,) * n_z)
     register_geometry(geo, overwrite=True)
@@ -266,7 +293,7 @@ def test_shipped_default_reproduces_generate(fmt, tmp_path):
 
 
 @pytest.mark.parametrize("name", MODELS)
-def test_angle_conditioned_model_takes_theta_phi_in_degrees(name, toy_geo, tmp_path):
+def test_angle_conditioned_model_takes_theta_phi_in_degrees(name, tmp_path):
     """The direction inputs reach the networks: runtime == generate at those angles."""
     from caloforge.data import Conditions
     from caloforge.models import build, get_model_class
@@ -275,10 +302,10 @@ def test_angle_conditioned_model_takes_theta_phi_in_degrees(name, toy_geo, tmp_p
     rng = np.random.default_rng(5)
     n = 96
     e = np.exp(rng.uniform(np.log(2e3), np.log(5e4), n))
-    data = toy_showers(toy_geo, e, rng, theta=np.radians(rng.uniform(0, 30, n)),
+    data = toy_showers(GEO, e, rng, theta=np.radians(rng.uniform(0, 30, n)),
                        phi=rng.uniform(0, 2 * np.pi, n))
     conditions = get_model_class(name).conditions_from_data(data.conditions)
-    model = build(name, toy_geo, preset="tiny", config={"conditions": list(conditions)})
+    model = build(name, GEO, preset="tiny", config={"conditions": list(conditions)})
     model.fit_conditions(data.conditions)
     x = torch.as_tensor(data.energies, dtype=torch.float32)
     e_t = torch.as_tensor(e, dtype=torch.float32)
