@@ -372,7 +372,7 @@ class L2LFlows(GenerativeModel):
 
     def _shared_layer_context(self, i: int, y: Tensor, e_feat: Tensor, c: Tensor) -> Tensor:
         """Context of modelled layer number ``i`` during generation."""
-        b, n, p = len(y), self.n_cells, self.config.context_layers
+        b, n, p = y.shape[0], self.n_cells, self.config.context_layers
         parts = []
         if p:
             prev = []
@@ -452,7 +452,7 @@ class L2LFlows(GenerativeModel):
         if calibrated and self._log_thr and self.config.calibration_energy_bins:
             el = calib.calibrate_response(el, e_inc, self.resp_log_e, self.resp_mu_gen,
                                           self.resp_mu_ref, self.resp_k)
-        y = torch.zeros(len(c), self.geometry.n_voxels, device=c.device)
+        y = torch.zeros(c.shape[0], self.geometry.n_voxels, device=c.device)
         x = torch.zeros_like(y)
         a = self.config.alpha
         thr = self.geometry.readout_threshold_mev
@@ -502,7 +502,7 @@ class L2LFlows(GenerativeModel):
                 u = torch.where(u > self.config.dequantize, u, torch.zeros_like(u))
                 u = u / u.sum(1, keepdim=True).clamp_min(1e-30)
             else:
-                u = torch.ones(len(c), self.cells[k], device=c.device)
+                u = torch.ones(c.shape[0], self.cells[k], device=c.device)
             x[:, s] = u * el[:, i:i + 1]
         return x, feats
 

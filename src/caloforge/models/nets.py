@@ -52,7 +52,7 @@ class GridDecoder(nn.Module):
 
     def forward(self, h: Tensor, c: Tensor) -> Tensor:
         z = self.act(self.fc(torch.cat([h, c], 1)))
-        z = z.view(len(h), self.channels0, *self.coarse)
+        z = z.view(h.shape[0], self.channels0, *self.coarse)
         for conv in self.blocks:
             z = nn.functional.interpolate(z, scale_factor=2, mode="nearest")
             z = self.act(conv(_with_cond(z, c)))

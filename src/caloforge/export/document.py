@@ -1,0 +1,59 @@
+"""``FILE.export.md``: the human-readable contract of an exported sampler."""
+
+from __future__ import annotations
+
+from typing import Any
+
+_UNCHECKED = {
+    "ddml-grid": (
+        "Not checked against DDML's C++ code (not available here): the input names and "
+        "order DDML's grid-model inference passes, whether it feeds the energy in GeV (as "
+        "assumed here) and expects the cell energies in MeV, and how it maps the flat cell "
+        "index onto its readout. Check those before production use."),
+    "par04": (
+        "Checked against the Par04 example's public sources (Par04InferenceSetup.cc, "
+        "Par04OnnxInference.cc): one float input of shape {1, latent + conditions}, "
+        "energies multiplied by the incident energy after inference, cell positions looped "
+        "r, then phi, then z. Not run inside Geant4 here: set the example's latent size to "
+        "the noise width and its maximum energy and angle to the values below."),
+}
+
+
+def _row(spec: dict[str, Any]) -> str:
+    unit = spec.get("unit", spec.get("layout", ""))
+    return f"| `{spec['name']}` | {spec['shape']} | {spec['dtype']} | {unit} |"
+
+
+def render(meta: dict[str, Any], filename: str) -> str:
+    """Markdown describing the inputs, output, units and cell order of ``meta``."""
+    lo, hi = meta["trained_energy_range_mev"]
+    noise = ("drawn inside the graph (the runtime's random generator, so no seed control "
+             "from caloforge)" if meta["noise"] == "internal" else
+             f"given as input: {meta['noise_width']} independent standard normals per shower; "
+             f"the first {meta['noise_width']} normals of shower i's caloforge stream "
+             f"(`caloforge.export.graph.shower_normals(seed, [i], width)`) reproduce "
+             f"`caloforge generate --seed` exactly")
+    out = meta["outputs"][0]
+    lines = [
+        f"# {filename}: exported `{meta['model']}` sampler",
+        "",
+        f"Produced by {meta['producer']} as {meta['format']} in the `{meta['convention']}` "
+        f"convention, batch {'1 (fixed)' if meta['batch'] == '1' else 'dynamic (axis 0)'}, "
+        f"geometry `{meta['geometry']}`. The same description is stored in the file "
+        f"(ONNX metadata_props / TorchScript extra file, key `caloforge_export`, JSON).",
+        "", "## Inputs", "", "| name | shape | dtype | unit / layout |", "|---|---|---|---|",
+        *[_row(s) for s in meta["inputs"]],
+        "", f"Noise: {noise}.", "",
+        f"Trained incident energies: {lo / 1e3:.4g} - {hi / 1e3:.4g} GeV; the graph does not "
+        f"refuse energies outside (extrapolation). Conditions the model takes besides the "
+        f"energy: {', '.join(meta['conditions_taken']) or 'none'}; fixed at training (rad, mm): "
+        f"{meta['fixed_conditions'] or 'none'} (direction inputs of a model trained at one "
+        f"direction are accepted and ignored).",
+        "", "## Output", "", "| name | shape | dtype | unit |", "|---|---|---|---|",
+        _row(out), "", f"Cell order: {out['order']}.",
+        f"Energies are clamped at zero and cells below the readout threshold "
+        f"({meta['readout_threshold_mev']:.4g} MeV; 0 = none) set to zero, as "
+        f"`caloforge generate` does.",
+        "", "## Not checked", "", _UNCHECKED.get(meta["convention"], ""), "",
+    ]
+    return "\n".join(lines)
