@@ -214,6 +214,19 @@ def test_untraceable_step_is_one_clear_error(trained, tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_missing_onnx_package_is_one_clear_error(trained, tmp_path, monkeypatch, capsys):
+    """onnx is an optional dependency (the README's main install lacks it)."""
+    import sys
+
+    folder = tmp_path / "model"
+    trained("wgan").save(folder)
+    monkeypatch.setitem(sys.modules, "onnx", None)  # import onnx -> ImportError
+    assert main(["export", str(folder), "-o", str(tmp_path / "m.onnx")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and ".[export]" in err, err
+    assert not list(tmp_path.glob("*m.onnx*"))
+
+
 def test_par04_refuses_a_model_conditioned_on_phi(trained, tmp_path):
     model = trained("wgan")
     model.condition_space.ranges["phi"] = (0.0, 1.0)

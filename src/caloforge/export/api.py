@@ -160,7 +160,11 @@ def describe(sampler: Sampler, convention: str, fmt: str, batch: str) -> dict[st
 
 
 def _trace_onnx(sampler: Sampler, path: Path, batch: str, meta: dict[str, Any]) -> None:
-    import onnx
+    try:
+        import onnx
+    except ImportError:
+        raise ExportError("--to onnx needs the onnx package, an optional dependency: "
+                          "pip install -e '.[export]' (or pip install onnx onnxruntime)") from None
 
     from caloforge.export import onnx_ops
 
