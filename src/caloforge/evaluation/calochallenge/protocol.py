@@ -44,7 +44,6 @@ from caloforge.evaluation.calochallenge.features import (
     DatasetSpec,
     HighLevelFeatures,
     LayerLayout,
-    apply_official_threshold,
     compute_features,
     dataset_spec,
 )
@@ -140,10 +139,13 @@ class _Sample:
             else:
                 b = self.reader.read(lo, hi)
                 e, e_inc = b.energies, b.incident_energy
-            e = np.asarray(e, dtype=np.float32)
-            if self.factor != 1.0:
-                e = (e.astype(np.float64) * self.factor).astype(np.float32)
-            yield lo, apply_official_threshold(e, self.spec.threshold_mev), e_inc
+            if self.batch is not None or e.dtype != np.float32:
+                e = np.array(e, dtype=np.float32)  # never modify the caller's showers
+            # In place on the chunk just read: one float32 copy of the showers at a time.
+            if self.factor != 1.0:  # the product in float64, rounded once to float32
+                np.multiply(e, np.float64(self.factor), out=e, casting="same_kind")
+            e[e < np.float32(self.spec.threshold_mev)] = 0.0  # as apply_official_threshold
+            yield lo, e, e_inc
 
     def close(self) -> None:
         if self.reader is not None:
