@@ -120,12 +120,6 @@ class HighLevelFeatures:
     width_x: np.ndarray
     width_y: np.ndarray
 
-    @staticmethod
-    def concatenate(parts: list[HighLevelFeatures]) -> HighLevelFeatures:
-        names = HighLevelFeatures.__dataclass_fields__
-        return HighLevelFeatures(**{k: np.concatenate([getattr(p, k) for p in parts])
-                                    for k in names})
-
     def __len__(self) -> int:
         return len(self.e_inc)
 

@@ -33,7 +33,6 @@ from scipy import optimize
 from caloforge.errors import InputError
 from caloforge.evaluation.metrics import (
     DistanceResult,
-    _normalise_features,
     frechet_distance,
 )
 
@@ -77,9 +76,16 @@ class _BatchMoments:
     the spread, so nothing cancels.  A batch larger than the sample is summed once per
     distinct row, weighted by its multiplicity (same numbers, n instead of N rows)."""
 
-    def __init__(self, x: np.ndarray, max_rows: int) -> None:
-        self.centre = x.mean(axis=0)
-        self.xc = (x - self.centre).astype(np.float32)
+    def __init__(self, x: np.ndarray, max_rows: int, scale: np.ndarray | float = 1.0,
+                 block: int = 8192) -> None:
+        # x / scale block by block: no float64 copy of the whole (normalised) sample.
+        total = np.zeros(x.shape[1])
+        for lo in range(0, len(x), block):
+            total += (x[lo:lo + block] / scale).sum(axis=0)
+        self.centre = total / len(x)
+        self.xc = np.empty(x.shape, dtype=np.float32)
+        for lo in range(0, len(x), block):
+            self.xc[lo:lo + block] = x[lo:lo + block] / scale - self.centre
         self.buf = np.empty((min(max_rows, len(x)), x.shape[1]), dtype=np.float32)
 
     def __call__(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -146,12 +152,12 @@ def _kernel_sums(x: np.ndarray, y: np.ndarray, degree: int, same: bool,
 
 
 def _kernel_sum(x: np.ndarray, ix: np.ndarray, y: np.ndarray, iy: np.ndarray, degree: int,
-                same: bool) -> float:
+                same: bool, scale: np.ndarray | float = 1.0) -> float:
     """Sum of ``(x_a.y_b/d + 1)^degree`` over all position pairs of the batches ``x[ix]``
     and ``y[iy]`` (the diagonal i = j excluded if ``same``); by multiplicities when the
-    batches repeat rows."""
+    batches repeat rows (then ``scale`` must be 1: the samples already divided)."""
     if len(ix) <= len(x):
-        return _kernel_sums(x[ix], y[iy], degree, same)
+        return _kernel_sums(x[ix] / scale, y[iy] / scale, degree, same)
     cx = np.bincount(ix, minlength=len(x)).astype(np.float64)
     cy = np.bincount(iy, minlength=len(y)).astype(np.float64)
     d = x.shape[1]
@@ -166,23 +172,27 @@ def _kernel_sum(x: np.ndarray, ix: np.ndarray, y: np.ndarray, iy: np.ndarray, de
     return total
 
 
-def _check(real: np.ndarray, gen: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _check(real: np.ndarray, gen: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Both samples as float64 and jetnet's normalisation: the per-feature max |real|
+    (1 where that is 0), by which the features are divided."""
     x = np.asarray(real, dtype=np.float64)
     y = np.asarray(gen, dtype=np.float64)
     if x.ndim != 2 or y.ndim != 2 or x.shape[1] != y.shape[1] or not len(x) or not len(y):
         raise InputError(f"FPD/KPD need two non-empty (N, d) feature arrays with equal d, "
                          f"got {x.shape} and {y.shape}")
-    return _normalise_features(x, y)
+    scale = np.max(np.abs(x), axis=0)
+    return x, y, np.where(scale > 0, scale, 1.0)
 
 
 def fpd_official(real: np.ndarray, gen: np.ndarray, min_samples: int = FPD_MIN_SAMPLES,
                  max_samples: int = FPD_MAX_SAMPLES, num_batches: int = FPD_NUM_BATCHES,
                  num_points: int = FPD_NUM_POINTS, seed: int = JETNET_SEED) -> DistanceResult:
     """Frechet physics distance extrapolated to N -> infinity (jetnet's estimator)."""
-    x, y = _check(real, gen)
+    x, y, scale = _check(real, gen)
     sizes = fpd_batch_sizes(min_samples, max_samples, num_points)
     rng = np.random.default_rng(seed)
-    moments_x, moments_y = _BatchMoments(x, int(sizes.max())), _BatchMoments(y, int(sizes.max()))
+    moments_x = _BatchMoments(x, int(sizes.max()), scale)
+    moments_y = _BatchMoments(y, int(sizes.max()), scale)
     means = []
     for n in sizes:
         vals = []
@@ -209,15 +219,17 @@ def kpd_official(real: np.ndarray, gen: np.ndarray, batch_size: int = KPD_BATCH_
                  num_batches: int = KPD_NUM_BATCHES, seed: int = JETNET_SEED,
                  degree: int = KPD_DEGREE) -> DistanceResult:
     """Kernel physics distance: median over batches of the unbiased MMD^2 (jetnet)."""
-    x, y = _check(real, gen)
+    x, y, scale = _check(real, gen)
+    if batch_size > min(len(x), len(y)):  # by multiplicities: the whole samples, once
+        x, y, scale = x / scale, y / scale, 1.0
     vals = []
     for i in range(num_batches):
         rng = np.random.default_rng(seed + i * 1000)
         ix = rng.choice(len(x), size=batch_size)
         iy = rng.choice(len(y), size=batch_size)
         m = n = batch_size
-        vals.append(_kernel_sum(x, ix, x, ix, degree, True) / (m * (m - 1))
-                    + _kernel_sum(y, iy, y, iy, degree, True) / (n * (n - 1))
-                    - 2.0 * _kernel_sum(x, ix, y, iy, degree, False) / (m * n))
+        vals.append(_kernel_sum(x, ix, x, ix, degree, True, scale) / (m * (m - 1))
+                    + _kernel_sum(y, iy, y, iy, degree, True, scale) / (n * (n - 1))
+                    - 2.0 * _kernel_sum(x, ix, y, iy, degree, False, scale) / (m * n))
     lo, hi = np.percentile(vals, [16.275, 83.725])
     return DistanceResult(float(np.median(vals)), float(0.5 * (hi - lo)))
