@@ -54,7 +54,19 @@ def separation_power_official(counts_ref: np.ndarray, counts_gen: np.ndarray) ->
 
 def counts(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
     """Entries per bin; values outside [edges[0], edges[-1]] (and NaN) are dropped."""
-    return np.histogram(np.asarray(values, dtype=np.float64), bins=edges)[0]
+    # np.histogram's rule (edges[i] <= v < edges[i+1], the last bin closed) by a binary
+    # search of the edges per value: O(n log bins) instead of histogram's sort of the data.
+    # In blocks of 2^20 values: float64 and index copies of a whole chunk's voxels would
+    # add ~0.5 GB to the protocol's peak memory.
+    edges = np.asarray(edges, dtype=np.float64)
+    values = np.asarray(values).reshape(-1)
+    out = np.zeros(len(edges) - 1, dtype=np.int64)
+    for lo in range(0, len(values), 1 << 20):
+        v = values[lo:lo + (1 << 20)].astype(np.float64)
+        idx = np.searchsorted(edges, v, "right")  # len(edges): at/above the last edge, NaN
+        out += np.bincount(idx, minlength=len(edges) + 1)[1:len(edges)]
+        out[-1] += int(np.count_nonzero(v == edges[-1]))
+    return out
 
 
 def log_edges(threshold: float, maximum: float, n_edges: int) -> tuple[np.ndarray | None, str]:

@@ -44,7 +44,6 @@ from caloforge.evaluation.calochallenge.features import (
     DatasetSpec,
     HighLevelFeatures,
     LayerLayout,
-    apply_official_threshold,
     compute_features,
     dataset_spec,
 )
@@ -140,10 +139,13 @@ class _Sample:
             else:
                 b = self.reader.read(lo, hi)
                 e, e_inc = b.energies, b.incident_energy
-            e = np.asarray(e, dtype=np.float32)
-            if self.factor != 1.0:
-                e = (e.astype(np.float64) * self.factor).astype(np.float32)
-            yield lo, apply_official_threshold(e, self.spec.threshold_mev), e_inc
+            if self.batch is not None or e.dtype != np.float32:
+                e = np.array(e, dtype=np.float32)  # never modify the caller's showers
+            # In place on the chunk just read: one float32 copy of the showers at a time.
+            if self.factor != 1.0:  # the product in float64, rounded once to float32
+                np.multiply(e, np.float64(self.factor), out=e, casting="same_kind")
+            e[e < np.float32(self.spec.threshold_mev)] = 0.0  # as apply_official_threshold
+            yield lo, e, e_inc
 
     def close(self) -> None:
         if self.reader is not None:
@@ -152,16 +154,22 @@ class _Sample:
 
 def _scan(sample: _Sample, layout: LayerLayout, rows: int, low: LowLevelInputs | None,
           voxel_edges: np.ndarray | None) -> tuple[HighLevelFeatures, float, np.ndarray | None]:
-    parts, vmax = [], 0.0
+    # The features go straight into arrays for the whole sample (a list of parts and its
+    # concatenation would hold them twice).
+    whole: dict[str, np.ndarray] = {}
+    vmax = 0.0
     hist = None if voxel_edges is None else np.zeros(len(voxel_edges) - 1, np.int64)
     for lo, e, e_inc in sample.chunks(rows):
-        parts.append(compute_features(e, e_inc, layout))
+        for key, part in vars(compute_features(e, e_inc, layout)).items():
+            if key not in whole:
+                whole[key] = np.empty((sample.n,) + part.shape[1:], part.dtype)
+            whole[key][lo:lo + len(part)] = part
         vmax = max(vmax, float(e.max(initial=0.0)))
         if low is not None:
             low.fill(lo, e, e_inc)
         if hist is not None:
             hist += counts(e[e > 0], voxel_edges)  # zeros lie below the first edge anyway
-    return HighLevelFeatures.concatenate(parts), vmax, hist
+    return HighLevelFeatures(**whole), vmax, hist
 
 
 def _histogram_metrics(spec: DatasetSpec, layout: LayerLayout, ref: HighLevelFeatures,
@@ -337,11 +345,15 @@ def run_calochallenge_protocol(reference: str | Path | ShowerBatch,
     n_lay = len(layout.layers)
     # log10 energy columns of the feature vector: E_layer per layer and E_tot.
     energy_cols = np.r_[1:1 + n_lay, 1 + n_lay + 4 * len(layout.alpha_layers)]
-    inputs = {"high_level": (DenseInputs(x_ref), DenseInputs(x_gen), energy_cols),
-              "low_level": (low_r, low_g, None)}
+    # float32 classifier inputs; the float64 vectors and each classifier's inputs are
+    # dropped as soon as they are no longer needed (100k + 100k dataset-2 showers: the
+    # low-level inputs alone are 2.6 GB).
+    inputs = {"high_level": (DenseInputs(x_ref), DenseInputs(x_gen), energy_cols)
+              if "high_level" in classifiers else None, "low_level": (low_r, low_g, None)}
+    del x_ref, x_gen, low_r, low_g
     result["classifiers"] = {}
     for name in classifiers:
-        xr, xg, cols = inputs[name]
+        xr, xg, cols = inputs.pop(name)
         try:
             ctl = None
             if control:
@@ -351,6 +363,7 @@ def run_calochallenge_protocol(reference: str | Path | ShowerBatch,
             result["classifiers"][name] = train_official_classifier(xr, xg, cfg, control=ctl)
         except CaloforgeError as exc:
             result["classifiers"][name] = {"status": "not computed", "reason": str(exc)}
+        del xr, xg
     result = _json_safe(result)
     if out_path is not None:
         from caloforge.utils.atomic import atomic_path
