@@ -62,3 +62,23 @@ def two_energy_data():
     rng = np.random.default_rng(2)
     e = np.where(rng.random(512) < 0.5, 2e3, 80e3)
     return toy_showers(toy_geometry("toy-6x4x4", 6, 4), e, rng)
+
+
+ANGLED_THETA_MAX_DEG = 30.0
+
+
+@pytest.fixture(scope="session")
+def angled_file(toy_geo, tmp_path_factory):
+    """A toy shower file (192 showers, 2-50 GeV) with theta uniform in 0-30 degrees and any
+    phi, for the angle-conditioned model and training tests."""
+    from caloforge.data.io import write_showers
+
+    rng = np.random.default_rng(3)
+    n = 192
+    e = np.exp(rng.uniform(np.log(2e3), np.log(5e4), n))
+    theta = np.radians(rng.uniform(0, ANGLED_THETA_MAX_DEG, n))
+    phi = rng.uniform(0, 2 * np.pi, n)
+    path = tmp_path_factory.mktemp("angles") / "angled.h5"
+    with write_showers(path, "caloforge", toy_geo.name) as w:
+        w.append(toy_showers(toy_geo, e, rng, theta=theta, phi=phi))
+    return path

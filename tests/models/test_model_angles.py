@@ -11,27 +11,12 @@ import pytest
 import torch
 
 from caloforge.data import Conditions
-from caloforge.data.io import read_showers, write_showers
+from caloforge.data.io import read_showers
 from caloforge.errors import ConfigError, InputError
 from caloforge.models import StepContext, TrainBatch, build, get_model_class, load
-from caloforge.models.toy import toy_showers
 
 MODELS = ["wgan", "bibae", "l2lflows"]
 THETA_MAX = 30.0  # degrees
-
-
-@pytest.fixture(scope="module")
-def angled_file(toy_geo, tmp_path_factory):
-    """A toy shower file with theta in 0-30 degrees and any phi."""
-    rng = np.random.default_rng(3)
-    n = 192
-    e = np.exp(rng.uniform(np.log(2e3), np.log(5e4), n))
-    theta = np.radians(rng.uniform(0, THETA_MAX, n))
-    phi = rng.uniform(0, 2 * math.pi, n)
-    path = tmp_path_factory.mktemp("angles") / "angled.h5"
-    with write_showers(path, "caloforge", toy_geo.name) as w:
-        w.append(toy_showers(toy_geo, e, rng, theta=theta, phi=phi))
-    return path
 
 
 def _fit(name, data, steps=8):

@@ -11,24 +11,10 @@ import pytest
 import yaml
 
 from caloforge.cli import main
-from caloforge.data.io import open_showers, write_showers
+from caloforge.data.io import open_showers
 from caloforge.models import load
-from caloforge.models.toy import toy_showers
 
 THETA_MAX = 30.0  # degrees
-
-
-@pytest.fixture(scope="module")
-def angled_file(toy_geo, tmp_path_factory):
-    rng = np.random.default_rng(5)
-    n = 96
-    e = np.exp(rng.uniform(np.log(2e3), np.log(5e4), n))
-    theta = np.radians(rng.uniform(0, THETA_MAX, n))
-    phi = rng.uniform(0, 2 * math.pi, n)
-    path = tmp_path_factory.mktemp("angles") / "angled.h5"
-    with write_showers(path, "caloforge", toy_geo.name) as w:
-        w.append(toy_showers(toy_geo, e, rng, theta=theta, phi=phi))
-    return path
 
 
 def _train(data, out, *extra):

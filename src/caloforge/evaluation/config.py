@@ -170,23 +170,3 @@ def check_device(name: str, option: str = "--device") -> str:
 
     resolve_device(name, option)
     return name
-    import torch
-
-    try:
-        dev = torch.device(name)
-    except (RuntimeError, ValueError, TypeError):
-        raise ConfigError(f"{option} {name!r}: not a torch device (cpu, cuda, cuda:N, mps)"
-                          ) from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(f"{option} {name!r}: CUDA is not available on this machine")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ConfigError(f"{option} {name!r}: this machine has "
-                              f"{torch.cuda.device_count()} CUDA device(s)")
-    elif dev.type == "mps":
-        if not torch.backends.mps.is_available():
-            raise ConfigError(f"{option} {name!r}: MPS is not available on this machine")
-    elif dev.type != "cpu":
-        raise ConfigError(f"{option} {name!r}: device type {dev.type!r} is not supported "
-                          "(cpu, cuda, mps)")
-    return name
