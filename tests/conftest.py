@@ -82,3 +82,14 @@ def angled_file(toy_geo, tmp_path_factory):
     with write_showers(path, "caloforge", toy_geo.name) as w:
         w.append(toy_showers(toy_geo, e, rng, theta=theta, phi=phi))
     return path
+
+
+@pytest.fixture(scope="session")
+def toy_file(toy_data, tmp_path_factory):
+    """``toy_data`` as a caloforge file (read only by the tests that use it)."""
+    from caloforge.data.io import write_showers
+
+    path = tmp_path_factory.mktemp("data") / "toy.h5"
+    with write_showers(path, "caloforge", toy_data.geometry) as w:
+        w.append(toy_data)
+    return path

@@ -16,20 +16,11 @@ import pytest
 import torch
 
 from caloforge.cli import main
-from caloforge.data.io import write_showers
 from caloforge.training.checkpoint import latest_checkpoint, load_checkpoint
 
 # The toy geometry is registered at run time, so the child process registers it first.
 CHILD = ("import sys; from caloforge.models.toy import toy_geometry; toy_geometry(); "
          "from caloforge.cli import main; sys.exit(main(sys.argv[1:]))")
-
-
-@pytest.fixture(scope="module")
-def toy_file(toy_data, tmp_path_factory):
-    path = tmp_path_factory.mktemp("data") / "toy.h5"
-    with write_showers(path, "caloforge", toy_data.geometry) as w:
-        w.append(toy_data)
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -11,14 +11,6 @@ from caloforge.data.io import open_showers, write_showers
 
 
 @pytest.fixture(scope="module")
-def toy_file(toy_data, tmp_path_factory):
-    path = tmp_path_factory.mktemp("data") / "toy.h5"
-    with write_showers(path, "caloforge", toy_data.geometry) as w:
-        w.append(toy_data)
-    return path
-
-
-@pytest.fixture(scope="module")
 def trained_dir(toy_file, tmp_path_factory):
     out = tmp_path_factory.mktemp("train") / "run"
     rc = main(["train", "--model", "l2lflows", "--data", str(toy_file), "--out", str(out),
