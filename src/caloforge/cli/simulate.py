@@ -10,6 +10,7 @@ import shutil
 import signal
 from collections.abc import Iterator
 from pathlib import Path
+from types import FrameType
 
 import numba
 import numpy as np
@@ -29,6 +30,7 @@ from caloforge.simulation.api import (
     shard_range,
 )
 from caloforge.utils.atomic import check_output_path
+from caloforge.utils.safe_io import defer_interrupt, note_interrupt
 from caloforge.utils.shards import parse_shard_spec
 
 EPILOG = """\
@@ -95,9 +97,17 @@ def _ensure_space(output: Path, batch: ShowerBatch | PointCloudBatch) -> None:
 @contextlib.contextmanager
 def _sigterm_interrupts() -> Iterator[None]:
     """Turn SIGTERM (what batch systems send first) into KeyboardInterrupt, so that it
-    unwinds like Ctrl-C: workers stopped, temporary output removed, exit 130."""
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt(f"signal {signum}")
+    unwinds like Ctrl-C: workers stopped, temporary output removed, exit 130.
+
+    Like the CLI's own handler, the exception is handed to the guarded output file when
+    the signal lands while HDF5 is calling back into it (raising there crashed the
+    process with SIGSEGV), and a second SIGTERM is ignored while the cleanup runs."""
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        signal.signal(signum, signal.SIG_IGN)
+        exc = KeyboardInterrupt(f"signal {signum}")
+        note_interrupt(exc)
+        if not defer_interrupt(frame, exc):
+            raise exc
 
     try:
         previous = signal.signal(signal.SIGTERM, interrupt)
