@@ -71,12 +71,19 @@ class TrainingDiverged(CaloforgeError):
 class TrainBatch:
     """A training minibatch on the training device: voxel energies and incident energies
     in MeV, shapes ``(B, n_voxels)`` and ``(B,)``, and the direction where the model
-    takes it (:meth:`GenerativeModel.angle_tensor`)."""
+    takes it (:meth:`GenerativeModel.angle_tensor`).
+
+    For point-cloud models (``representation == "points"``) ``x`` is empty ``(B, 0)``
+    and ``points``/``mask`` hold the clouds instead: ``points`` ``(B, P, 4)`` as x, y, z
+    (mm, the geometry frame) and E (MeV), zero padded to the largest cloud of the batch
+    (P), and ``mask`` ``(B, P)`` bool, True on the real points (in file order)."""
 
     x: Tensor
     e_inc: Tensor
     # (B, 2) theta, phi in rad, for models conditioned on the direction (else None)
     angles: Tensor | None = None
+    points: Tensor | None = None
+    mask: Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.e_inc)
@@ -220,7 +227,9 @@ class GenerativeModel(nn.Module):
 
     # ---- training-side API (overridden by architectures) -------------------------------
     def fit_preprocessing(self, x: Tensor, e_inc: Tensor) -> None:
-        """Fit transforms on training showers (MeV); the base fits the energy range."""
+        """Fit transforms on training showers (MeV); the base fits the energy range.
+        Point-cloud models are called as ``fit_preprocessing(points, e_inc, mask=mask)``
+        with padded clouds as in :class:`TrainBatch` (also ``finalize``, with ``mask=``)."""
         self.energy.fit(e_inc)
         self.fitted.fill_(True)
 
@@ -240,15 +249,35 @@ class GenerativeModel(nn.Module):
                       ctx: StepContext) -> dict[str, float]:  # pragma: no cover
         raise NotImplementedError
 
+    def attach_frozen(self, references: dict[str, dict[str, str]],
+                      models: dict[str, GenerativeModel]) -> None:
+        """Hook after the training loop attached the frozen models (``frozen_models`` of
+        the training config: role -> loaded model, and role -> ``{path, sha256}``), also
+        on resume; a model that needs one (a distilled student) takes it here."""
+
     def on_epoch_end(self, epoch: int, ctx: StepContext) -> None:
         """Hook after each epoch (BIB-AE resets its resetting critics here)."""
 
     def finalize(self, x: Tensor, e_inc: Tensor, generator: torch.Generator,
-                 angles: Tensor | None = None) -> None:
+                 angles: Tensor | None = None, mask: Tensor | None = None) -> None:
         """Hook after the last training step, with (a subset of) the training data
-        (``angles``: its theta, phi for models that take them)."""
+        (``angles``: its theta, phi for models that take them; point-cloud models get
+        padded clouds as ``x`` and their ``mask``, as in :class:`TrainBatch`)."""
 
     # ---- generation ----------------------------------------------------------------------
+    def set_sampler(self, **options: Any) -> dict[str, Any]:
+        """Sampler options for the following calls to :meth:`sample` (e.g. ``steps`` of a
+        diffusion model), checked; returns all the settings now in force (what generated
+        files record).  The base has none: any option is an :class:`InputError`."""
+        if options:
+            raise InputError(f"model {self.name!r} takes no sampler options (got "
+                             f"{', '.join(sorted(options))})")
+        return self.sampler_settings()
+
+    def sampler_settings(self) -> dict[str, Any]:
+        """The sampler settings in force (empty for one-pass generators)."""
+        return {}
+
     def generate(self, e_inc: Tensor, noise: ShowerNoise,
                  conditions: Conditions | None = None) -> Tensor | tuple[Tensor, Tensor]:
         """One chunk of showers for incident energies ``e_inc`` (MeV), drawing all

@@ -22,6 +22,9 @@ _BUILTIN: dict[str, str] = {
     "wgan": "caloforge.models.wgan",
     "bibae": "caloforge.models.bibae",
     "l2lflows": "caloforge.models.l2lflows",
+    "caloclouds": "caloforge.models.caloclouds",
+    "caloclouds2": "caloforge.models.caloclouds2",
+    "caloclouds2-cm": "caloforge.models.caloclouds2_cm",
 }
 _REGISTRY: dict[str, type[GenerativeModel]] = {}
 

@@ -34,8 +34,10 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from caloforge.data.batch import Conditions, ShowerBatch
+from caloforge.data.batch import Conditions, PointCloudBatch, ShowerBatch
 from caloforge.errors import InputError
+
+Showers = ShowerBatch | PointCloudBatch
 
 
 class ShowerSource(Protocol):
@@ -46,21 +48,30 @@ class ShowerSource(Protocol):
 
     def read(self, start: int, stop: int) -> ShowerBatch: ...
 
+    def read_points(self, start: int, stop: int) -> PointCloudBatch: ...
+
     def read_conditions(self, start: int, stop: int) -> Conditions: ...
 
     def close(self) -> None: ...
 
 
 class MemorySource:
-    """A batch already in memory, seen through the reader interface."""
+    """A batch (voxels or points) already in memory, seen through the reader interface."""
 
-    def __init__(self, batch: ShowerBatch) -> None:
+    def __init__(self, batch: Showers) -> None:
         self.batch = batch
+        if batch.geometry is None:
+            raise InputError("point clouds in memory carry no geometry; set their geometry")
         self.geometry = batch.geometry
         self.n_showers = len(batch)
 
     def read(self, start: int, stop: int) -> ShowerBatch:
-        return self.batch[start:stop]
+        part = self.batch[start:stop]
+        return part.to_voxels()[0] if isinstance(part, PointCloudBatch) else part
+
+    def read_points(self, start: int, stop: int) -> PointCloudBatch:
+        part = self.batch[start:stop]
+        return part if isinstance(part, PointCloudBatch) else part.to_points()
 
     def read_conditions(self, start: int, stop: int) -> Conditions:
         return self.batch.conditions[start:stop]
@@ -69,12 +80,37 @@ class MemorySource:
         pass
 
 
-def open_source(data: ShowerBatch | str | Path) -> ShowerSource:
+def open_source(data: Showers | str | Path) -> ShowerSource:
     """A streaming reader of a shower file, or a batch in memory."""
-    if isinstance(data, ShowerBatch):
+    if isinstance(data, (ShowerBatch, PointCloudBatch)):
         return MemorySource(data)
     from caloforge.data.io import open_showers
     return open_showers(data)
+
+
+def take_points(batch: PointCloudBatch, rows: np.ndarray) -> PointCloudBatch:
+    """Showers ``rows`` (any order, repeats allowed) of a point-cloud batch."""
+    rows = np.asarray(rows, dtype=np.int64)
+    counts = batch.n_points[rows]
+    starts = batch.offsets[rows]
+    offsets = np.concatenate([[0], np.cumsum(counts)])
+    idx = np.repeat(starts - offsets[:-1], counts) + np.arange(offsets[-1])
+    return PointCloudBatch(offsets, batch.x[idx], batch.y[idx], batch.z[idx],
+                           batch.energy[idx], batch.conditions[rows],
+                           None if batch.layer is None else batch.layer[idx], batch.geometry)
+
+
+def concat_points(parts: list[PointCloudBatch]) -> PointCloudBatch:
+    """Point-cloud batches one after the other (stored layers kept only if all have them)."""
+    if len(parts) == 1:
+        return parts[0]
+    layers = None if any(p.layer is None for p in parts) else \
+        np.concatenate([p.layer for p in parts])
+    counts = np.concatenate([p.n_points for p in parts])
+    return PointCloudBatch(
+        np.concatenate([[0], np.cumsum(counts)]),
+        *(np.concatenate([getattr(p, k) for p in parts]) for k in ("x", "y", "z", "energy")),
+        Conditions.concatenate([p.conditions for p in parts]), layers, parts[0].geometry)
 
 
 def showers_fitting(memory_mb: float, n_voxels: int) -> int:
@@ -87,15 +123,18 @@ class ShowerStream:
 
     ``holdout`` random showers are kept apart for validation (:meth:`validation_rows`);
     the rest are the training set, served by :meth:`rows` in each epoch's order.
+    With ``points`` the stream serves :class:`PointCloudBatch` (read with the source's
+    ``read_points``; a voxel file gives one point per hit cell) instead of voxels.
     """
 
     def __init__(self, source: ShowerSource, seed: int, holdout: int = 0,
                  chunk_showers: int = 256, buffer_showers: int = 4096,
-                 n_showers: int = 0) -> None:
+                 n_showers: int = 0, points: bool = False) -> None:
         if chunk_showers < 1 or buffer_showers < 1:
             raise InputError("chunk and shuffle-buffer sizes must be >= 1")
         self.source = source
         self.seed = int(seed)
+        self.points = bool(points)
         total = source.n_showers
         self.n_showers = total if n_showers <= 0 else min(n_showers, total)
         self.chunk_showers = int(chunk_showers)
@@ -113,7 +152,7 @@ class ShowerStream:
         self._epoch: int | None = None
         self._windows: list[np.ndarray] = []  # file indices of each window, in epoch order
         self._starts = np.zeros(1, dtype=np.int64)
-        self._cache: dict[int, ShowerBatch] = {}
+        self._cache: dict[int, Showers] = {}
 
     # ---- identity (stored in checkpoints) ---------------------------------------------
     def fingerprint(self) -> str:
@@ -151,7 +190,7 @@ class ShowerStream:
         self._plan(epoch)
         return np.concatenate(self._windows) if self._windows else np.zeros(0, np.int64)
 
-    def rows(self, epoch: int, start: int, stop: int) -> ShowerBatch:
+    def rows(self, epoch: int, start: int, stop: int) -> Showers:
         """Showers at positions ``start:stop`` of epoch ``epoch``'s order."""
         self._plan(epoch)
         first = int(np.searchsorted(self._starts, start, side="right")) - 1
@@ -165,10 +204,12 @@ class ShowerStream:
             lo = max(start - self._starts[w], 0)
             hi = min(stop, self._starts[w + 1]) - self._starts[w]
             parts.append(self._cache[w][int(lo):int(hi)])
+        if self.points:
+            return concat_points(parts)
         return parts[0] if len(parts) == 1 else ShowerBatch.concatenate(parts)
 
     # ---- reading ------------------------------------------------------------------------
-    def gather(self, index: np.ndarray) -> ShowerBatch:
+    def gather(self, index: np.ndarray) -> Showers:
         """Showers at file indices ``index`` (any order), one read per chunk touched,
         written straight into their place (one copy of the data in memory)."""
         index = np.asarray(index, dtype=np.int64)
@@ -176,6 +217,8 @@ class ShowerStream:
             raise InputError("no showers to read")
         order = np.argsort(index, kind="stable")
         ordered = index[order]
+        if self.points:
+            return self._gather_points(ordered, order)
         x: np.ndarray | None = None
         conditions, done = [], 0
         cuts = np.flatnonzero(np.diff(ordered // self.chunk_showers)) + 1
@@ -194,12 +237,22 @@ class ShowerStream:
         cond = Conditions.concatenate(conditions)[inverse]
         return ShowerBatch(self.source.geometry, x, cond)
 
+    def _gather_points(self, ordered: np.ndarray, order: np.ndarray) -> PointCloudBatch:
+        cuts = np.flatnonzero(np.diff(ordered // self.chunk_showers)) + 1
+        parts = []
+        for sel in np.split(ordered, cuts):
+            lo, hi = int(sel[0]), int(sel[-1]) + 1
+            parts.append(take_points(self.source.read_points(lo, hi), sel - lo))
+        inverse = np.empty_like(order)
+        inverse[order] = np.arange(len(order))
+        return take_points(concat_points(parts), inverse)
+
     def train_conditions(self) -> Conditions:
         """Conditions (energy, theta, phi, impact, particle) of every training shower, read
         without the voxels: what the model declares and records as its conditions."""
         return self.source.read_conditions(0, self.n_showers)[self.train_index]
 
-    def validation_rows(self) -> ShowerBatch | None:
+    def validation_rows(self) -> Showers | None:
         return self.gather(self.val_index) if len(self.val_index) else None
 
     def subsample_index(self, n: int) -> np.ndarray:

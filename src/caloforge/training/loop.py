@@ -42,7 +42,7 @@ import torch
 import yaml
 
 from caloforge import __version__
-from caloforge.data.batch import Conditions, ShowerBatch
+from caloforge.data.batch import Conditions, PointCloudBatch, ShowerBatch
 from caloforge.errors import (
     ConfigError,
     FormatError,
@@ -106,13 +106,38 @@ def _read_ema(checkpoint: Path | None) -> dict[str, torch.Tensor]:
         raise FormatError(f"averaged (EMA) weights missing or corrupt ({exc})", path) from None
 
 
-def _tensors(batch: ShowerBatch, model: GenerativeModel
-             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """(voxel energies, incident energies, theta/phi or None) as float32 tensors: what
-    ``model`` trains on (the angles on the model's device, only if it takes them)."""
-    return (torch.from_numpy(np.ascontiguousarray(batch.energies, dtype=np.float32)),
-            torch.from_numpy(batch.incident_energy.astype(np.float32)),
-            model.angle_tensor(batch.conditions, len(batch)))
+def padded_points(batch: PointCloudBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(points, mask)``: ``(B, P, 4)`` float32 x, y, z (mm), E (MeV) zero padded to the
+    largest cloud of the batch, and ``(B, P)`` True on the real points."""
+    counts = batch.n_points
+    p = max(int(counts.max()) if len(counts) else 0, 1)
+    slot = np.arange(len(batch.energy)) - np.repeat(batch.offsets[:-1], counts)
+    rows = batch.shower_index
+    points = np.zeros((len(batch), p, 4), np.float32)
+    for col, name in enumerate(("x", "y", "z", "energy")):
+        points[rows, slot, col] = getattr(batch, name)
+    mask = np.zeros((len(batch), p), bool)
+    mask[rows, slot] = True
+    return torch.from_numpy(points), torch.from_numpy(mask)
+
+
+def _train_batch(batch: ShowerBatch | PointCloudBatch, model: GenerativeModel) -> TrainBatch:
+    """What ``model`` trains on, as float32 tensors on the CPU (the angles on the model's
+    device, only if it takes them): voxels, or padded points and their mask."""
+    e_inc = torch.from_numpy(batch.conditions.incident_energy.astype(np.float32))
+    angles = model.angle_tensor(batch.conditions, len(batch))
+    if isinstance(batch, PointCloudBatch):
+        points, mask = padded_points(batch)
+        return TrainBatch(torch.zeros(len(batch), 0), e_inc, angles, points, mask)
+    return TrainBatch(torch.from_numpy(np.ascontiguousarray(batch.energies, dtype=np.float32)),
+                      e_inc, angles)
+
+
+def _to(batch: TrainBatch, device: torch.device) -> TrainBatch:
+    def move(t: torch.Tensor | None) -> torch.Tensor | None:
+        return None if t is None else t.to(device, non_blocking=True)
+    return TrainBatch(move(batch.x), move(batch.e_inc), batch.angles, move(batch.points),
+                      move(batch.mask))
 
 
 def _with_conditions(cls: type[GenerativeModel], config: dict[str, Any] | Config | None,
@@ -154,8 +179,12 @@ def _phase_at(bounds: list[tuple[str, int]], step: int) -> str:
     return current
 
 
-def validation_summary(batch: ShowerBatch) -> dict[str, float]:
-    """E_vis/E_inc mean and width and the mean number of hits above threshold."""
+def validation_summary(batch: ShowerBatch | PointCloudBatch) -> dict[str, float]:
+    """E_vis/E_inc mean and width and the mean number of hits above threshold (point
+    clouds: after projection into their geometry, plus the mean number of points)."""
+    if isinstance(batch, PointCloudBatch):
+        summary = validation_summary(batch.to_voxels()[0])
+        return {**summary, "n_points_mean": float(batch.n_points.mean())}
     thr = batch.geometry_object.readout_threshold_mev
     resp = batch.total_energy() / batch.incident_energy
     return {"response_mean": float(resp.mean()), "response_std": float(resp.std()),
@@ -165,7 +194,8 @@ def validation_summary(batch: ShowerBatch) -> dict[str, float]:
 class Trainer:
     """Runs one training (see :func:`train`); attributes are for inspection in tests."""
 
-    def __init__(self, model_name: str, data: ShowerBatch | str | Path, out_dir: str | Path,
+    def __init__(self, model_name: str, data: ShowerBatch | PointCloudBatch | str | Path,
+                 out_dir: str | Path,
                  model_config: dict[str, Any] | Config | None = None,
                  preset: str | None = None, train_config: TrainConfig | None = None,
                  device: str = "cpu", seed: int = 0, resume: bool = False,
@@ -192,10 +222,11 @@ class Trainer:
             ckpt.remove_stale_parts(self.out)
         else:
             self.cfg = train_config or TrainConfig()
-        if not isinstance(data, ShowerBatch):
+        if not isinstance(data, (ShowerBatch, PointCloudBatch)):
             data_source = data_source or str(data)
         self.data_source = data_source
         self.source = open_source(data)
+        self.points = cls.representation == "points"
         try:
             self._build(cls, model, state, model_config, preset, device, recorded_frozen)
         except BaseException:
@@ -227,8 +258,11 @@ class Trainer:
                              self.data_source or None)
         self.validation_data = self.stream.validation_rows()
         if state is None:
-            x, e_inc, _ = self._fit_subset()
-            model.fit_preprocessing(x, e_inc)
+            fit = self._fit_subset()
+            if self.points:
+                model.fit_preprocessing(fit.points, fit.e_inc, mask=fit.mask)
+            else:
+                model.fit_preprocessing(fit.x, fit.e_inc)
         self.model.to(self.device)
         broadcast_state(self.model, self.dist)
         self.optimizers = self.model.configure_optimizers()
@@ -259,6 +293,7 @@ class Trainer:
             self.cfg.frozen_models, recorded_frozen, self.device,
             self.resumed_from / "frozen" if self.resumed_from else None)
         self.ctx.frozen = self.frozen  # training_step reads ctx.frozen[role]
+        self.model.attach_frozen(self.frozen_refs, self.frozen)
         if state is not None:
             self._restore(state)
             if self.dist.is_main:
@@ -280,24 +315,24 @@ class Trainer:
             raise InputError("need at least 2 showers to train", self.data_source or None)
         n_val = min(cfg.validation_showers, n // 5) if cfg.validate_every else 0
         buffer = showers_fitting(cfg.shuffle_buffer_mb, n_vox)
-        self.stream = ShowerStream(self.source, self.seed, n_val, cfg.chunk_showers, buffer, n)
+        self.stream = ShowerStream(self.source, self.seed, n_val, cfg.chunk_showers, buffer, n,
+                                   points=self.points)
         self.n_train = self.stream.n_train
 
-    def _fit_subset(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    def _fit_subset(self) -> TrainBatch:
         """A random subsample of the training showers, bounded in number and memory
-        (what fitted preprocessing and ``finalize`` see)."""
+        (what fitted preprocessing and ``finalize`` see; on the CPU)."""
         cfg = self.cfg
         n = min(self.n_train, cfg.finalize_showers,
                 showers_fitting(cfg.fit_memory_mb, self.model.geometry.n_voxels))
-        return _tensors(self.stream.gather(self.stream.subsample_index(n)), self.model)
+        return _train_batch(self.stream.gather(self.stream.subsample_index(n)), self.model)
 
     def _batch(self, step: int) -> TrainBatch:
         epoch, pos = divmod(step, self.steps_per_epoch)
         bs, world = self.cfg.batch_size, self.dist.world_size
         start = pos * bs * world + self.dist.rank * bs
-        x, e_inc, angles = _tensors(self.stream.rows(epoch, start, start + bs), self.model)
-        return TrainBatch(x.to(self.device, non_blocking=True),
-                          e_inc.to(self.device, non_blocking=True), angles)
+        return _to(_train_batch(self.stream.rows(epoch, start, start + bs), self.model),
+                   self.device)
 
     def close(self) -> None:
         """Close the training file."""
@@ -416,8 +451,12 @@ class Trainer:
         if self._stop_requested():
             raise self._interrupted()
         if self.step >= self.total_steps and not self.finished:
-            x, e_inc, angles = self._fit_subset()
-            self.model.finalize(x, e_inc, self.ctx.generator, angles=angles)
+            fit = self._fit_subset()
+            if self.points:
+                self.model.finalize(fit.points, fit.e_inc, self.ctx.generator,
+                                    angles=fit.angles, mask=fit.mask)
+            else:
+                self.model.finalize(fit.x, fit.e_inc, self.ctx.generator, angles=fit.angles)
             self.finished = True
             if cfg.validate_every and self.dist.is_main:
                 self._log({"step": self.step, "phase": "final", **self.validate()})
@@ -466,7 +505,7 @@ class Trainer:
             self.save()
 
 
-def train(model_name: str, data: ShowerBatch | str | Path, out_dir: str | Path,
+def train(model_name: str, data: ShowerBatch | PointCloudBatch | str | Path, out_dir: str | Path,
           model_config: dict[str, Any] | Config | None = None, preset: str | None = None,
           train_config: TrainConfig | None = None, device: str = "cpu", seed: int = 0,
           resume: bool = False, progress: bool | None = None) -> GenerativeModel:

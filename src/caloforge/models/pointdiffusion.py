@@ -1,0 +1,229 @@
+"""What the point-cloud diffusion models (``caloclouds``, ``caloclouds2``,
+``caloclouds2-cm``) share: data preparation, the ShowerFlow, and generation.
+
+Per point the networks see four features, standardised with statistics fitted on the
+training clouds of the geometry (the models know nothing about a detector beyond it):
+
+- ``x - x_cog``, ``y - y_cog``: transverse position (mm) relative to the shower's
+  energy-weighted centre of gravity;
+- ``layer + u``: the layer index (from z and the layer fronts), dequantised with
+  ``u ~ U(0, 1)`` during training;
+- ``log E`` (MeV); points without energy are dropped (they are padding in the files).
+
+Per shower the condition is :meth:`condition_features` (energy, direction) and the
+standardised ``log`` of the number of points.  Generation: the :class:`ShowerFlow`
+draws the number of points, the visible energy, points and energy per layer and the
+centre of gravity; the point model fills that many points; the points are sorted by
+their continuous layer coordinate and given to the layers in order of the drawn layer
+counts; their energies are scaled layer by layer to the drawn layer energies (so the
+totals agree exactly), and the cloud is shifted to the drawn centre of gravity.  The
+output is ``(points, mask)``: x, y in mm in the geometry frame, z the depth of the
+layer's active medium (``Geometry.layer_z_mm``, what point files and the projection
+use), E in MeV.  All noise of shower i comes from its own stream: its points do not
+depend on the other showers of a chunk nor on how far the chunk is padded.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from caloforge.data.batch import Conditions
+from caloforge.errors import ConfigError, InputError
+from caloforge.geometry import Geometry
+from caloforge.models.base import GenerativeModel, StepContext, TrainBatch
+from caloforge.models.config import ModelConfig, positive
+from caloforge.models.noise import ShowerNoise, Source
+from caloforge.models.pointnets import PointDenoiser
+from caloforge.models.showerflow import ShowerFlow, ShowerSummary, summarise
+
+FEATURES = 4  # per point: dx, dy, layer, log E
+
+
+@dataclass
+class PointModelConfig(ModelConfig):
+    hidden: int = 128  # per-point width of the set network
+    summary: int = 64  # width of the learned set summary
+    blocks: int = 3
+    embed_dim: int = 32  # noise-level embedding
+    flow_transforms: int = 6
+    flow_hidden: tuple[int, ...] = (128, 128)
+    flow_bins: int = 8
+    lr: float = 1e-3
+    lr_flow: float = 1e-3
+    showerflow_fraction: float = 0.3  # share of the steps that train the ShowerFlow
+    max_points_factor: float = 2.0  # generation draws at most this x the largest cloud seen
+
+    def validate(self) -> None:
+        super().validate()
+        positive(self, "hidden", "summary", "blocks", "embed_dim", "flow_transforms", "lr",
+                 "lr_flow", "max_points_factor")
+        if not 0 < self.showerflow_fraction < 1:
+            raise ConfigError("config key 'showerflow_fraction' must lie in (0, 1)")
+
+
+TINY = {"hidden": 16, "summary": 8, "blocks": 1, "embed_dim": 8, "flow_transforms": 2,
+        "flow_hidden": [16], "flow_bins": 4, "lr": 3e-3, "lr_flow": 3e-3}
+
+
+class PointDiffusionModel(GenerativeModel):
+    """Base of the point-cloud diffusion models (see the module docstring).
+
+    Subclasses implement :meth:`diffusion_loss` (training on standardised points) and
+    :meth:`sample_points` (standardised points for a mask and per-shower context)."""
+
+    representation = "points"
+    condition_inputs = ("theta", "phi")
+    owns_showerflow = True  # the distilled student borrows its teacher's
+
+    def __init__(self, config: PointModelConfig, geometry: Geometry) -> None:
+        super().__init__(config, geometry)
+        n_l = geometry.n_layers
+        self.register_buffer("layer_z", torch.as_tensor(geometry.layer_z_mm, dtype=torch.float32))
+        self.register_buffer("layer_front",
+                             torch.as_tensor(geometry.layer_front_z_mm, dtype=torch.float32))
+        self.register_buffer("feat_mean", torch.zeros(FEATURES))
+        self.register_buffer("feat_std", torch.ones(FEATURES))
+        self.register_buffer("count_stats", torch.tensor([0.0, 1.0]))  # log n mean, std
+        self.register_buffer("max_points", torch.ones((), dtype=torch.long))
+        self.context_dim = self.n_conditions + 1
+        if self.owns_showerflow:
+            self.showerflow = ShowerFlow(n_l, self.n_conditions, config.flow_transforms,
+                                         tuple(config.flow_hidden), config.flow_bins)
+        self.net = PointDenoiser(FEATURES, self.context_dim + config.embed_dim, config.hidden,
+                                 config.summary, config.blocks)
+
+    # ---- data -----------------------------------------------------------------------------
+    def layers_of(self, z: Tensor) -> Tensor:
+        """Layer index of depths ``z`` (mm) from the layer fronts."""
+        idx = torch.searchsorted(self.layer_front, z.contiguous(), right=True) - 1
+        return idx.clamp(0, self.geometry.n_layers - 1)
+
+    def _prepare(self, points: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, ShowerSummary]:
+        """(clouds, mask without zero-energy points, their shower summary)."""
+        mask = mask & (points[..., 3] > 0)
+        layer = self.layers_of(points[..., 2])
+        s = summarise(points[..., 3], points[..., :2], layer, mask, self.geometry.n_layers)
+        if (s.n_points == 0).any():
+            raise InputError(f"{int((s.n_points == 0).sum())} training showers have no "
+                             "point with energy: a point model cannot learn from empty clouds")
+        return layer, mask, s
+
+    def _raw_features(self, points: Tensor, layer: Tensor, s: ShowerSummary, u: Tensor
+                      ) -> Tensor:
+        dxy = points[..., :2] - s.cog[:, None]
+        return torch.cat([dxy, (layer.to(points.dtype) + u)[..., None],
+                          torch.log(points[..., 3:4].clamp_min(1e-12))], 2)
+
+    def count_feature(self, n_points: Tensor) -> Tensor:
+        mean, std = self.count_stats
+        return ((torch.log(n_points.float()) - mean) / std)[:, None]
+
+    def fit_preprocessing(self, x: Tensor, e_inc: Tensor, mask: Tensor | None = None) -> None:
+        """Standardisation of point and shower features from training clouds ``x``
+        (padded, as in :class:`TrainBatch`) and their ``mask``."""
+        super().fit_preprocessing(x, e_inc)
+        if mask is None:
+            raise InputError(f"model {self.name!r} trains on point clouds, not voxels")
+        layer, mask, s = self._prepare(x, mask)
+        gen = torch.Generator().manual_seed(0)
+        raw = self._raw_features(x, layer, s, torch.rand(layer.shape, generator=gen))
+        sel = raw[mask]
+        self.feat_mean.copy_(sel.mean(0))
+        self.feat_std.copy_(sel.std(0).clamp_min(1e-3) if len(sel) > 1 else torch.ones(4))
+        log_n = torch.log(s.n_points.float())
+        self.count_stats.copy_(torch.stack([log_n.mean(), log_n.std().nan_to_num(1.0)
+                                            .clamp_min(0.05)]))
+        self.max_points.fill_(max(1, math.ceil(float(s.n_points.max())
+                                                * self.config.max_points_factor)))
+        if self.owns_showerflow:
+            u = torch.rand(len(e_inc), 1 + self.geometry.n_layers, generator=gen)
+            self.showerflow.fit(self.showerflow.encode(s, e_inc, u))
+
+    # ---- training -------------------------------------------------------------------------
+    def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        c = self.config
+        out = {"points": torch.optim.Adam(self.net.parameters(), c.lr)}
+        if self.owns_showerflow:
+            out["showerflow"] = torch.optim.Adam(self.showerflow.parameters(), c.lr_flow)
+        return out
+
+    def phases(self) -> list[tuple[str, float]]:
+        f = self.config.showerflow_fraction
+        return [("showerflow", f), ("diffusion", 1 - f)]
+
+    def training_step(self, batch: TrainBatch, phase: str, ctx: StepContext) -> dict[str, float]:
+        if batch.points is None or batch.mask is None:
+            raise InputError(f"model {self.name!r} trains on point clouds (a point file)")
+        cond = self.condition_features(batch.e_inc, batch.angles)
+        layer, mask, s = self._prepare(batch.points, batch.mask)
+        if phase == "showerflow":
+            u = torch.rand(len(cond), 1 + self.geometry.n_layers, generator=ctx.generator,
+                           device=cond.device)
+            with ctx.autocast():
+                loss = self.showerflow.loss(self.showerflow.encode(s, batch.e_inc, u), cond)
+            ctx.step("showerflow", loss)
+            return {"showerflow": loss.item()}
+        u = torch.rand(layer.shape, generator=ctx.generator, device=cond.device)
+        x0 = (self._raw_features(batch.points, layer, s, u) - self.feat_mean) / self.feat_std
+        x0 = x0 * mask[..., None]
+        context = torch.cat([cond, self.count_feature(s.n_points)], 1)
+        return self.diffusion_loss(x0, mask, context, ctx)
+
+    def diffusion_loss(self, x0: Tensor, mask: Tensor, context: Tensor, ctx: StepContext
+                       ) -> dict[str, float]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    @staticmethod
+    def masked_mse(a: Tensor, b: Tensor, mask: Tensor, weight: Tensor | None = None) -> Tensor:
+        """Mean squared difference over the real points (optionally weighted per shower)."""
+        err = ((a - b) ** 2).sum(2) * mask
+        if weight is not None:
+            err = err * weight[:, None]
+        return err.sum() / (mask.sum() * a.shape[2]).clamp_min(1)
+
+    # ---- generation -------------------------------------------------------------------------
+    def shower_flow(self) -> ShowerFlow:
+        return self.showerflow
+
+    def sample_points(self, mask: Tensor, context: Tensor, noise: Source
+                      ) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def generate(self, e_inc: Tensor, noise: ShowerNoise,
+                 conditions: Conditions | None = None) -> tuple[Tensor, Tensor]:
+        cond = self.condition_features(e_inc, self.angle_tensor(conditions, len(e_inc)))
+        s = self.shower_flow().sample(cond, noise, e_inc, int(self.max_points))
+        p = int(s.n_points.max()) if len(e_inc) else 1
+        mask = torch.arange(p, device=cond.device)[None] < s.n_points[:, None]
+        context = torch.cat([cond, self.count_feature(s.n_points)], 1)
+        feats = self.sample_points(mask, context, noise)
+        return self.place(feats, mask, s), mask
+
+    def place(self, feats: Tensor, mask: Tensor, s: ShowerSummary) -> Tensor:
+        """Standardised points -> ``(B, P, 4)`` x, y, z (mm), E (MeV) matching the shower
+        summary: layers by rank of the layer coordinate, energies scaled per layer, cloud
+        shifted to the centre of gravity (see the module docstring)."""
+        raw = feats * self.feat_std + self.feat_mean
+        n_l = self.geometry.n_layers
+        depth = raw[..., 2].masked_fill(~mask, float("inf"))
+        order = torch.argsort(depth, dim=1, stable=True)
+        rank = torch.arange(mask.shape[1], device=mask.device).expand_as(order).contiguous()
+        bounds = s.layer_counts.cumsum(1).contiguous()
+        by_rank = torch.searchsorted(bounds, rank, right=True).clamp_max(n_l - 1)
+        layer = torch.empty_like(by_rank).scatter_(1, order, by_rank)
+        e = torch.exp(raw[..., 3].clamp(-30.0, 30.0)) * mask
+        sums = torch.zeros_like(s.layer_energy).scatter_add_(1, layer, e)
+        e = e * torch.gather(s.layer_energy / sums.clamp_min(1e-30), 1, layer)
+        dxy = raw[..., :2]
+        centre = (dxy * e[..., None]).sum(1) / e.sum(1).clamp_min(1e-30)[:, None]
+        xy = dxy - centre[:, None] + s.cog[:, None]
+        out = torch.cat([xy, self.layer_z[layer][..., None], e[..., None]], 2)
+        return out * mask[..., None]
+
+    def metadata(self) -> dict[str, Any]:
+        return {**super().metadata(), "sampler": self.sampler_settings()}
