@@ -13,6 +13,7 @@ True
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,7 +24,7 @@ import yaml
 from caloforge.errors import CaloforgeError, FormatError, InputError
 from caloforge.geometry import get_geometry
 from caloforge.models.config import read_yaml
-from caloforge.models.ema import apply_ema, write_ema
+from caloforge.models.ema import EMA_FILE, apply_ema, write_ema
 from caloforge.models.registry import get_model_class, list_models
 from caloforge.utils import atomic_dir
 
@@ -32,6 +33,21 @@ if TYPE_CHECKING:
 
 WEIGHTS_FILE = "model.safetensors"
 META_FILE = "model.yaml"
+MODEL_FILES = (META_FILE, WEIGHTS_FILE, EMA_FILE)
+
+
+def folder_hash(directory: Path) -> str:
+    """SHA-256 over the model files of a folder (names and contents, fixed order): what a
+    model attached by reference (a frozen teacher) is recognised by."""
+    digest = hashlib.sha256()
+    for name in MODEL_FILES:
+        path = directory / name
+        if path.is_file():
+            digest.update(name.encode() + b"\0")
+            with open(path, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(block)
+    return digest.hexdigest()
 
 
 def write_model_files(model: GenerativeModel, directory: Path) -> None:

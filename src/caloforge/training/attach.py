@@ -17,7 +17,6 @@ loaded in eval mode with gradients off and handed to ``training_step`` as
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 from pathlib import Path
 from typing import Any
@@ -25,23 +24,8 @@ from typing import Any
 import torch
 
 from caloforge.errors import CaloforgeError, InputError
-from caloforge.models.base import META_FILE, WEIGHTS_FILE, GenerativeModel, resolve_model_dir
-from caloforge.training.ema import EMA_FILE
-
-MODEL_FILES = (META_FILE, WEIGHTS_FILE, EMA_FILE)
-
-
-def folder_hash(directory: Path) -> str:
-    """SHA-256 over the model files of a folder (names and contents, fixed order)."""
-    digest = hashlib.sha256()
-    for name in MODEL_FILES:
-        path = directory / name
-        if path.is_file():
-            digest.update(name.encode() + b"\0")
-            with open(path, "rb") as f:
-                for block in iter(lambda: f.read(1 << 20), b""):
-                    digest.update(block)
-    return digest.hexdigest()
+from caloforge.models.base import GenerativeModel, resolve_model_dir
+from caloforge.models.folder import META_FILE, MODEL_FILES, folder_hash
 
 
 def reference(path: str | Path, role: str) -> dict[str, str]:
