@@ -41,6 +41,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="generate only shard i of N (0-based) of the -n-shower run: the same "
                         "seed gives the same showers however the run is split; join the "
                         "shards with 'caloforge merge'")
+    p.add_argument("--sampler", action="append", metavar="KEY=VALUE", default=[],
+                   help="sampler option of the model, repeatable (diffusion models: e.g. "
+                        "steps=10, sigma_max=80); recorded in the file's metadata")
     p.add_argument("--batch-size", type=int, default=100, help="showers per model call")
     p.add_argument("--seed", type=int, default=0, help="random seed, >= 0 (default 0)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
@@ -57,6 +60,27 @@ def _positive(value: int | None, option: str) -> None:
 
     if value is not None and value < 1:
         raise InputError(f"{option} must be >= 1, got {value}")
+
+
+def sampler_options(specs: list[str]) -> dict[str, int | float | str]:
+    """``--sampler KEY=VALUE`` options as a dict (numbers parsed)."""
+    from caloforge.errors import InputError
+
+    out: dict[str, int | float | str] = {}
+    for spec in specs:
+        key, sep, text = spec.partition("=")
+        key = key.strip()
+        if not sep or not key or not text.strip():
+            raise InputError(f"--sampler {spec!r}: expect KEY=VALUE (e.g. steps=10)")
+        value: int | float | str = text.strip()
+        for kind in (int, float):
+            try:
+                value = kind(text)
+                break
+            except ValueError:
+                continue
+        out[key] = value
+    return out
 
 
 def _conditions(args: argparse.Namespace):  # noqa: ANN202 - avoids importing numpy at parse
@@ -120,7 +144,8 @@ def _shard(args: argparse.Namespace, conditions, spec: str):  # noqa: ANN202
     # threads, shard number): shards of one run share this id.
     settings = {"command": "generate", "model": model, "seed": args.seed, "conditions": spec,
                 "n": len(conditions), "allow_extrapolation": args.allow_extrapolation,
-                "project": args.project, "format": args.format}
+                "project": args.project, "format": args.format,
+                "sampler": sampler_options(args.sampler)}
     meta = {"run_id": run_id_of(settings), "run_size": len(conditions), "first_index": start,
             "stop_index": stop, "shard": f"{i}/{n_shards}", "run_settings": settings}
     return conditions[start:stop], start, meta
@@ -143,6 +168,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--format {args.format!r} is unknown; known: {', '.join(FORMATS)}")
     check_device(args.device)
     check_output_path(args.output, args.overwrite)
+    sampler = sampler_options(args.sampler)
     conditions, spec = _conditions(args)
     shard_meta, first_index = {}, 0
     if args.shard is not None:
@@ -154,7 +180,7 @@ def run(args: argparse.Namespace) -> int:
                          args.seed, args.device, args.allow_extrapolation, args.overwrite,
                          False if args.no_progress else None,
                          {"conditions": spec, **shard_meta}, project=args.project,
-                         lossy=args.lossy, first_index=first_index)
+                         lossy=args.lossy, first_index=first_index, sampler=sampler)
     extra = ""
     if meta.get("projected"):
         extra = f", points projected: {meta['projected_outside_mev']:.4g} MeV outside the cells"

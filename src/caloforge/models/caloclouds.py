@@ -9,8 +9,10 @@ real points (Algorithm 1); sampling starts from ``x_T ~ N(0, I)`` and applies
               + sigma_t z,    sigma_t^2 = beta_t,   z = 0 at t = 1
 
 for ``t = T..1`` (Algorithm 2): 100 network evaluations.  The variances ``beta_t`` follow
-the cosine schedule of Nichol and Dhariwal (2021), which reaches pure noise in 100 steps
-(a linear 1e-4..0.02 schedule keeps a third of the signal after 100 steps).  The
+the cosine schedule of Nichol and Dhariwal (2021), capped at ``max_beta = 0.2``: it
+reaches ``abar_T = 0.0026`` in 100 steps (a linear 1e-4..0.02 schedule keeps a third
+of the signal), and the cap keeps ``1 / sqrt(alpha_t)`` from amplifying the network's
+errors 30-fold in the last steps as the uncapped schedule (0.999) does.  The
 ShowerFlow and the placement of the points are shared with the other point models
 (:mod:`caloforge.models.pointdiffusion`).
 
@@ -38,18 +40,21 @@ from caloforge.models.pointnets import noise_embedding, point_noise
 @dataclass
 class CaloCloudsConfig(PointModelConfig):
     diffusion_steps: int = 100
+    max_beta: float = 0.2  # cap of beta_t: 1/sqrt(alpha_t) amplifies errors late in sampling
 
     def validate(self) -> None:
         super().validate()
         if self.diffusion_steps < 2:
             raise ConfigError("config key 'diffusion_steps' must be >= 2")
+        if not 0 < self.max_beta < 1:
+            raise ConfigError("config key 'max_beta' must lie in (0, 1)")
 
 
-def cosine_betas(steps: int, offset: float = 0.008) -> Tensor:
-    """``beta_t``, t = 1..steps, of the cosine schedule (clipped at 0.999)."""
+def cosine_betas(steps: int, max_beta: float = 0.2, offset: float = 0.008) -> Tensor:
+    """``beta_t``, t = 1..steps, of the cosine schedule, capped at ``max_beta``."""
     s = torch.arange(steps + 1, dtype=torch.float64) / steps
     abar = torch.cos((s + offset) / (1 + offset) * math.pi / 2) ** 2
-    return (1 - abar[1:] / abar[:-1]).clamp(max=0.999).float()
+    return (1 - abar[1:] / abar[:-1]).clamp(max=max_beta).float()
 
 
 @register("caloclouds")
@@ -61,7 +66,7 @@ class CaloClouds(PointDiffusionModel):
 
     def __init__(self, config: CaloCloudsConfig, geometry: Geometry) -> None:
         super().__init__(config, geometry)
-        betas = cosine_betas(config.diffusion_steps)
+        betas = cosine_betas(config.diffusion_steps, config.max_beta)
         self.register_buffer("betas", betas, persistent=False)
         self.register_buffer("abar", torch.cumprod(1 - betas, 0), persistent=False)
         self.calls = 0

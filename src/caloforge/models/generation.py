@@ -217,7 +217,8 @@ def generate_file(model: GenerativeModel | str | Path, conditions: Conditions | 
                   seed: int = 0, device: str = "cpu", allow_extrapolation: bool = False,
                   overwrite: bool = False, show_progress: bool | None = None,
                   extra_metadata: dict[str, Any] | None = None, project: bool = False,
-                  lossy: bool = False, first_index: int = 0) -> dict[str, Any]:
+                  lossy: bool = False, first_index: int = 0,
+                  sampler: dict[str, Any] | None = None) -> dict[str, Any]:
     """Generate one shower per condition (or per incident energy in MeV) into ``output``.
 
     Everything is checked before the model runs; the file appears only when complete.
@@ -226,8 +227,10 @@ def generate_file(model: GenerativeModel | str | Path, conditions: Conditions | 
     excluded).  Shower i depends only on (seed, i), whatever ``batch_size``.  A
     point-cloud model writes point formats; ``project`` deposits its points into the
     geometry's cells for voxel formats.  ``first_index``: global index of the first
-    shower (a shard of a larger run gives the same showers as the whole run).  Returns
-    the metadata.
+    shower (a shard of a larger run gives the same showers as the whole run).
+    ``sampler``: sampler options of the model (e.g. ``{"steps": 10}``,
+    :meth:`GenerativeModel.set_sampler`), checked before anything is written; the
+    settings in force are recorded as metadata key ``sampler``.  Returns the metadata.
     """
     from caloforge.data.io import write_showers
 
@@ -247,6 +250,7 @@ def generate_file(model: GenerativeModel | str | Path, conditions: Conditions | 
         model = model.to(device)
     model.check_conditions(conditions, allow_extrapolation)
     check_point_format(model, format, project)
+    sampler_settings = model.set_sampler(**(sampler or {}))
     run_seed = draw_seed(seed)
     meta: dict[str, Any] = {
         "model": model.name, "model_source": source,
@@ -254,6 +258,7 @@ def generate_file(model: GenerativeModel | str | Path, conditions: Conditions | 
         "caloforge_version": __version__, "seed": int(run_seed), "device": str(model.device),
         "batch_size": int(batch_size), "n_showers": int(len(conditions)),
         "representation": model.representation, "model_config": model.config.to_dict(),
+        "sampler": sampler_settings,
         **(extra_metadata or {}),
     }
     elapsed, outside = 0.0, 0.0
