@@ -195,3 +195,20 @@ def test_student_resumes_exactly(runs, tmp_path):
                     progress=False)
     a, b = straight.state_dict(), resumed.state_dict()
     assert set(a) == set(b) and all(np.array_equal(a[k].numpy(), b[k].numpy()) for k in a)
+
+
+def test_bad_teacher_through_the_train_cli(runs, toy_data, tmp_path, capsys):
+    wgan = tmp_path / "wgan"
+    train("wgan", toy_data, wgan, preset="tiny", train_config=_cfg(steps=2), progress=False)
+    config = tmp_path / "cm.yaml"
+    config.write_text(yaml.safe_dump({"training": {"frozen_models": {
+        "teacher": str(wgan / "model")}}}))
+    out = tmp_path / "student"
+    rc = main(["train", "--model", "caloclouds2-cm", "--data", str(runs["data"]), "--out",
+               str(out), "--config", str(config), "--preset", "tiny", "--steps", "2",
+               "--batch-size", "8",
+               "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 1 and len(err.splitlines()) == 1
+    assert err.startswith("caloforge train: error:") and "caloclouds2 model, not 'wgan'" in err
+    assert not out.exists()

@@ -22,8 +22,8 @@ that got points times ``E_vis``, so they always sum to ``E_vis``.
 
 >>> import torch
 >>> flow = ShowerFlow(n_layers=3, context=1, transforms=2, hidden=(8,), bins=4)
->>> flow.round_counts(torch.tensor([[0.5, 0.2, 0.3]]), torch.tensor([3]))
-tensor([[2, 0, 1]])
+>>> flow.round_counts(torch.tensor([[0.5, 0.2, 0.3]]), torch.tensor([3]))  # 1.5, .6, .9
+tensor([[1, 1, 1]])
 """
 
 from __future__ import annotations
