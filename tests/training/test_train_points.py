@@ -95,3 +95,18 @@ def test_take_and_concat_points_keep_each_cloud(toy_data):
     points, mask = padded_points(pts)
     assert torch.equal(mask.sum(1), torch.as_tensor(pts.n_points))
     np.testing.assert_array_equal(points[mask][:, 0].numpy(), pts.x.astype(np.float32))
+
+
+def test_empty_clouds_are_one_clear_error(toy_data, tmp_path):
+    from caloforge.data import PointCloudBatch
+    from caloforge.errors import InputError
+
+    pts = toy_data[:40].to_points()
+    keep = pts.shower_index != 3  # shower 3 loses all its points
+    counts = np.bincount(pts.shower_index[keep], minlength=len(pts))
+    empty = PointCloudBatch(np.concatenate([[0], np.cumsum(counts)]), pts.x[keep],
+                            pts.y[keep], pts.z[keep], pts.energy[keep], pts.conditions,
+                            geometry=pts.geometry)
+    with pytest.raises(InputError, match="1 training showers have no point with energy"):
+        train("caloclouds2", empty, tmp_path / "run", preset="tiny",
+              train_config=_cfg(steps=2, finalize_showers=100), progress=False)
