@@ -212,3 +212,17 @@ def test_bad_teacher_through_the_train_cli(runs, toy_data, tmp_path, capsys):
     assert rc == 1 and len(err.splitlines()) == 1
     assert err.startswith("caloforge train: error:") and "caloclouds2 model, not 'wgan'" in err
     assert not out.exists()
+
+
+def test_shipped_teacher_is_recorded_by_name(runs, tmp_path, monkeypatch):
+    import caloforge.models.folder as folder
+
+    zoo = tmp_path / "zoo"
+    shutil.copytree(runs["teacher"], zoo / "points-teacher")
+    monkeypatch.setattr(folder, "zoo_dir", lambda: zoo)
+    train("caloclouds2-cm", runs["data"], tmp_path / "s", preset="tiny",
+          train_config=_cfg(steps=2, frozen_models={"teacher": str(zoo / "points-teacher")}),
+          progress=False)
+    meta = yaml.safe_load((tmp_path / "s" / "model" / "model.yaml").read_text())
+    assert meta["teacher"]["path"] == "points-teacher"
+    assert len(load(tmp_path / "s" / "model").sample(np.array([5e3]), 0)) == 1

@@ -20,7 +20,8 @@ standardisation.
 The teacher is attached by reference (training config ``frozen_models: {teacher:
 FOLDER}``): the student's ``model.yaml`` records the teacher's folder and the SHA-256
 of its files, never copies of its weights; loading the student loads the teacher's
-ShowerFlow from there, and a missing or changed teacher is one clear error.
+ShowerFlow from there, and a missing or changed teacher is one clear error.  A shipped
+teacher (in the model zoo) is recorded by its name, so a shipped student finds it.
 
 Sampling: 1 network evaluation (``sigma_max`` -> clean), or 2 with
 ``set_sampler(steps=2)``: re-noise the first result to ``sigma_mid`` and map it again.
@@ -122,8 +123,11 @@ class CaloClouds2CM(EDMSampling, PointDiffusionModel):
         teacher = models["teacher"]
         self._check_teacher(teacher)
         self._teacher = [teacher]
-        self.teacher_ref = {**references["teacher"], "model": teacher.name,
-                            "config": teacher.config.to_dict()}
+        ref = dict(references["teacher"])
+        from caloforge.models.folder import zoo_dir
+        if Path(ref["path"]).parent == zoo_dir().resolve():  # shipped: by name, movable
+            ref["path"] = Path(ref["path"]).name
+        self.teacher_ref = {**ref, "model": teacher.name, "config": teacher.config.to_dict()}
         if bool(self.from_teacher):  # resumed: the checkpoint holds the student's state
             return
         with torch.no_grad():  # the teacher's standardisation, conditions and weights
@@ -140,13 +144,15 @@ class CaloClouds2CM(EDMSampling, PointDiffusionModel):
 
     def load_metadata(self, meta: dict[str, Any]) -> None:
         super().load_metadata(meta)
-        from caloforge.models.folder import folder_hash, load_model_dir
+        from caloforge.models.folder import folder_hash, load_model_dir, zoo_dir
 
         ref = meta.get("teacher")
         if not isinstance(ref, dict) or "path" not in ref or "sha256" not in ref:
             raise InputError("the model records no teacher (caloclouds2-cm needs its "
                              "caloclouds2 teacher folder)")
         path = Path(ref["path"])
+        if not path.is_absolute():  # a shipped teacher, recorded by name
+            path = zoo_dir() / path
         if not path.is_dir():
             raise InputError(f"the teacher model folder {path} is missing (caloclouds2-cm "
                              "uses its ShowerFlow; restore it there)")

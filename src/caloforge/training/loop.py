@@ -15,6 +15,11 @@ The training data are streamed from the file in chunks through a seeded shuffle 
 fitted preprocessing and ``finalize`` see a bounded random subsample of the training
 showers (``finalize_showers``, at most ``fit_memory_mb`` of dense showers).
 
+Point-cloud models (``representation == "points"``) stream the clouds themselves
+(``read_points`` of the reader; a voxel file gives one point per hit cell): their
+:class:`~caloforge.models.base.TrainBatch` holds padded ``points`` and a ``mask``, and
+``fit_preprocessing`` / ``finalize`` receive the padded clouds with ``mask=``.
+
 >>> from caloforge.models.toy import toy_geometry, toy_showers
 >>> import numpy as np, tempfile
 >>> geo = toy_geometry()
