@@ -33,7 +33,13 @@ from caloforge.errors import ConfigError
 from caloforge.geometry import Geometry
 from caloforge.models.base import StepContext, register
 from caloforge.models.noise import Source
-from caloforge.models.pointdiffusion import FEATURES, TINY, PointDiffusionModel, PointModelConfig
+from caloforge.models.pointdiffusion import (
+    FEATURES,
+    SMALL,
+    TINY,
+    PointDiffusionModel,
+    PointModelConfig,
+)
 from caloforge.models.pointnets import noise_embedding, point_noise
 
 
@@ -62,7 +68,7 @@ class CaloClouds(PointDiffusionModel):
     """Point-cloud DDPM with 100 denoising steps (see the module docstring)."""
 
     Config = CaloCloudsConfig
-    presets = {"tiny": dict(TINY)}
+    presets = {"tiny": dict(TINY), "small": dict(SMALL)}
 
     def __init__(self, config: CaloCloudsConfig, geometry: Geometry) -> None:
         super().__init__(config, geometry)

@@ -41,7 +41,13 @@ from caloforge.geometry import Geometry
 from caloforge.models.base import StepContext, register
 from caloforge.models.config import positive
 from caloforge.models.noise import Source
-from caloforge.models.pointdiffusion import FEATURES, TINY, PointDiffusionModel, PointModelConfig
+from caloforge.models.pointdiffusion import (
+    FEATURES,
+    SMALL,
+    TINY,
+    PointDiffusionModel,
+    PointModelConfig,
+)
 from caloforge.models.pointnets import noise_embedding, point_noise
 
 
@@ -114,7 +120,7 @@ class CaloClouds2(EDMSampling, PointDiffusionModel):
     """Point-cloud EDM score model with a Heun sampler (see the module docstring)."""
 
     Config = CaloClouds2Config
-    presets = {"tiny": dict(TINY)}
+    presets = {"tiny": dict(TINY), "small": dict(SMALL)}
 
     def __init__(self, config: CaloClouds2Config, geometry: Geometry) -> None:
         super().__init__(config, geometry)

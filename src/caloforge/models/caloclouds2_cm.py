@@ -47,7 +47,7 @@ from caloforge.models.base import GenerativeModel, StepContext, register
 from caloforge.models.caloclouds2 import CaloClouds2, CaloClouds2Config, EDMSampling, karras_sigmas
 from caloforge.models.config import positive
 from caloforge.models.noise import Source
-from caloforge.models.pointdiffusion import FEATURES, TINY, PointDiffusionModel
+from caloforge.models.pointdiffusion import FEATURES, SMALL, TINY, PointDiffusionModel
 from caloforge.models.pointnets import noise_embedding, point_noise
 from caloforge.models.showerflow import ShowerFlow
 
@@ -76,7 +76,7 @@ class CaloClouds2CM(EDMSampling, PointDiffusionModel):
     """Consistency-distilled point-cloud model (see the module docstring)."""
 
     Config = CaloClouds2CMConfig
-    presets = {"tiny": {**TINY, "lr": 1e-3, "distill_levels": 8}}
+    presets = {"tiny": {**TINY, "lr": 1e-3, "distill_levels": 8}, "small": dict(SMALL)}
     owns_showerflow = False
     sampler_keys = ("steps", "sigma_min", "sigma_max", "sigma_mid")
 

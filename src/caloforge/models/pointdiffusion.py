@@ -66,6 +66,9 @@ class PointModelConfig(ModelConfig):
             raise ConfigError("config key 'showerflow_fraction' must lie in (0, 1)")
 
 
+# sized for CPU generation (ILD ECAL: ~10 ms per shower per network evaluation intended)
+SMALL = {"hidden": 64, "summary": 32, "blocks": 2, "embed_dim": 16, "flow_transforms": 4,
+         "flow_hidden": [64, 64]}
 TINY = {"hidden": 16, "summary": 8, "blocks": 1, "embed_dim": 8, "flow_transforms": 2,
         "flow_hidden": [16], "flow_bins": 4, "lr": 3e-3, "lr_flow": 3e-3}
 

@@ -47,20 +47,22 @@ def masked_pool(h: Tensor, mask: Tensor) -> Tensor:
 
 class _Block(nn.Module):
     """One set block: points updated from [point, summary, context], then the summary
-    from the pooled points."""
+    from the pooled points.  The per-shower part of the first point layer is computed
+    once per shower, not once per point (same map as one linear layer on the
+    concatenation, a third fewer operations)."""
 
     def __init__(self, hidden: int, summary: int, context: int) -> None:
         super().__init__()
-        self.local = nn.Sequential(nn.Linear(hidden + summary + context, hidden), nn.SiLU(),
-                                   nn.Linear(hidden, hidden))
+        self.point_in = nn.Linear(hidden, hidden)
+        self.shared_in = nn.Linear(summary + context, hidden, bias=False)
+        self.point_out = nn.Linear(hidden, hidden)
         self.glob = nn.Sequential(nn.Linear(2 * hidden + summary + context, summary),
                                   nn.SiLU(), nn.Linear(summary, summary))
         self.act = nn.SiLU()
 
     def forward(self, h: Tensor, g: Tensor, ctx: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
-        p = h.shape[1]
-        shared = torch.cat([g, ctx], 1)[:, None].expand(-1, p, -1)
-        h = self.act(h + self.local(torch.cat([h, shared], 2)))
+        shared = self.shared_in(torch.cat([g, ctx], 1))[:, None]
+        h = self.act(h + self.point_out(self.act(self.point_in(h) + shared)))
         g = self.act(g + self.glob(torch.cat([masked_pool(h, mask), g, ctx], 1)))
         return h, g
 
@@ -71,20 +73,21 @@ class PointDenoiser(nn.Module):
     def __init__(self, features: int, context: int, hidden: int = 64, summary: int = 32,
                  blocks: int = 3) -> None:
         super().__init__()
-        self.embed = nn.Linear(features + context, hidden)
+        self.embed = nn.Linear(features, hidden)
+        self.embed_context = nn.Linear(context, hidden, bias=False)
         self.summary0 = nn.Linear(context, summary)
         self.blocks = nn.ModuleList(_Block(hidden, summary, context) for _ in range(blocks))
-        self.out = nn.Linear(hidden + summary + context, features)
+        self.out = nn.Linear(hidden, features)
+        self.out_shared = nn.Linear(summary + context, features, bias=False)
         self.act = nn.SiLU()
 
     def forward(self, x: Tensor, mask: Tensor, ctx: Tensor) -> Tensor:
-        p = x.shape[1]
-        h = self.act(self.embed(torch.cat([x, ctx[:, None].expand(-1, p, -1)], 2)))
+        h = self.act(self.embed(x) + self.embed_context(ctx)[:, None])
         g = self.act(self.summary0(ctx))
         for block in self.blocks:
             h, g = block(h, g, ctx, mask)
-        shared = torch.cat([g, ctx], 1)[:, None].expand(-1, p, -1)
-        return self.out(torch.cat([h, shared], 2)) * mask[..., None].to(x.dtype)
+        out = self.out(h) + self.out_shared(torch.cat([g, ctx], 1))[:, None]
+        return out * mask[..., None].to(x.dtype)
 
 
 def point_noise(source: Source, counts: Tensor, p: int, features: int,
