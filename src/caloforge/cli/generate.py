@@ -35,6 +35,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--project", action="store_true",
                    help="point-cloud models: deposit the points into the geometry's cells "
                         "(energy conserved) to write a voxel format")
+    p.add_argument("--realistic", action="store_true",
+                   help="with --project: apply the geometry's wafer gaps and staggering "
+                        "(energy in the gaps is lost and reported)")
     p.add_argument("--lossy", action="store_true",
                    help="allow formats that cannot store all conditions to drop them")
     p.add_argument("--shard", metavar="i/N",
@@ -120,7 +123,7 @@ def _shard(args: argparse.Namespace, conditions, spec: str):  # noqa: ANN202
     # threads, shard number): shards of one run share this id.
     settings = {"command": "generate", "model": model, "seed": args.seed, "conditions": spec,
                 "n": len(conditions), "allow_extrapolation": args.allow_extrapolation,
-                "project": args.project, "format": args.format}
+                "project": args.project, "realistic": args.realistic, "format": args.format}
     meta = {"run_id": run_id_of(settings), "run_size": len(conditions), "first_index": start,
             "stop_index": stop, "shard": f"{i}/{n_shards}", "run_settings": settings}
     return conditions[start:stop], start, meta
@@ -154,10 +157,11 @@ def run(args: argparse.Namespace) -> int:
                          args.seed, args.device, args.allow_extrapolation, args.overwrite,
                          False if args.no_progress else None,
                          {"conditions": spec, **shard_meta}, project=args.project,
-                         lossy=args.lossy, first_index=first_index)
+                         lossy=args.lossy, first_index=first_index, realistic=args.realistic)
     extra = ""
     if meta.get("projected"):
-        extra = f", points projected: {meta['projected_outside_mev']:.4g} MeV outside the cells"
+        extra = (f", points projected: {meta['projected_outside_mev']:.4g} MeV "
+                 f"({100 * meta['projected_outside_fraction']:.3g} %) outside the cells")
     part = f" (indices {first_index}..{first_index + meta['n_showers'] - 1})" \
         if shard_meta else ""
     print(f"wrote {meta['n_showers']} showers{part} to {args.output} "
