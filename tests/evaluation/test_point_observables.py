@@ -133,3 +133,13 @@ def test_voxel_sample_against_point_reference_says_why(tmp_path):
     g = m["generated"][0]
     assert g["points"]["status"] == "not computed"
     assert "holds voxels, not points" in g["points"]["reason"]
+
+
+def test_report_table_lists_the_point_rows(point_evaluation):
+    from caloforge.evaluation.report import _summary_rows
+
+    html = "".join(_summary_rows(point_evaluation["generated"]))
+    assert "point-level observables" in html
+    for name in ("n_points", "e_points_layer", "points: point_spectrum",
+                 "points: radial_profile", "points: longitudinal_profile"):
+        assert name in html, name

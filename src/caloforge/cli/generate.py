@@ -142,6 +142,8 @@ def run(args: argparse.Namespace) -> int:
     _positive(args.threads, "--threads")
     if args.seed < 0:
         raise InputError(f"--seed must be >= 0, got {args.seed}")
+    if args.realistic and not args.project:
+        raise InputError("--realistic applies to the projection of points: add --project")
     if args.format not in FORMATS:
         raise InputError(f"--format {args.format!r} is unknown; known: {', '.join(FORMATS)}")
     check_device(args.device)

@@ -238,6 +238,8 @@ def generate_file(model: GenerativeModel | str | Path, conditions: Conditions | 
     if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size <= 0:
         raise InputError(f"--batch-size must be a positive integer, got {batch_size}")
     check_device(device)
+    if realistic and not project:
+        raise InputError("--realistic applies to the projection of points: add --project")
     if not isinstance(conditions, Conditions):
         conditions = Conditions(np.asarray(conditions, dtype=np.float64).reshape(-1))
     if len(conditions) == 0:
@@ -251,8 +253,6 @@ def generate_file(model: GenerativeModel | str | Path, conditions: Conditions | 
         model = model.to(device)
     model.check_conditions(conditions, allow_extrapolation)
     check_point_format(model, format, project)
-    if realistic and not project:
-        raise InputError("--realistic applies to the projection of points: add --project")
     run_seed = draw_seed(seed)
     meta: dict[str, Any] = {
         "model": model.name, "model_source": source,
