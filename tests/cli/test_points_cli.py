@@ -107,9 +107,9 @@ def test_bad_point_file_convert(tmp_path, capsys, case):
     assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == [bad.name]
 
 
-@pytest.mark.parametrize("case", ["negative", "nan", "outside"])
+@pytest.mark.parametrize("case", sorted(BAD))
 def test_bad_point_file_evaluate(point_files, tmp_path, capsys, case):
-    ev = np.concatenate([_good_events(60)] * 1)
+    ev = _good_events(60)
     BAD[case][0](ev)
     bad = _raw_pointcloud(tmp_path / f"{case}.h5", ev)
     report = tmp_path / "report"

@@ -39,9 +39,15 @@ def project_points(points: PointCloudBatch, geometry: str | Geometry | None = No
     return voxels, outside
 
 
-def check_points(points: PointCloudBatch, source: str | Path | None, first: int = 0) -> None:
+def check_points(points: PointCloudBatch, source: str | Path | None, first: int = 0,
+                 allow_empty: bool = True) -> None:
     """Refuse points that cannot be projected: NaN/inf coordinates or energies, negative
-    energies (``first``: number of the batch's first shower in its file or run)."""
+    energies, and (unless ``allow_empty``) showers without points (``first``: number of
+    the batch's first shower in its file or run)."""
+    if not allow_empty and (points.n_points == 0).any():
+        empty = np.flatnonzero(points.n_points == 0)
+        raise InputError(f"{len(empty)} showers hold no points (first: shower "
+                         f"{first + int(empty[0])})", source)
     for name in ("x", "y", "z", "energy"):
         bad = ~np.isfinite(getattr(points, name))
         if bad.any():

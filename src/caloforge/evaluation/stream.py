@@ -98,7 +98,7 @@ class Source:
         if self.path is None:
             for lo in range(0, self.n_showers, self.batch_size):
                 part = self.data[lo:lo + self.batch_size]
-                yield self._project(part) if self.is_points else (part, None, None)
+                yield self._project(part, lo) if self.is_points else (part, None, None)
             return
         with self._open() as f:
             if not self.is_points:
@@ -107,11 +107,12 @@ class Source:
                 return
             for lo in range(0, self.n_showers, self.batch_size):
                 pts = f.read_points(lo, lo + self.batch_size)
-                yield self._project(pts)
+                yield self._project(pts, lo)
 
-    def _project(self, pts: PointCloudBatch
+    def _project(self, pts: PointCloudBatch, first: int = 0
                  ) -> tuple[ShowerBatch, PointCloudBatch, np.ndarray]:
-        check_points(pts, self.name)
+        # a point file's shower without points is a broken file, not an empty shower
+        check_points(pts, self.name, first, allow_empty=False)
         voxels, outside = project_points(pts, self.geometry, self.realistic)
         voxels.metadata = dict(self.metadata)
         return voxels, pts, outside
