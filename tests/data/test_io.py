@@ -102,8 +102,9 @@ def test_units_on_disk(tmp_path):
         w.append(b)
     with h5py.File(tmp_path / "p.h5") as h5:
         ev = h5["events"][0]
-        assert ev[3, 0] == pytest.approx(1.5e-3)  # GeV
-        assert ev[1, 0] == 0  # layer index
+        assert ev.shape == (4, 6000)  # CaloClouds: 6000 slots, the point in the last one
+        assert ev[3, -1] == pytest.approx(1.5e-3) and not ev[:, :-1].any()  # GeV
+        assert ev[1, -1] == pytest.approx(1811.34020996 + 0.5250244140625 / 2)  # layer 0, mm
         assert h5["energy"][0, 0] == pytest.approx(50.0)
 
 
@@ -230,9 +231,9 @@ def test_wrong_geometry_for_format(tmp_path, showers):
 
 def test_pointcloud_bad_layer_row(tmp_path):
     ev = np.zeros((1, 4, 3), np.float32)
-    ev[0, :, 0] = [0.0, 45.0, 0.0, 1e-3]
+    ev[0, :, 0] = [0.0, 45.0, 0.0, 1e-3]  # neither a layer number nor an ILD layer in mm
     p = _write_raw(tmp_path / "pc.h5", events=ev, energy=np.ones((1, 1)))
-    with pytest.raises(FormatError, match="integer layer indices 0..29"):
+    with pytest.raises(InputError, match="1 points lie outside the layers"):
         read_showers(p)
 
 

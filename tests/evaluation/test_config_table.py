@@ -60,9 +60,9 @@ def test_table_drives_results_and_verdicts(monkeypatch):
     assert g["verdict"]["broken"] == "grey"
     assert "generated 1: broken: needs what this sample lacks" in m["not_computed"]
     assert [row["metric"] for row in m["metric_table"]][-2:] == ["spread", "broken"]
-    # no classifier, no training file, no angle conditions, no reco in the toy showers
+    # no classifier, no training file, no angle conditions, no reco, no points in the toys
     applicable = [t.key for t in T.METRICS if t.key not in (
-        "classifier", "memorisation", "reconstructed_angle", "angle_bins", "reco")]
+        "classifier", "memorisation", "reconstructed_angle", "angle_bins", "reco", "points")]
     assert list(g["verdict"]) == applicable
     assert EvaluationConfig.from_dict(m["config"]).classifier is False
 

@@ -18,7 +18,7 @@ FIELDS = {"labels": "labels", "geometry": "geometry", "threshold_mip": "threshol
           "reco": "reco", "reco_calibration": "reco_calibration",
           "reco_light_yield": "reco_light_yield", "reco_sipm_pixels": "reco_sipm_pixels",
           "reco_noise_mip": "reco_noise_mip", "reco_threshold_mip": "reco_threshold_mip",
-          "reco_max_rel_error": "reco_max_rel_error"}
+          "reco_max_rel_error": "reco_max_rel_error", "realistic": "realistic"}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -90,6 +90,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--reco-max-rel-error", type=float,
                    help="statistical precision of sigma90/mu90 that sets the minimum "
                         "showers per incident energy (default 0.10: 68 showers)")
+    p.add_argument("--realistic", action="store_const", const=True,
+                   help="project point files into the cells with the wafer gaps and "
+                        "staggering of the geometry (as generate --project --realistic)")
     p.add_argument("--report", required=True, help="output folder of the report")
     p.add_argument("--overwrite", action="store_true", help="replace an existing report")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")

@@ -35,6 +35,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--project", action="store_true",
                    help="point-cloud models: deposit the points into the geometry's cells "
                         "(energy conserved) to write a voxel format")
+    p.add_argument("--realistic", action="store_true",
+                   help="with --project: apply the geometry's wafer gaps and staggering "
+                        "(energy in the gaps is lost and reported)")
     p.add_argument("--lossy", action="store_true",
                    help="allow formats that cannot store all conditions to drop them")
     p.add_argument("--shard", metavar="i/N",
@@ -144,7 +147,7 @@ def _shard(args: argparse.Namespace, conditions, spec: str):  # noqa: ANN202
     # threads, shard number): shards of one run share this id.
     settings = {"command": "generate", "model": model, "seed": args.seed, "conditions": spec,
                 "n": len(conditions), "allow_extrapolation": args.allow_extrapolation,
-                "project": args.project, "format": args.format,
+                "project": args.project, "realistic": args.realistic, "format": args.format,
                 "sampler": sampler_options(args.sampler)}
     meta = {"run_id": run_id_of(settings), "run_size": len(conditions), "first_index": start,
             "stop_index": stop, "shard": f"{i}/{n_shards}", "run_settings": settings}
@@ -164,6 +167,8 @@ def run(args: argparse.Namespace) -> int:
     _positive(args.threads, "--threads")
     if args.seed < 0:
         raise InputError(f"--seed must be >= 0, got {args.seed}")
+    if args.realistic and not args.project:
+        raise InputError("--realistic applies to the projection of points: add --project")
     if args.format not in FORMATS:
         raise InputError(f"--format {args.format!r} is unknown; known: {', '.join(FORMATS)}")
     check_device(args.device)
@@ -180,10 +185,12 @@ def run(args: argparse.Namespace) -> int:
                          args.seed, args.device, args.allow_extrapolation, args.overwrite,
                          False if args.no_progress else None,
                          {"conditions": spec, **shard_meta}, project=args.project,
-                         lossy=args.lossy, first_index=first_index, sampler=sampler)
+                         lossy=args.lossy, first_index=first_index, sampler=sampler,
+                         realistic=args.realistic)
     extra = ""
     if meta.get("projected"):
-        extra = f", points projected: {meta['projected_outside_mev']:.4g} MeV outside the cells"
+        extra = (f", points projected: {meta['projected_outside_mev']:.4g} MeV "
+                 f"({100 * meta['projected_outside_fraction']:.3g} %) outside the cells")
     part = f" (indices {first_index}..{first_index + meta['n_showers'] - 1})" \
         if shard_meta else ""
     print(f"wrote {meta['n_showers']} showers{part} to {args.output} "

@@ -157,7 +157,7 @@ def _compare(reference, generated, cfg: EvaluationConfig, train_reference,
 def _baseline(reference, cfg: EvaluationConfig, train_reference, progress_bar: bool | None,
               notes: Notes) -> tuple[Baseline, StreamConfig]:
     """Stream the reference and fix from it the binnings, splits and thresholds."""
-    ref_src = Source(reference, "reference", cfg.geometry, cfg.batch_size)
+    ref_src = Source(reference, "reference", cfg.geometry, cfg.batch_size, cfg.realistic)
     if ref_src.n_showers == 0:
         raise InputError("reference sample contains no showers", ref_src.name)
     geo = get_geometry(ref_src.geometry)
@@ -346,7 +346,7 @@ def _reasons(s: SampleSummary) -> str:
 def _try_source(data, label: str | None, cfg: EvaluationConfig, warnings: list[str]
                 ) -> Source | None:
     try:
-        return Source(data, label, cfg.geometry, cfg.batch_size)
+        return Source(data, label, cfg.geometry, cfg.batch_size, cfg.realistic)
     except CaloforgeError as exc:
         # The error names the file already; an in-memory sample is named here.
         name = f"<in-memory {label}>: " if isinstance(data, ShowerBatch) else ""

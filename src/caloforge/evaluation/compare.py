@@ -25,6 +25,7 @@ from caloforge.evaluation.classifier import (
 from caloforge.evaluation.config import EvaluationConfig
 from caloforge.evaluation.derived import (
     LAYER_METRIC_FEATURES,
+    _mean_profile,
     correlation_matrix,
     fpd_features,
     high_level_features,
@@ -37,6 +38,7 @@ from caloforge.evaluation.observables import (
     SCALAR_OBSERVABLES,
     GeometryFeatures,
 )
+from caloforge.evaluation.points import POINT_LAYER_FEATURES, POINT_SCALARS
 from caloforge.evaluation.stream import SampleSummary, Source, memo_features
 
 FPD_NUM_BATCHES = 10
@@ -173,6 +175,58 @@ def profiles(base: Baseline, gen: SampleSummary) -> dict[str, Any]:
                "separation_power_floor": M.separation_power(pa[k][0], pb[k][0])}
         res["verdict"] = M.verdict(res["separation_power"], res["separation_power_floor"])
         out[k] = res
+    return out
+
+
+def points(base: Baseline, gen: SampleSummary) -> dict[str, Any]:
+    """Point-level observables (:mod:`.points`) of a point sample vs a point reference:
+    number of points and energy sum, per-layer counts and energies (mean over the layers
+    the reference fills), the point-energy spectrum, the radial and longitudinal
+    profiles, and (shown, no verdict) the energy fraction outside the cells."""
+    ref, g = base.summary.points, gen.points
+    if g is None:
+        raise InputError(f"{gen.label} holds voxels, not points: point observables compare "
+                         "point files")
+    splits = base.splits
+    out: dict[str, Any] = {}
+    for name in POINT_SCALARS:
+        r = ref.scalars[name]
+        res = M.histogram_metrics(r, splits, g.scalars[name],
+                                  M.hist_edges(r, integer=name == "n_points"))
+        res["verdict"] = M.observable_verdict(res)
+        out[name] = res
+    filled = np.flatnonzero(ref.layers["points_layer"].sum(axis=0) > 0)
+    for name in POINT_LAYER_FEATURES:
+        per_layer = []
+        for k in filled:
+            r = ref.layers[name][:, k].astype(np.float64)
+            per_layer.append(M.histogram_metrics(
+                r, [base.summary.half], g.layers[name][:, k].astype(np.float64),
+                M.hist_edges(r, integer=name == "points_layer")))
+        agg = {key: _nanmean([p[key] for p in per_layer]) for key in per_layer[0]}
+        agg["verdict"] = M.observable_verdict(agg)
+        agg["per_layer"] = {key: [p[key] for p in per_layer]
+                            for key in ("wasserstein", "separation_power")}
+        agg["layers"] = filled.tolist()
+        out[name] = agg
+    spec = {"separation_power": M.separation_power(ref.spectrum.sum(0), g.spectrum.sum(0)),
+            "separation_power_floor": M.separation_power(*ref.spectrum)}
+    spec["verdict"] = M.verdict(spec["separation_power"], spec["separation_power_floor"])
+    out["point_spectrum"] = spec
+    halves = [int((base.summary.half == h).sum()) for h in (0, 1)]
+    for key in ref.profiles:
+        pr = _mean_profile(ref.profiles[key].sum(0), base.summary.n_used)
+        pg = _mean_profile(g.profiles[key].sum(0), gen.n_used)
+        pa, pb = (_mean_profile(ref.profiles[key][h], halves[h]) for h in (0, 1))
+        res = {"chi2_ndf": M.chi2_profile(*pr, *pg), "chi2_ndf_floor": M.chi2_profile(*pa, *pb),
+               "separation_power": M.separation_power(pr[0], pg[0]),
+               "separation_power_floor": M.separation_power(pa[0], pb[0])}
+        res["verdict"] = M.verdict(res["separation_power"], res["separation_power_floor"])
+        out[f"{key}_profile"] = res
+    out["outside_cells_fraction"] = {
+        "reference_mean": float(ref.outside_fraction.mean()),
+        "generated_mean": float(g.outside_fraction.mean()),
+        "generated_max": float(g.outside_fraction.max(initial=0.0)), "verdict": "grey"}
     return out
 
 

@@ -52,6 +52,10 @@ class EvaluationConfig(Config):
     ``reco_sipm_pixels``, ``reco_noise_mip``, ``reco_threshold_mip``: digitisation;
     ``reco_max_rel_error``: statistical precision of sigma90/mu90 that fixes the minimum
     number of showers per incident energy (0.10 -> 68).
+
+    ``realistic``: point files are projected into the cells with the wafer gaps and
+    staggering of the geometry (:meth:`CartesianGeometry.project`), as
+    ``caloforge generate --project --realistic`` does.
     """
 
     geometry: str | None = None
@@ -75,6 +79,7 @@ class EvaluationConfig(Config):
     reco_noise_mip: float = 0.05
     reco_threshold_mip: float = 0.5
     reco_max_rel_error: float = 0.10
+    realistic: bool = False
 
     # -- dict / YAML: the nested classifier settings travel as a mapping ----------------
     @classmethod

@@ -22,7 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from caloforge.data.batch import ShowerBatch
+from caloforge.data.batch import PointCloudBatch, ShowerBatch
+from caloforge.data.projection import check_points, project_points
 from caloforge.errors import CaloforgeError, InputError
 from caloforge.evaluation.observables import (
     GeometryFeatures,
@@ -30,6 +31,7 @@ from caloforge.evaluation.observables import (
     shower_axis_angles,
     sparse_observables,
 )
+from caloforge.evaluation.points import PointAccumulator, PointSummary
 from caloforge.utils import progress
 
 N_OVERLAY = 2000  # showers summed in the overlay images (seed 002 "2k events overlay")
@@ -41,17 +43,22 @@ MEMO_DIM = 128  # random-projection dimension for the memorisation check
 class Source:
     """A shower sample to evaluate: a file path (streamed) or a :class:`ShowerBatch`."""
 
-    def __init__(self, data: str | Path | ShowerBatch, label: str | None = None,
-                 geometry: str | None = None, batch_size: int = 1000) -> None:
+    def __init__(self, data: str | Path | ShowerBatch | PointCloudBatch,
+                 label: str | None = None, geometry: str | None = None,
+                 batch_size: int = 1000, realistic: bool = False) -> None:
         self.data = data
         self.batch_size = batch_size
         self.requested_geometry = geometry
-        if isinstance(data, ShowerBatch):
+        self.realistic = realistic  # wafer gaps and staggering when projecting points
+        if isinstance(data, (ShowerBatch, PointCloudBatch)):
             self.path = None
             self.label = label or "sample"
-            self.geometry = data.geometry
+            self.geometry = data.geometry or geometry
+            if self.geometry is None:
+                raise InputError("in-memory point clouds carry no geometry; name one")
             self.n_showers = len(data)
             self.metadata = dict(data.metadata)
+            self.is_points = isinstance(data, PointCloudBatch)
         else:
             self.path = Path(data)
             self.label = label or self.path.stem
@@ -61,6 +68,7 @@ class Source:
                 self.geometry = f.geometry
                 self.n_showers = int(f.n_showers)
                 self.metadata = dict(f.metadata or {})
+                self.is_points = bool(f.is_point_cloud)
 
     @property
     def name(self) -> str:
@@ -78,13 +86,36 @@ class Source:
             yield f
 
     def batches(self) -> Iterator[ShowerBatch]:
-        """Consecutive chunks of at most ``batch_size`` showers."""
+        """Consecutive chunks of at most ``batch_size`` showers (points projected)."""
+        for voxels, _, _ in self.chunks():
+            yield voxels
+
+    def chunks(self) -> Iterator[tuple[ShowerBatch, PointCloudBatch | None,
+                                       np.ndarray | None]]:
+        """(voxels, points, energy outside the cells per shower) chunk by chunk; points
+        and outside energies are None for voxel samples.  Point samples are projected by
+        :meth:`PointCloudBatch.to_voxels`, as ``caloforge generate --project`` does."""
         if self.path is None:
             for lo in range(0, self.n_showers, self.batch_size):
-                yield self.data[lo:lo + self.batch_size]
+                part = self.data[lo:lo + self.batch_size]
+                yield self._project(part, lo) if self.is_points else (part, None, None)
             return
         with self._open() as f:
-            yield from f.iter_batches(batch_size=self.batch_size)
+            if not self.is_points:
+                for batch in f.iter_batches(batch_size=self.batch_size):
+                    yield batch, None, None
+                return
+            for lo in range(0, self.n_showers, self.batch_size):
+                pts = f.read_points(lo, lo + self.batch_size)
+                yield self._project(pts, lo)
+
+    def _project(self, pts: PointCloudBatch, first: int = 0
+                 ) -> tuple[ShowerBatch, PointCloudBatch, np.ndarray]:
+        # a point file's shower without points is a broken file, not an empty shower
+        check_points(pts, self.name, first, allow_empty=False)
+        voxels, outside = project_points(pts, self.geometry, self.realistic)
+        voxels.metadata = dict(self.metadata)
+        return voxels, pts, outside
 
 
 # ---------------------------------------------------------------------------------------
@@ -129,6 +160,7 @@ class SampleSummary:
     bad_showers: list[int] = field(default_factory=list)
     bad_reasons: dict[str, int] = field(default_factory=dict)
     reco: np.ndarray | None = None  # (N, K) digitised MIP sums per hit-density bin
+    points: PointSummary | None = None  # point-level observables of point samples
 
     @property
     def n_used(self) -> int:
@@ -198,9 +230,10 @@ def summarise(source: Source, gf: GeometryFeatures, config: StreamConfig,
     log_step = (log_edges[-1] - log_edges[0]) / n_spec
     bar = progress(total=n_tot, desc=f"evaluating {source.label}", unit="shower",
                    enabled=progress_bar)
+    point_acc = PointAccumulator(geo, gf.r_edges) if source.is_points else None
     start = 0
     try:
-        for batch in source.batches():
+        for batch, pts, outside in source.chunks():
             n = len(batch)
             idx = np.arange(start, start + n)
             start += n
@@ -217,6 +250,8 @@ def summarise(source: Source, gf: GeometryFeatures, config: StreamConfig,
                 continue
             raw = batch.energies
             half = split_rng.integers(0, 2, size=n).astype(np.int8)
+            if point_acc is not None:  # same showers, same halves as the voxel observables
+                point_acc.add(pts, half, outside, keep=~bad)
             e_inc = batch.conditions.incident_energy
             # One pass to the sparse view; everything below works on the hits.
             rows, cols = np.nonzero(raw > 0)
@@ -297,6 +332,7 @@ def summarise(source: Source, gf: GeometryFeatures, config: StreamConfig,
         summ.half = np.zeros(0, np.int8)
         summ.index = np.zeros(0, np.int64)
         return summ
+    summ.points = point_acc.finish() if point_acc is not None else None
     summ.scalars = {k: np.concatenate(v) for k, v in scalars.items()}
     summ.layers = {k: np.concatenate(v) for k, v in layers.items()}
     summ.calogan = {k: np.concatenate(v) for k, v in cg.items()}

@@ -76,6 +76,12 @@ METRICS: tuple[Metric, ...] = (
            f"separation power vs floor, above the threshold only; {LIGHTS}", parts=True),
     Metric("profiles", C.profiles, "mean x, y, radial and longitudinal profiles", HALVES,
            f"separation power vs floor; {LIGHTS}", parts=True),
+    Metric("points", C.points,
+           "point files: number of points, point energy sum, per-layer point counts and "
+           "energies, point-energy spectrum, radial and longitudinal point profiles",
+           f"{HALVES} (stored halving; scalars: mean over {C.N_FLOOR_SPLITS} halvings)",
+           f"as observables and profiles; energy outside the cells shown without verdict; "
+           f"{LIGHTS}", parts=True, applies=lambda base: base.summary.points is not None),
     Metric("response", C.response,
            "mu90 and sigma90/mu90 of E_vis/E_inc per incident-energy bin", HALVES,
            f"worst of the largest relative deviations of mu90 and sigma90/mu90; {LIGHTS}"),

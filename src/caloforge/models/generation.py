@@ -28,7 +28,8 @@ import numpy as np
 import torch
 
 from caloforge import __version__
-from caloforge.data.batch import PARTICLES, Conditions, PointCloudBatch, ShowerBatch
+from caloforge.data.batch import PARTICLES, Conditions, PointCloudBatch
+from caloforge.data.projection import check_points, project_points
 from caloforge.errors import InputError
 from caloforge.models.base import GenerativeModel, check_device, load, resolve_model_dir
 from caloforge.models.noise import draw_seed
@@ -218,7 +219,8 @@ def generate_file(model: GenerativeModel | str | Path, conditions: Conditions | 
                   overwrite: bool = False, show_progress: bool | None = None,
                   extra_metadata: dict[str, Any] | None = None, project: bool = False,
                   lossy: bool = False, first_index: int = 0,
-                  sampler: dict[str, Any] | None = None) -> dict[str, Any]:
+                  sampler: dict[str, Any] | None = None,
+                  realistic: bool = False) -> dict[str, Any]:
     """Generate one shower per condition (or per incident energy in MeV) into ``output``.
 
     Everything is checked before the model runs; the file appears only when complete.
@@ -226,17 +228,21 @@ def generate_file(model: GenerativeModel | str | Path, conditions: Conditions | 
     generation time per shower (``time_per_shower_ms``, model time only, writing
     excluded).  Shower i depends only on (seed, i), whatever ``batch_size``.  A
     point-cloud model writes point formats; ``project`` deposits its points into the
-    geometry's cells for voxel formats.  ``first_index``: global index of the first
-    shower (a shard of a larger run gives the same showers as the whole run).
-    ``sampler``: sampler options of the model (e.g. ``{"steps": 10}``,
-    :meth:`GenerativeModel.set_sampler`), checked before anything is written; the
-    settings in force are recorded as metadata key ``sampler``.  Returns the metadata.
+    geometry's cells for voxel formats (``realistic``: with its wafer gaps and staggering;
+    the metadata records the point energy outside the cells, in MeV and as a fraction of
+    the point energy).  ``first_index``: global index of the first shower (a shard of a
+    larger run gives the same showers as the whole run).  ``sampler``: sampler options of
+    the model (e.g. ``{"steps": 10}``, :meth:`GenerativeModel.set_sampler`), checked
+    before anything is written; the settings in force are recorded as metadata key
+    ``sampler``.  Returns the metadata.
     """
     from caloforge.data.io import write_showers
 
     if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size <= 0:
         raise InputError(f"--batch-size must be a positive integer, got {batch_size}")
     check_device(device)
+    if realistic and not project:
+        raise InputError("--realistic applies to the projection of points: add --project")
     if not isinstance(conditions, Conditions):
         conditions = Conditions(np.asarray(conditions, dtype=np.float64).reshape(-1))
     if len(conditions) == 0:
@@ -261,7 +267,7 @@ def generate_file(model: GenerativeModel | str | Path, conditions: Conditions | 
         "sampler": sampler_settings,
         **(extra_metadata or {}),
     }
-    elapsed, outside = 0.0, 0.0
+    elapsed, outside, point_energy = 0.0, 0.0, 0.0
     with write_showers(output, format, model.geometry.name, overwrite=overwrite,
                        metadata=meta, lossy=lossy) as writer, warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*extrapolating")  # warned once above
@@ -276,22 +282,18 @@ def generate_file(model: GenerativeModel | str | Path, conditions: Conditions | 
                 torch.cuda.synchronize()
             elapsed += time.perf_counter() - t0
             if project and isinstance(batch, PointCloudBatch):
-                batch, lost = _project(batch, model)
-                outside += lost
+                check_points(batch, output, first_index + lo)
+                point_energy += float(batch.energy.sum(dtype=np.float64))
+                batch, lost = project_points(batch, model.geometry, realistic)
+                outside += float(lost.sum())
             writer.append(batch)
             bar.update(len(cond))
         bar.close()
         meta["time_per_shower_ms"] = 1e3 * elapsed / max(len(conditions), 1)
         if project and model.representation == "points":
             meta["projected"] = True
+            meta["projected_realistic"] = bool(realistic)
             meta["projected_outside_mev"] = outside
+            meta["projected_outside_fraction"] = outside / point_energy if point_energy else 0.0
         writer.metadata.update(meta)
     return meta
-
-
-def _project(points: PointCloudBatch, model: GenerativeModel) -> tuple[ShowerBatch, float]:
-    """Points deposited into the model geometry's cells (energy conserved: what falls
-    outside every cell goes to the overflow where the geometry has one, else is counted)."""
-    voxels, outside = points.to_voxels(model.geometry)
-    lost = 0.0 if voxels.overflow is not None else float(outside.sum())
-    return voxels, lost

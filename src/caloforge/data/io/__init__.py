@@ -9,7 +9,7 @@ caloforge       native HDF5: dense / sparse / points + all conditions       MeV,
 calochallenge   incident_energies (N,1), showers (N, n_voxels)              MeV
 ild             30x30/{energy,layers} or hcal_only/{energy,layers}          GeV, MeV
 calogan         energy, layer_0..2, overflow                                GeV, MeV
-pointcloud      events (N,4,P) x, layer, z, E; energy (N,1)                 mm, GeV
+pointcloud      CaloClouds II: events (N,4,6000) x, y=layer mm, z, E        mm, GeV
 ==============  ==========================================================  =========
 
 Formats without a per-shower column for a condition (theta, phi, particle, impact) keep it

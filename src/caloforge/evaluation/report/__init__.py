@@ -20,6 +20,7 @@ from caloforge.evaluation.observables import (
     SCALAR_OBSERVABLES,
     GeometryFeatures,
 )
+from caloforge.evaluation.points import POINT_LAYER_FEATURES, POINT_SCALARS
 from caloforge.evaluation.result import Evaluation
 
 COLOURS = {"green": "#b7e4b0", "yellow": "#ffe9a8", "red": "#f6b3b3", "grey": "#dddddd"}
@@ -71,6 +72,15 @@ def write_report(ev: Evaluation, gf: GeometryFeatures, folder: Path,
                         ref.calogan[name], [(lab, s.calogan[name], g["calogan"].get(name))
                                             for lab, s, g in zip(labels, gens, gm)],
                         edges, "calogan")
+        point_gens = [(lab, s, g) for lab, s, g in zip(labels, gens, gm)
+                      if s.points is not None]
+        if ref.points is not None and point_gens:
+            for name in POINT_SCALARS:
+                edges = hist_edges(ref.points.scalars[name], integer=name == "n_points")
+                attempt(name, P.scalar_histogram, fw, name, POINT_SCALARS,
+                        ref.points.scalars[name],
+                        [(lab, s.points.scalars[name], g.get("points", {}).get(name))
+                         for lab, s, g in point_gens], edges, "points")
         attempt("cell spectrum", P.cell_spectrum, fw, ref, gens, labels,
                 np.asarray(m["cell_spectrum_edges_mip"]), m["mip_mev"], m["threshold_mip"])
         tables = [profile_table(ref)] + [profile_table(s) for s in gens]
@@ -159,10 +169,16 @@ def _summary_rows(gm: list[dict]) -> list[str]:
     add("observables", SCALAR_OBSERVABLES, "per-shower observables")
     add("calogan", CALOGAN_OBSERVABLES, "CaloGAN shower shapes (seed 004)")
     add("layer_features", LAYER_FEATURES, "per-layer features (mean over layers)")
+    add("points", {**POINT_SCALARS, **POINT_LAYER_FEATURES},
+        "point-level observables (point files; per-layer: mean over layers)")
     rows.append(f'<tr><td colspan="{1 + 3 * len(gm)}" class="sec">distributions '
                 "(separation power and χ²/ndf only)</td></tr>")
-    for section, names in (("cell_spectrum", ("all_cells", "above_threshold")),
-                           ("profiles", ("longitudinal", "r", "x", "y"))):
+    sections = [("cell_spectrum", ("all_cells", "above_threshold")),
+                ("profiles", ("longitudinal", "r", "x", "y"))]
+    if any("points" in g for g in gm):
+        sections.append(("points", ("point_spectrum", "radial_profile",
+                                    "longitudinal_profile")))
+    for section, names in sections:
         for name in names:
             cells = []
             for g in gm:
