@@ -22,6 +22,7 @@ _BUILTIN: dict[str, str] = {
     "wgan": "caloforge.models.wgan",
     "bibae": "caloforge.models.bibae",
     "l2lflows": "caloforge.models.l2lflows",
+    "calogan": "caloforge.models.calogan",
 }
 _REGISTRY: dict[str, type[GenerativeModel]] = {}
 

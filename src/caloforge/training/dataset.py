@@ -177,7 +177,8 @@ class ShowerStream:
         order = np.argsort(index, kind="stable")
         ordered = index[order]
         x: np.ndarray | None = None
-        conditions, done = [], 0
+        overflow: np.ndarray | None = None  # kept where every block has it
+        conditions, done, with_overflow = [], 0, True
         cuts = np.flatnonzero(np.diff(ordered // self.chunk_showers)) + 1
         for sel in np.split(ordered, cuts):
             lo, hi = int(sel[0]), int(sel[-1]) + 1
@@ -187,12 +188,18 @@ class ShowerStream:
             if x is None:
                 x = np.empty((len(index), block.n_voxels), np.float32)
             x[order[done:done + len(sel)]] = block.energies
+            with_overflow = with_overflow and block.overflow is not None
+            if with_overflow:
+                if overflow is None:
+                    overflow = np.empty((len(index), block.overflow.shape[1]), np.float32)
+                overflow[order[done:done + len(sel)]] = block.overflow
             conditions.append(block.conditions)
             done += len(sel)
         inverse = np.empty_like(order)
         inverse[order] = np.arange(len(order))
         cond = Conditions.concatenate(conditions)[inverse]
-        return ShowerBatch(self.source.geometry, x, cond)
+        return ShowerBatch(self.source.geometry, x, cond,
+                           overflow if with_overflow else None)
 
     def train_conditions(self) -> Conditions:
         """Conditions (energy, theta, phi, impact, particle) of every training shower, read

@@ -115,6 +115,13 @@ def _tensors(batch: ShowerBatch, model: GenerativeModel
             model.angle_tensor(batch.conditions, len(batch)))
 
 
+def _overflow(batch: ShowerBatch) -> torch.Tensor | None:
+    """The per-layer overflow energies (MeV) as a float32 tensor, None if not recorded."""
+    if batch.overflow is None:
+        return None
+    return torch.from_numpy(np.ascontiguousarray(batch.overflow, dtype=np.float32))
+
+
 def _with_conditions(cls: type[GenerativeModel], config: dict[str, Any] | Config | None,
                      conditions: Conditions) -> dict[str, Any] | Config | None:
     """``config`` with its ``conditions`` key declared from the training showers (those of
@@ -227,8 +234,15 @@ class Trainer:
                              self.data_source or None)
         self.validation_data = self.stream.validation_rows()
         if state is None:
-            x, e_inc, _ = self._fit_subset()
+            subset = self.stream.gather(self._fit_index())
+            x, e_inc, _ = _tensors(subset, model)
+            if model.requires_overflow and subset.overflow is None:
+                raise InputError(
+                    f"the training showers hold no per-layer overflow energies, which model "
+                    f"{model.name!r} needs on geometry {model.geometry.name!r} (a CaloGAN "
+                    f"file must have the 'overflow' dataset)", self.data_source or None)
             model.fit_preprocessing(x, e_inc)
+            model.fit_overflow(_overflow(subset), e_inc)
         self.model.to(self.device)
         broadcast_state(self.model, self.dist)
         self.optimizers = self.model.configure_optimizers()
@@ -283,21 +297,27 @@ class Trainer:
         self.stream = ShowerStream(self.source, self.seed, n_val, cfg.chunk_showers, buffer, n)
         self.n_train = self.stream.n_train
 
-    def _fit_subset(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    def _fit_index(self) -> np.ndarray:
         """A random subsample of the training showers, bounded in number and memory
         (what fitted preprocessing and ``finalize`` see)."""
         cfg = self.cfg
         n = min(self.n_train, cfg.finalize_showers,
                 showers_fitting(cfg.fit_memory_mb, self.model.geometry.n_voxels))
-        return _tensors(self.stream.gather(self.stream.subsample_index(n)), self.model)
+        return self.stream.subsample_index(n)
+
+    def _fit_subset(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        return _tensors(self.stream.gather(self._fit_index()), self.model)
 
     def _batch(self, step: int) -> TrainBatch:
         epoch, pos = divmod(step, self.steps_per_epoch)
         bs, world = self.cfg.batch_size, self.dist.world_size
         start = pos * bs * world + self.dist.rank * bs
-        x, e_inc, angles = _tensors(self.stream.rows(epoch, start, start + bs), self.model)
+        rows = self.stream.rows(epoch, start, start + bs)
+        x, e_inc, angles = _tensors(rows, self.model)
+        overflow = _overflow(rows)
         return TrainBatch(x.to(self.device, non_blocking=True),
-                          e_inc.to(self.device, non_blocking=True), angles)
+                          e_inc.to(self.device, non_blocking=True), angles,
+                          None if overflow is None else overflow.to(self.device))
 
     def close(self) -> None:
         """Close the training file."""
