@@ -70,7 +70,7 @@ def test_locally_connected_equals_convolution_with_shared_weights():
     conv = torch.nn.Conv2d(3, 4, 2, stride=2, padding=1)
     lc = LocallyConnected2d(3, 4, (5, 7), kernel=2, stride=2, padding=1)
     with torch.no_grad():  # every position gets the convolution's kernel
-        lc.weight.copy_(conv.weight.reshape(4, -1).t().expand_as(lc.weight))
+        lc.weight.copy_(conv.weight.reshape(4, -1, 1).expand_as(lc.weight))
         lc.bias.copy_(conv.bias[:, None].expand_as(lc.bias))
     x = torch.randn(6, 3, 5, 7)
     torch.testing.assert_close(lc(x), conv(x), rtol=1e-5, atol=1e-5)
