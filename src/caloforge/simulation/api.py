@@ -28,7 +28,12 @@ from caloforge.data.batch import PARTICLES, Conditions, PointCloudBatch, ShowerB
 from caloforge.errors import CaloforgeError, ConfigError, InputError
 from caloforge.geometry import CartesianGeometry, Geometry, get_geometry
 from caloforge.simulation.engine import Deposits, Primary
-from caloforge.simulation.outputs import cluster_points, point_pitch_mm, voxelise
+from caloforge.simulation.outputs import (
+    cluster_points,
+    layer_overflow,
+    point_pitch_mm,
+    voxelise,
+)
 from caloforge.utils.shards import shard_range
 
 ENGINES = ("builtin", "geant4")
@@ -313,7 +318,8 @@ def simulate_range(cfg: SimulationConfig, start: int, stop: int
         impact=np.array([[p.x_mm, p.y_mm] for p in prims]).reshape(-1, 2))
     meta = {"simulation": cfg.to_dict(), "first_index": start, "rejected_showers": rejected}
     if not cfg.points:
-        return ShowerBatch(geo.name, voxelise(deps, geo, cfg.realistic), cond, metadata=meta)
+        return ShowerBatch(geo.name, voxelise(deps, geo, cfg.realistic), cond,
+                           layer_overflow(deps, geo, cfg.realistic), metadata=meta)
     cols: list[list[np.ndarray]] = [[], [], [], [], []]
     counts = []
     for d in deps:
