@@ -113,7 +113,8 @@ class Range:
         if hi < lo:
             raise InputError(f"{what} range {text!r} is reversed")
         if (log or pow2) and lo <= 0:
-            raise InputError(f"{what} range {text!r}: a {mode} range needs LO > 0")
+            kind = "log-uniform" if log else "powers-of-two"
+            raise InputError(f"{what} range {text!r}: a {kind} range needs LO > 0")
         if pow2:
             ratio = math.log2(hi / lo)
             if abs(ratio - round(ratio)) > 1e-6:
