@@ -36,7 +36,9 @@ from caloforge.utils.shards import parse_shard_spec
 EPILOG = """\
 units: --energy is in GeV on the command line (files store MeV, or what their format
 defines); --theta/--phi in degrees; --impact in mm.
-energy: X (fixed), LO:HI (uniform) or LO:HI:log (log-uniform), e.g. --energy 10:100.
+energy: X (fixed), LO:HI (uniform), LO:HI:log (log-uniform) or LO:HI:pow2 (LO times
+powers of two up to HI, equally likely: the CaloChallenge dataset-1 spectrum is
+--energy 0.256:4194.304:pow2), e.g. --energy 10:100.
 ranges of the builtin engine: photon, electron, positron 0.01-1000 GeV; pi+, pi- 2-500
 GeV.  --theta in [0, 90); --impact must hit the cells of the front face.
 pion cleaning: showers with fewer than --min-hits cells above 0.25 MeV are redrawn from
@@ -129,7 +131,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--detector", required=True, help="geometry name (see caloforge geometry)")
     p.add_argument("--particle", required=True,
                    help="photon, electron, positron, pi+ or pi-")
-    p.add_argument("--energy", required=True, help="incident energy in GeV: X, LO:HI, LO:HI:log")
+    p.add_argument("--energy", required=True, help="incident energy in GeV: X, LO:HI, LO:HI:log, LO:HI:pow2")
     p.add_argument("-n", "--n-showers", required=True, dest="n",
                    help="number of showers of the whole sample (all shards), >= 1")
     p.add_argument("--seed", default="0", help="random seed, >= 0 (default 0)")

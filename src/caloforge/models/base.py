@@ -84,6 +84,8 @@ class TrainBatch:
     angles: Tensor | None = None
     points: Tensor | None = None
     mask: Tensor | None = None
+    # (B, n_layers) MeV outside the cells, where the training data record it (CaloGAN)
+    overflow: Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.e_inc)
@@ -255,6 +257,16 @@ class GenerativeModel(nn.Module):
         the training config: role -> loaded model, and role -> ``{path, sha256}``), also
         on resume; a model that needs one (a distilled student) takes it here."""
 
+    @property
+    def requires_overflow(self) -> bool:
+        """True if training needs the per-layer overflow energies of the showers (the
+        trainer then refuses data without them, naming the file)."""
+        return False
+
+    def fit_overflow(self, overflow: Tensor | None, e_inc: Tensor) -> None:
+        """Hook after :meth:`fit_preprocessing`, with the same showers' per-layer overflow
+        energies in MeV (``(B, n_layers)``, None where the data hold none)."""
+
     def on_epoch_end(self, epoch: int, ctx: StepContext) -> None:
         """Hook after each epoch (BIB-AE resets its resetting critics here)."""
 
@@ -284,7 +296,9 @@ class GenerativeModel(nn.Module):
         randomness from ``noise`` (:mod:`caloforge.models.noise`: row i from shower i's own
         stream).  ``conditions`` holds the chunk's other conditions (already checked).
 
-        ``representation == "voxels"``: ``(B, n_voxels)`` voxel energies in MeV.
+        ``representation == "voxels"``: ``(B, n_voxels)`` voxel energies in MeV, or
+        ``(voxels, overflow)`` with the ``(B, n_layers)`` energy outside the cells for a
+        model that generates it (geometries that record overflow).
         ``representation == "points"``: ``(points, mask)``, points ``(B, P, 4)`` as
         (x, y, z in mm, energy in MeV) and mask ``(B, P)`` marking the real points.
         """
@@ -408,12 +422,17 @@ class GenerativeModel(nn.Module):
         conditions = self.condition_space.complete(conditions)
         if self.representation == "points":
             return self._point_batch(parts, conditions, meta)
+        overflow = None
+        if parts and isinstance(parts[0], tuple):  # (voxels, overflow) per chunk
+            overflow = torch.cat([o.float().clamp_min(0) for _, o in parts]).cpu().numpy()
+            parts = [v for v, _ in parts]
         x = torch.cat([p.float().clamp_min(0) for p in parts]) if parts \
             else torch.zeros(0, self.geometry.n_voxels)
         if getattr(self.config, "threshold_output", False):
             thr = self.geometry.readout_threshold_mev
             x = torch.where(x >= thr, x, torch.zeros_like(x))
-        return ShowerBatch(self.geometry.name, x.cpu().numpy(), conditions, metadata=meta)
+        return ShowerBatch(self.geometry.name, x.cpu().numpy(), conditions, overflow,
+                           metadata=meta)
 
     def _point_batch(self, parts: list[tuple[Tensor, Tensor]], conditions: Conditions,
                      meta: dict[str, Any]) -> PointCloudBatch:

@@ -25,6 +25,7 @@ _BUILTIN: dict[str, str] = {
     "caloclouds": "caloforge.models.caloclouds",
     "caloclouds2": "caloforge.models.caloclouds2",
     "caloclouds2-cm": "caloforge.models.caloclouds2_cm",
+    "calogan": "caloforge.models.calogan",
 }
 _REGISTRY: dict[str, type[GenerativeModel]] = {}
 

@@ -28,7 +28,12 @@ from caloforge.data.batch import PARTICLES, Conditions, PointCloudBatch, ShowerB
 from caloforge.errors import CaloforgeError, ConfigError, InputError
 from caloforge.geometry import CartesianGeometry, Geometry, get_geometry
 from caloforge.simulation.engine import Deposits, Primary
-from caloforge.simulation.outputs import cluster_points, point_pitch_mm, voxelise
+from caloforge.simulation.outputs import (
+    cluster_points,
+    layer_overflow,
+    point_pitch_mm,
+    voxelise,
+)
 from caloforge.utils.shards import shard_range
 
 ENGINES = ("builtin", "geant4")
@@ -54,15 +59,30 @@ def pion_min_hits(energy_mev: float) -> int:
 
 @dataclass(frozen=True)
 class Range:
-    """A fixed value (``lo == hi``) or a uniform / log-uniform range."""
+    """A fixed value (``lo == hi``), a uniform / log-uniform range, or (``pow2``) the
+    discrete values ``lo * 2**k`` up to ``hi``, equally likely (the CaloChallenge dataset-1
+    spectrum: 256 MeV to 4.2 TeV in powers of two).
+
+    >>> r = Range.parse("0.256:4194.304:pow2", 1000.0)
+    >>> r.values()[:3], len(r.values())
+    ([256.0, 512.0, 1024.0], 15)
+    """
 
     lo: float
     hi: float
     log: bool = False
+    pow2: bool = False
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.lo) and math.isfinite(self.hi)) or self.hi < self.lo:
             raise InputError(f"invalid range {self.lo}:{self.hi} (finite numbers, LO <= HI)")
+        if self.pow2 and (self.lo <= 0 or self.log):
+            raise InputError(f"invalid range {self.lo}:{self.hi}: powers of two need LO > 0")
+
+    def values(self) -> list[float]:
+        """The discrete values of a ``pow2`` range (``hi`` included up to rounding)."""
+        n = int(math.floor(math.log2(self.hi / self.lo) + 1e-9))
+        return [self.lo * 2.0 ** k for k in range(n + 1)]
 
     @classmethod
     def of(cls, value: float | tuple | Range) -> Range:
@@ -74,29 +94,41 @@ class Range:
 
     @classmethod
     def parse(cls, text: str, scale: float = 1.0, what: str = "value") -> Range:
-        """``"50"``, ``"10:100"`` (uniform) or ``"10:100:log"`` (log-uniform), times
-        ``scale``."""
+        """``"50"``, ``"10:100"`` (uniform), ``"10:100:log"`` (log-uniform) or
+        ``"0.256:4194.304:pow2"`` (LO times powers of two up to HI), times ``scale``."""
         parts = str(text).split(":")
-        log = len(parts) == 3 and parts[2].strip().lower() in ("log", "log-uniform", "loguniform")
-        if len(parts) not in (1, 2) and not log:
-            raise InputError(f"cannot parse {what} {text!r}; use X, LO:HI or LO:HI:log")
+        mode = parts[2].strip().lower() if len(parts) == 3 else ""
+        log = mode in ("log", "log-uniform", "loguniform")
+        pow2 = mode == "pow2"
+        usage = "use X, LO:HI, LO:HI:log or LO:HI:pow2"
+        if len(parts) not in (1, 2) and not (log or pow2):
+            raise InputError(f"cannot parse {what} {text!r}; {usage}")
         try:
             lo = float(parts[0]) * scale
             hi = float(parts[1]) * scale if len(parts) > 1 else lo
         except ValueError:
-            raise InputError(f"cannot parse {what} {text!r}; use X, LO:HI or LO:HI:log") from None
+            raise InputError(f"cannot parse {what} {text!r}; {usage}") from None
         if not (math.isfinite(lo) and math.isfinite(hi)):
             raise InputError(f"{what} {text!r} is not a finite number")
         if hi < lo:
             raise InputError(f"{what} range {text!r} is reversed")
-        if log and lo <= 0:
-            raise InputError(f"{what} range {text!r}: a log-uniform range needs LO > 0")
-        return cls(lo, hi, log)
+        if (log or pow2) and lo <= 0:
+            kind = "log-uniform" if log else "powers-of-two"
+            raise InputError(f"{what} range {text!r}: a {kind} range needs LO > 0")
+        if pow2:
+            ratio = math.log2(hi / lo)
+            if abs(ratio - round(ratio)) > 1e-6:
+                raise InputError(f"{what} range {text!r}: HI / LO = {hi / lo:g} is not a "
+                                 f"power of two")
+        return cls(lo, hi, log, pow2)
 
     def sample(self, rng: np.random.Generator) -> float:
         u = rng.random()  # always drawn, so that every shower uses the same stream layout
         if self.hi == self.lo:
             return self.lo
+        if self.pow2:
+            values = self.values()
+            return values[min(int(u * len(values)), len(values) - 1)]
         if self.log:
             return float(math.exp(math.log(self.lo) + u * (math.log(self.hi) - math.log(self.lo))))
         return float(self.lo + u * (self.hi - self.lo))
@@ -287,7 +319,8 @@ def simulate_range(cfg: SimulationConfig, start: int, stop: int
         impact=np.array([[p.x_mm, p.y_mm] for p in prims]).reshape(-1, 2))
     meta = {"simulation": cfg.to_dict(), "first_index": start, "rejected_showers": rejected}
     if not cfg.points:
-        return ShowerBatch(geo.name, voxelise(deps, geo, cfg.realistic), cond, metadata=meta)
+        return ShowerBatch(geo.name, voxelise(deps, geo, cfg.realistic), cond,
+                           layer_overflow(deps, geo, cfg.realistic), metadata=meta)
     cols: list[list[np.ndarray]] = [[], [], [], [], []]
     counts = []
     for d in deps:

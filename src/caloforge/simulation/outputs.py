@@ -35,6 +35,20 @@ def voxelise(deposits: list[Deposits], geometry: Geometry, realistic: bool = Fal
     return out
 
 
+def layer_overflow(deposits: list[Deposits], geometry: Geometry, realistic: bool = False
+                   ) -> np.ndarray | None:
+    """(N, n_layers) MeV deposited in each layer's active material outside its cells, for
+    geometries that record it (tag ``overflow``: the CaloGAN format); None for others."""
+    if "overflow" not in geometry.tags:
+        return None
+    out = np.zeros((len(deposits), geometry.n_layers), np.float32)
+    for i, dep in enumerate(deposits):
+        outside = voxel_indices(dep, geometry, realistic) < 0
+        out[i] = np.bincount(dep.layer[outside], weights=dep.energy[outside],
+                             minlength=geometry.n_layers)
+    return out
+
+
 def point_pitch_mm(geometry: Geometry, split: int = POINT_SPLIT) -> tuple[float, float]:
     """Pitch (mm) of the fine point grid in x and y."""
     if not isinstance(geometry, CartesianGeometry):

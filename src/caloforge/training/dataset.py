@@ -220,7 +220,8 @@ class ShowerStream:
         if self.points:
             return self._gather_points(ordered, order)
         x: np.ndarray | None = None
-        conditions, done = [], 0
+        overflow: np.ndarray | None = None  # kept where every block has it
+        conditions, done, with_overflow = [], 0, True
         cuts = np.flatnonzero(np.diff(ordered // self.chunk_showers)) + 1
         for sel in np.split(ordered, cuts):
             lo, hi = int(sel[0]), int(sel[-1]) + 1
@@ -230,12 +231,18 @@ class ShowerStream:
             if x is None:
                 x = np.empty((len(index), block.n_voxels), np.float32)
             x[order[done:done + len(sel)]] = block.energies
+            with_overflow = with_overflow and block.overflow is not None
+            if with_overflow:
+                if overflow is None:
+                    overflow = np.empty((len(index), block.overflow.shape[1]), np.float32)
+                overflow[order[done:done + len(sel)]] = block.overflow
             conditions.append(block.conditions)
             done += len(sel)
         inverse = np.empty_like(order)
         inverse[order] = np.arange(len(order))
         cond = Conditions.concatenate(conditions)[inverse]
-        return ShowerBatch(self.source.geometry, x, cond)
+        return ShowerBatch(self.source.geometry, x, cond,
+                           overflow if with_overflow else None)
 
     def _gather_points(self, ordered: np.ndarray, order: np.ndarray) -> PointCloudBatch:
         cuts = np.flatnonzero(np.diff(ordered // self.chunk_showers)) + 1

@@ -135,14 +135,21 @@ def _train_batch(batch: ShowerBatch | PointCloudBatch, model: GenerativeModel) -
         points, mask = padded_points(batch)
         return TrainBatch(torch.zeros(len(batch), 0), e_inc, angles, points, mask)
     return TrainBatch(torch.from_numpy(np.ascontiguousarray(batch.energies, dtype=np.float32)),
-                      e_inc, angles)
+                      e_inc, angles, overflow=_overflow(batch))
 
 
 def _to(batch: TrainBatch, device: torch.device) -> TrainBatch:
     def move(t: torch.Tensor | None) -> torch.Tensor | None:
         return None if t is None else t.to(device, non_blocking=True)
     return TrainBatch(move(batch.x), move(batch.e_inc), batch.angles, move(batch.points),
-                      move(batch.mask))
+                      move(batch.mask), move(batch.overflow))
+
+
+def _overflow(batch: ShowerBatch) -> torch.Tensor | None:
+    """The per-layer overflow energies (MeV) as a float32 tensor, None if not recorded."""
+    if batch.overflow is None:
+        return None
+    return torch.from_numpy(np.ascontiguousarray(batch.overflow, dtype=np.float32))
 
 
 def _with_conditions(cls: type[GenerativeModel], config: dict[str, Any] | Config | None,
@@ -267,7 +274,14 @@ class Trainer:
             if self.points:
                 model.fit_preprocessing(fit.points, fit.e_inc, mask=fit.mask)
             else:
+                if model.requires_overflow and fit.overflow is None:
+                    raise InputError(
+                        f"the training showers hold no per-layer overflow energies, which "
+                        f"model {model.name!r} needs on geometry {model.geometry.name!r} (a "
+                        f"CaloGAN file must have the 'overflow' dataset)",
+                        self.data_source or None)
                 model.fit_preprocessing(fit.x, fit.e_inc)
+                model.fit_overflow(fit.overflow, fit.e_inc)
         self.model.to(self.device)
         broadcast_state(self.model, self.dist)
         self.optimizers = self.model.configure_optimizers()
