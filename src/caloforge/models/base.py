@@ -240,6 +240,13 @@ class GenerativeModel(nn.Module):
                       ctx: StepContext) -> dict[str, float]:  # pragma: no cover
         raise NotImplementedError
 
+    def attach_frozen(self, models: dict[str, GenerativeModel],
+                      references: dict[str, dict[str, str]]) -> None:
+        """Hook before fitting: the frozen models of the run (``training.frozen_models``,
+        loaded and hash-checked) and their ``{"path", "sha256"}`` references.  A student
+        checks and keeps its teacher here; the default takes them as they come
+        (``training_step`` also sees them as ``ctx.frozen``)."""
+
     def on_epoch_end(self, epoch: int, ctx: StepContext) -> None:
         """Hook after each epoch (BIB-AE resets its resetting critics here)."""
 

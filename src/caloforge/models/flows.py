@@ -2,6 +2,9 @@
 
 - :func:`spline_coupling_flow`: a zuko coupling flow (rational-quadratic splines, or
   affine couplings with ``bins=0``) that samples in one network pass;
+- :func:`masked_autoregressive_flow`: a zuko MAF (density in one pass, sampling in one
+  pass per feature) and :func:`autoregressive_blocks`, its blocks alone (an IAF student
+  runs them in the one-pass direction to sample);
 - :class:`AffineCouplingFlow`: a lean conditional RealNVP for many features;
 - :func:`sample_flow`: map given standard-normal noise through either kind.
 
@@ -19,7 +22,13 @@ import math
 import torch
 from torch import Tensor, nn
 from zuko.distributions import DiagNormal
-from zuko.flows import Flow, GeneralCouplingTransform, UnconditionalDistribution
+from zuko.flows import (
+    MAF,
+    Flow,
+    GeneralCouplingTransform,
+    MaskedAutoregressiveTransform,
+    UnconditionalDistribution,
+)
 from zuko.transforms import MonotonicAffineTransform, MonotonicRQSTransform
 
 
@@ -37,17 +46,43 @@ def spline_coupling_flow(features: int, context: int, transforms: int, bins: int
         if i % 2 == 0 and i > 0:
             perm = torch.randperm(features)
         mask = (perm % 2) == (i % 2)
-        if bins:
-            kind = {"univariate": MonotonicRQSTransform,
-                    "shapes": [(bins,), (bins,), (bins - 1,)]}
-        else:
-            kind = {"univariate": MonotonicAffineTransform, "shapes": [(), ()]}
         layers.append(GeneralCouplingTransform(
             features, context, mask=mask, hidden_features=tuple(hidden), activation=nn.ELU,
-            **kind))
+            **_univariate(bins)))
     base = UnconditionalDistribution(DiagNormal, torch.zeros(features), torch.ones(features),
                                      buffer=True)
     return Flow(layers, base)
+
+
+def _univariate(bins: int) -> dict:
+    """zuko element-wise transform: rational-quadratic spline with ``bins`` bins, or
+    affine for ``bins=0``."""
+    if bins:
+        return {"univariate": MonotonicRQSTransform,
+                "shapes": [(bins,), (bins,), (bins - 1,)]}
+    return {"univariate": MonotonicAffineTransform, "shapes": [(), ()]}
+
+
+def masked_autoregressive_flow(features: int, context: int, transforms: int, bins: int,
+                               hidden: tuple[int, ...]) -> Flow:
+    """A conditional zuko MAF: ``transforms`` MADE blocks whose feature order alternates
+    (ascending, descending), spline (``bins`` >= 2) or affine (``bins=0``) transforms.
+    The density takes one network pass per block; sampling takes one per feature."""
+    return MAF(features, context, transforms, hidden_features=tuple(hidden),
+               activation=nn.ELU, **_univariate(bins))
+
+
+def autoregressive_blocks(features: int, context: int, transforms: int, bins: int,
+                          hidden: tuple[int, ...]) -> nn.ModuleList:
+    """The MADE blocks of :func:`masked_autoregressive_flow` with the same feature orders,
+    without a base distribution: an inverse autoregressive flow runs each block in its
+    one-pass direction from the latent side to the data side."""
+    orders = [torch.arange(features), torch.arange(features).flip(0)]
+    return nn.ModuleList(
+        MaskedAutoregressiveTransform(features, context, order=orders[i % 2],
+                                      hidden_features=tuple(hidden), activation=nn.ELU,
+                                      **_univariate(bins))
+        for i in range(transforms))
 
 
 class AffineCouplingFlow(nn.Module):

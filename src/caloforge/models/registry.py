@@ -22,6 +22,8 @@ _BUILTIN: dict[str, str] = {
     "wgan": "caloforge.models.wgan",
     "bibae": "caloforge.models.bibae",
     "l2lflows": "caloforge.models.l2lflows",
+    "caloflow": "caloforge.models.caloflow",
+    "caloflow-student": "caloforge.models.caloflow_student",
 }
 _REGISTRY: dict[str, type[GenerativeModel]] = {}
 

@@ -17,7 +17,6 @@ loaded in eval mode with gradients off and handed to ``training_step`` as
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 from pathlib import Path
 from typing import Any
@@ -25,23 +24,12 @@ from typing import Any
 import torch
 
 from caloforge.errors import CaloforgeError, InputError
-from caloforge.models.base import META_FILE, WEIGHTS_FILE, GenerativeModel, resolve_model_dir
-from caloforge.training.ema import EMA_FILE
-
-MODEL_FILES = (META_FILE, WEIGHTS_FILE, EMA_FILE)
-
-
-def folder_hash(directory: Path) -> str:
-    """SHA-256 over the model files of a folder (names and contents, fixed order)."""
-    digest = hashlib.sha256()
-    for name in MODEL_FILES:
-        path = directory / name
-        if path.is_file():
-            digest.update(name.encode() + b"\0")
-            with open(path, "rb") as f:
-                for block in iter(lambda: f.read(1 << 20), b""):
-                    digest.update(block)
-    return digest.hexdigest()
+from caloforge.models.base import GenerativeModel, resolve_model_dir
+from caloforge.models.folder import (  # noqa: F401 - part of this module's API
+    MODEL_FILES,
+    folder_hash,
+    load_referenced,
+)
 
 
 def reference(path: str | Path, role: str) -> dict[str, str]:
@@ -57,22 +45,8 @@ def load_frozen(role: str, ref: dict[str, str], device: torch.device | str = "cp
                 copy: Path | None = None) -> GenerativeModel:
     """Load the frozen model recorded in ``ref`` after checking its hash; ``copy`` is a
     checkpoint's own copy, used when the original folder is gone."""
-    path = Path(ref["path"])
-    if not (path / META_FILE).is_file():
-        if copy is not None and (copy / META_FILE).is_file():
-            path = copy
-        else:
-            raise InputError(f"frozen {role} model is missing (the run was started with it; "
-                             f"restore it, sha256 {ref['sha256'][:12]}...)", path)
-    found = folder_hash(path)
-    if found != ref["sha256"]:
-        raise InputError(f"frozen {role} model changed since the run started (sha256 "
-                         f"{found[:12]}... instead of {ref['sha256'][:12]}...): resuming "
-                         f"against another {role} would not continue the same training", path)
-    from caloforge.training.checkpoint import load_model_dir
-    model = load_model_dir(path, device)
-    model.requires_grad_(False)
-    return model.eval()
+    return load_referenced(ref, role, device, copy, consequence=(
+        f": resuming against another {role} would not continue the same training"))
 
 
 def copy_frozen(refs: dict[str, dict[str, str]], target: Path) -> None:
