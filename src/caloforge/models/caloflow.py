@@ -238,6 +238,7 @@ class CaloFlow(GenerativeModel):
         return {"nll_layers": nll_layers.item(), "nll_shower": nll_shower.item()}
 
     # ---- generation ----------------------------------------------------------------------
+    @torch.no_grad()
     def sample_layer_energies(self, e_inc: Tensor, noise: Source,
                               angles: Tensor | None = None) -> Tensor:
         """(B, active layers) layer energies (MeV) drawn by the layer flow: the first
