@@ -55,7 +55,7 @@ from caloforge.models.base import GenerativeModel, StepContext, TrainBatch, regi
 from caloforge.models.caloflow import CaloFlow
 from caloforge.models.conditioning import ENERGY_SLACK, RANGE_SLACK
 from caloforge.models.config import ModelConfig, positive
-from caloforge.models.flows import autoregressive_blocks
+from caloforge.models.flows import autoregressive_blocks, made_forward
 from caloforge.models.folder import load_referenced
 from caloforge.models.noise import ShowerNoise
 
@@ -64,7 +64,10 @@ from caloforge.models.noise import ShowerNoise
 class CaloFlowStudentConfig(ModelConfig):
     transforms: int = 6  # must equal the teacher's shower-flow blocks
     hidden: tuple[int, ...] = (384,)
-    bins: int = 4  # spline bins; 0 = affine
+    # 0 = affine blocks: the splines' element-wise work, not the networks, dominates a
+    # student's sampling time (368 cells, batch 256, 1 loaded CPU thread: 2.9 ms per
+    # shower for 4 bins, 0.14 ms affine); 4 = spline blocks like the teacher's.
+    bins: int = 0
     lr: float = 1e-3
     lr_decay: float = 0.1
     data_weight: float = 1.0
@@ -184,7 +187,7 @@ class CaloFlowStudent(GenerativeModel):
         and the log-determinant of ``z -> y`` (B,)."""
         states, ladj = [z], z.new_zeros(len(z))
         for block in reversed(self.blocks):
-            h, l_k = block(context).call_and_ladj(states[-1])
+            h, l_k = made_forward(block, context, states[-1])
             states.append(h)
             ladj = ladj + l_k
         return states, ladj
@@ -196,7 +199,7 @@ class CaloFlowStudent(GenerativeModel):
         and the log-determinant of ``y -> z`` (B,)."""
         states, ladj = [y], y.new_zeros(len(y))
         for block in teacher.shower_flow.transform.transforms:
-            h, l_k = block(context).call_and_ladj(states[-1])
+            h, l_k = made_forward(block, context, states[-1])
             states.append(h)
             ladj = ladj + l_k
         return states, ladj
