@@ -224,3 +224,20 @@ def test_energies_outside_the_trained_range(which, teacher_dir, student_dir, tmp
                  "-o", str(out), "--no-progress"]) == 1
     _one_error(capsys, "generate", "500 GeV")
     assert not out.exists()
+
+
+def test_student_resumes_against_its_recorded_teacher(teacher_dir, toy_file, tmp_path):
+    out = tmp_path / "s"
+    assert _train_cli("--model", "caloflow-student", "--data", str(toy_file), "--out", str(out),
+                      "--steps", "4", "--stop-after", "2", "--teacher", str(teacher_dir)) == 0
+    assert not (out / "model").exists()
+    assert main(["train", "--model", "caloflow-student", "--data", str(toy_file), "--out",
+                 str(out), "--resume", "--no-progress"]) == 0
+    resumed = load(out)
+    assert resumed.teacher_reference["path"] == str(teacher_dir.resolve())
+    straight = train("caloflow-student", toy_file, tmp_path / "straight", preset="tiny",
+                     train_config=TrainConfig(steps=4, batch_size=32, validate_every=0,
+                                              frozen_models={"teacher": str(teacher_dir)}),
+                     progress=False)
+    for k, v in straight.state_dict().items():
+        assert torch.equal(v, resumed.state_dict()[k]), k

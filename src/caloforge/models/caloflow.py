@@ -88,6 +88,14 @@ def expit(y: Tensor, alpha: float) -> Tensor:
     return ((torch.sigmoid(y) - alpha) / (1 - 2 * alpha)).clamp(0, 1)
 
 
+def exponential_decay(optimizers: dict[str, torch.optim.Optimizer], factor: float,
+                      total_steps: int) -> dict[str, torch.optim.lr_scheduler.LRScheduler]:
+    """Schedulers that lower every learning rate by ``factor`` over ``total_steps``."""
+    gamma = factor ** (1.0 / max(total_steps, 1))
+    return {name: torch.optim.lr_scheduler.ExponentialLR(opt, gamma)
+            for name, opt in optimizers.items()}
+
+
 @register("caloflow")
 class CaloFlow(GenerativeModel):
     """Layer flow + shower flow (masked autoregressive), trained by maximum likelihood."""
@@ -218,8 +226,7 @@ class CaloFlow(GenerativeModel):
         return {"flows": torch.optim.Adam(self.parameters(), self.config.lr)}
 
     def configure_schedulers(self, optimizers, total_steps):  # noqa: ANN001, ANN201
-        gamma = self.config.lr_decay ** (1.0 / max(total_steps, 1))
-        return {"flows": torch.optim.lr_scheduler.ExponentialLR(optimizers["flows"], gamma)}
+        return exponential_decay(optimizers, self.config.lr_decay, total_steps)
 
     def log_likelihood(self, x: Tensor, e_inc: Tensor, angles: Tensor | None = None,
                        gen: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
@@ -292,5 +299,5 @@ class CaloFlow(GenerativeModel):
         return self.generate_with(e_inc, noise, angles, self._sample_shower_features)[0]
 
 
-__all__ = ["CaloFlow", "CaloFlowConfig", "expit", "logit"]
+__all__ = ["CaloFlow", "CaloFlowConfig", "exponential_decay", "expit", "logit"]
 

@@ -52,7 +52,7 @@ from caloforge.data.batch import Conditions
 from caloforge.errors import ConfigError, GeometryError, GeometryMismatchError, InputError
 from caloforge.geometry import Geometry
 from caloforge.models.base import GenerativeModel, StepContext, TrainBatch, register
-from caloforge.models.caloflow import CaloFlow
+from caloforge.models.caloflow import CaloFlow, exponential_decay
 from caloforge.models.conditioning import ENERGY_SLACK, RANGE_SLACK
 from caloforge.models.config import ModelConfig, positive
 from caloforge.models.flows import autoregressive_blocks, made_forward
@@ -213,8 +213,7 @@ class CaloFlowStudent(GenerativeModel):
         return {"student": torch.optim.Adam(self.blocks.parameters(), self.config.lr)}
 
     def configure_schedulers(self, optimizers, total_steps):  # noqa: ANN001, ANN201
-        gamma = self.config.lr_decay ** (1.0 / max(total_steps, 1))
-        return {"student": torch.optim.lr_scheduler.ExponentialLR(optimizers["student"], gamma)}
+        return exponential_decay(optimizers, self.config.lr_decay, total_steps)
 
     def distillation_losses(self, x: Tensor, e_inc: Tensor, angles: Tensor | None,
                             gen: torch.Generator | None) -> dict[str, Tensor]:
