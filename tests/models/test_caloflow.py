@@ -168,15 +168,17 @@ def _student_cli(data, teacher, out) -> int:
 
 
 @pytest.fixture(scope="module")
-def other_teachers(two_energy_data, angled_file, toy_file, tmp_path_factory):
-    """Tiny trained models that cannot teach a toy-6x6x6 student: another geometry,
-    other conditions (angles), another architecture."""
+def other_teachers(two_energy_data, angled_file, toy_data, toy_file, tmp_path_factory):
+    """Tiny trained models that cannot teach a toy-6x6x6 student on 1-100 GeV: another
+    geometry, other conditions (angles), fewer energies, another architecture."""
     root = tmp_path_factory.mktemp("others")
-    small = root / "small.h5"
+    small, low = root / "small.h5", root / "low.h5"
     with write_showers(small, "caloforge", two_energy_data.geometry) as w:
         w.append(two_energy_data)
+    with write_showers(low, "caloforge", toy_data.geometry) as w:
+        w.append(toy_data[np.flatnonzero(toy_data.incident_energy < 2e4)])
     runs = {"geometry": ("caloflow", small), "angles": ("caloflow", angled_file),
-            "architecture": ("l2lflows", toy_file)}
+            "energies": ("caloflow", low), "architecture": ("l2lflows", toy_file)}
     for key, (model, data) in runs.items():
         assert _train_cli("--model", model, "--data", str(data), "--out", str(root / key),
                           "--steps", "2") == 0
@@ -186,6 +188,7 @@ def other_teachers(two_energy_data, angled_file, toy_file, tmp_path_factory):
 @pytest.mark.parametrize("case, needles", [
     ("geometry", ("geometry 'toy-6x4x4'", "'toy-6x6x6'")),
     ("angles", ("conditioned on (incident_energy, theta, phi)",)),
+    ("energies", ("span incident energies", "teacher was trained on")),
     ("architecture", ("must be a trained 'caloflow'", "'l2lflows'")),
     ("none", ("needs its teacher", "--teacher")),
 ])
