@@ -37,6 +37,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0,
                    help="seed of initialisation, shuffling, noise (>= 0)")
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
+    p.add_argument("--teacher", help="frozen teacher model folder for a student (e.g. "
+                                     "caloflow-student), attached by reference: same as "
+                                     "training.frozen_models.teacher in --config")
     p.add_argument("--max-showers", type=int, help="read at most this many showers")
     p.add_argument("--stop-after", type=int,
                    help="stop this invocation after N steps (resume later; not remembered)")
@@ -80,6 +83,9 @@ def run(args: argparse.Namespace) -> int:
                  "amp": args.amp, "checkpoint_every": args.checkpoint_every,
                  "validate_every": args.validate_every}
     train_cfg.update({k: v for k, v in overrides.items() if v is not None})
+    if args.teacher:
+        train_cfg["frozen_models"] = {**(train_cfg.get("frozen_models") or {}),
+                                      "teacher": args.teacher}
     if args.steps is not None:
         train_cfg["epochs"] = 0
     cfg = TrainConfig.from_dict(train_cfg, source=args.config)

@@ -251,11 +251,12 @@ class GenerativeModel(nn.Module):
                       ctx: StepContext) -> dict[str, float]:  # pragma: no cover
         raise NotImplementedError
 
-    def attach_frozen(self, references: dict[str, dict[str, str]],
-                      models: dict[str, GenerativeModel]) -> None:
-        """Hook after the training loop attached the frozen models (``frozen_models`` of
-        the training config: role -> loaded model, and role -> ``{path, sha256}``), also
-        on resume; a model that needs one (a distilled student) takes it here."""
+    def attach_frozen(self, models: dict[str, GenerativeModel],
+                      references: dict[str, dict[str, str]]) -> None:
+        """Hook before fitting (also on resume): the frozen models of the run
+        (``training.frozen_models``, loaded and hash-checked) and their ``{"path",
+        "sha256"}`` references.  A student checks and keeps its teacher here; the default
+        takes them as they come (``training_step`` also sees them as ``ctx.frozen``)."""
 
     @property
     def requires_overflow(self) -> bool:

@@ -115,8 +115,9 @@ class CaloClouds2CM(EDMSampling, PointDiffusionModel):
                              f"{', '.join(differ)} must equal the teacher's "
                              f"({', '.join(f'{k}={theirs[k]!r}' for k in differ)})")
 
-    def attach_frozen(self, references: dict[str, dict[str, str]],
-                      models: dict[str, GenerativeModel]) -> None:
+    def attach_frozen(self, models: dict[str, GenerativeModel],
+                      references: dict[str, dict[str, str]]) -> None:
+        """Check and bind the frozen teacher (before any fitting, also on resume)."""
         if "teacher" not in models:
             raise ConfigError("caloclouds2-cm distils a frozen caloclouds2 teacher: set "
                               "'frozen_models: {teacher: FOLDER}' in the training config")
@@ -128,9 +129,16 @@ class CaloClouds2CM(EDMSampling, PointDiffusionModel):
         if Path(ref["path"]).parent == zoo_dir().resolve():  # shipped: by name, movable
             ref["path"] = Path(ref["path"]).name
         self.teacher_ref = {**ref, "model": teacher.name, "config": teacher.config.to_dict()}
-        if bool(self.from_teacher):  # resumed: the checkpoint holds the student's state
-            return
-        with torch.no_grad():  # the teacher's standardisation, conditions and weights
+
+    def fit_preprocessing(self, x: Tensor, e_inc: Tensor, mask: Tensor | None = None) -> None:
+        """A fresh student starts from its teacher: after the usual checks of the data, the
+        teacher's standardisation, conditions and weights replace the fitted ones."""
+        super().fit_preprocessing(x, e_inc, mask=mask)
+        if not self._teacher:
+            raise ConfigError("caloclouds2-cm distils a frozen caloclouds2 teacher: set "
+                              "'frozen_models: {teacher: FOLDER}' in the training config")
+        teacher = self._teacher[0]
+        with torch.no_grad():
             own = self.state_dict()
             for k, v in teacher.state_dict().items():
                 if k in own and not k.startswith("showerflow."):

@@ -2,6 +2,9 @@
 
 - :func:`spline_coupling_flow`: a zuko coupling flow (rational-quadratic splines, or
   affine couplings with ``bins=0``) that samples in one network pass;
+- :func:`masked_autoregressive_flow`: a zuko MAF (density in one pass, sampling in one
+  pass per feature) and :func:`autoregressive_blocks`, its blocks alone (an IAF student
+  runs them in the one-pass direction to sample, :func:`made_forward`);
 - :class:`AffineCouplingFlow`: a lean conditional RealNVP for many features;
 - :func:`sample_flow`: map given standard-normal noise through either kind.
 
@@ -17,10 +20,19 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from zuko.distributions import DiagNormal
-from zuko.flows import Flow, GeneralCouplingTransform, UnconditionalDistribution
-from zuko.transforms import MonotonicAffineTransform, MonotonicRQSTransform
+from zuko.flows import (
+    MAF,
+    Flow,
+    GeneralCouplingTransform,
+    MaskedAutoregressiveTransform,
+    UnconditionalDistribution,
+)
+from zuko.nn import MaskedLinear
+from zuko.transforms import DependentTransform, MonotonicAffineTransform, MonotonicRQSTransform
+from zuko.utils import unpack
 
 
 def spline_coupling_flow(features: int, context: int, transforms: int, bins: int,
@@ -37,17 +49,43 @@ def spline_coupling_flow(features: int, context: int, transforms: int, bins: int
         if i % 2 == 0 and i > 0:
             perm = torch.randperm(features)
         mask = (perm % 2) == (i % 2)
-        if bins:
-            kind = {"univariate": MonotonicRQSTransform,
-                    "shapes": [(bins,), (bins,), (bins - 1,)]}
-        else:
-            kind = {"univariate": MonotonicAffineTransform, "shapes": [(), ()]}
         layers.append(GeneralCouplingTransform(
             features, context, mask=mask, hidden_features=tuple(hidden), activation=nn.ELU,
-            **kind))
+            **_univariate(bins)))
     base = UnconditionalDistribution(DiagNormal, torch.zeros(features), torch.ones(features),
                                      buffer=True)
     return Flow(layers, base)
+
+
+def _univariate(bins: int) -> dict:
+    """zuko element-wise transform: rational-quadratic spline with ``bins`` bins, or
+    affine for ``bins=0``."""
+    if bins:
+        return {"univariate": MonotonicRQSTransform,
+                "shapes": [(bins,), (bins,), (bins - 1,)]}
+    return {"univariate": MonotonicAffineTransform, "shapes": [(), ()]}
+
+
+def masked_autoregressive_flow(features: int, context: int, transforms: int, bins: int,
+                               hidden: tuple[int, ...]) -> Flow:
+    """A conditional zuko MAF: ``transforms`` MADE blocks whose feature order alternates
+    (ascending, descending), spline (``bins`` >= 2) or affine (``bins=0``) transforms.
+    The density takes one network pass per block; sampling takes one per feature."""
+    return MAF(features, context, transforms, hidden_features=tuple(hidden),
+               activation=nn.ELU, **_univariate(bins))
+
+
+def autoregressive_blocks(features: int, context: int, transforms: int, bins: int,
+                          hidden: tuple[int, ...]) -> nn.ModuleList:
+    """The MADE blocks of :func:`masked_autoregressive_flow` with the same feature orders,
+    without a base distribution: an inverse autoregressive flow runs each block in its
+    one-pass direction from the latent side to the data side."""
+    orders = [torch.arange(features), torch.arange(features).flip(0)]
+    return nn.ModuleList(
+        MaskedAutoregressiveTransform(features, context, order=orders[i % 2],
+                                      hidden_features=tuple(hidden), activation=nn.ELU,
+                                      **_univariate(bins))
+        for i in range(transforms))
 
 
 class AffineCouplingFlow(nn.Module):
@@ -120,8 +158,60 @@ class AffineCouplingFlow(nn.Module):
         return x
 
 
+def _masked_weights(block: MaskedAutoregressiveTransform) -> list[Tensor | None]:
+    """The hyper network's weights times their masks (None for activations), cached on
+    the block while the weights stay the same tensors at the same version: zuko's
+    MaskedLinear multiplies weight and mask at every call, which at batch 1 costs several
+    times the product itself."""
+    layers = list(block.hyper)
+    key = tuple((id(m.weight), m.weight._version, m.weight.device) for m in layers
+                if isinstance(m, MaskedLinear))
+    cached = block.__dict__.get("_masked_cache")
+    if cached is None or cached[0] != key:
+        weights = [m.mask * m.weight if isinstance(m, MaskedLinear) else None for m in layers]
+        cached = (key, weights)
+        block.__dict__["_masked_cache"] = cached
+    return cached[1]
+
+
+def made_transform(block: MaskedAutoregressiveTransform, context: Tensor,
+                   x: Tensor) -> DependentTransform:
+    """The element-wise transform that MADE ``block`` applies given inputs ``x``, as
+    zuko's ``block(context).meta(x)`` but with cached masked weights (no gradients:
+    for sampling only)."""
+    h = torch.cat([x, context], -1)
+    for layer, w in zip(block.hyper, _masked_weights(block)):
+        h = layer(h) if w is None else F.linear(h, w, layer.bias)
+    phi = unpack(h.unflatten(-1, (-1, block.total)), block.shapes)
+    return DependentTransform(block.univariate(*phi), 1)
+
+
+def made_forward(block: MaskedAutoregressiveTransform, context: Tensor,
+                 x: Tensor) -> tuple[Tensor, Tensor]:
+    """``(y, log|dy/dx|)`` of MADE ``block`` in its one-pass direction (cached masked
+    weights when gradients are off)."""
+    if torch.is_grad_enabled():
+        return block(context).call_and_ladj(x)
+    return made_transform(block, context, x).call_and_ladj(x)
+
+
+@torch.no_grad()
+def sample_maf(flow: Flow, context: Tensor, z: Tensor) -> Tensor:
+    """Invert a MAF of :class:`MaskedAutoregressiveTransform` blocks (one pass per
+    feature and block) with cached masked weights; same values as zuko's inverse."""
+    x = z
+    for block in reversed(flow.transform.transforms):
+        y, x = x, torch.zeros_like(x)
+        for _ in range(block.passes):
+            x = made_transform(block, context, x).inv(y)
+    return x
+
+
 def sample_flow(flow: Flow | AffineCouplingFlow, context: Tensor, z: Tensor) -> Tensor:
     """Data-space samples of ``flow`` given ``context`` for standard-normal noise ``z``."""
     if isinstance(flow, AffineCouplingFlow):
         return flow.sample_from(z, context)
+    if not torch.is_grad_enabled() and all(
+            isinstance(t, MaskedAutoregressiveTransform) for t in flow.transform.transforms):
+        return sample_maf(flow, context, z)
     return flow(context).transform.inv(z)

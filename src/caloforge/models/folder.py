@@ -33,21 +33,7 @@ if TYPE_CHECKING:
 
 WEIGHTS_FILE = "model.safetensors"
 META_FILE = "model.yaml"
-MODEL_FILES = (META_FILE, WEIGHTS_FILE, EMA_FILE)
-
-
-def folder_hash(directory: Path) -> str:
-    """SHA-256 over the model files of a folder (names and contents, fixed order): what a
-    model attached by reference (a frozen teacher) is recognised by."""
-    digest = hashlib.sha256()
-    for name in MODEL_FILES:
-        path = directory / name
-        if path.is_file():
-            digest.update(name.encode() + b"\0")
-            with open(path, "rb") as f:
-                for block in iter(lambda: f.read(1 << 20), b""):
-                    digest.update(block)
-    return digest.hexdigest()
+MODEL_FILES = (META_FILE, WEIGHTS_FILE, EMA_FILE)  # what a folder's hash covers
 
 
 def write_model_files(model: GenerativeModel, directory: Path) -> None:
@@ -114,6 +100,43 @@ def load_model_dir(directory: str | Path, device: str | torch.device = "cpu",
     apply_ema(model, directory, meta, weights)
     model.trained_version = str(meta.get("caloforge_version", "unknown"))
     return model.to(device).eval()
+
+
+def folder_hash(directory: Path) -> str:
+    """SHA-256 over the model files of a folder (names and contents, fixed order)."""
+    digest = hashlib.sha256()
+    for name in MODEL_FILES:
+        path = directory / name
+        if path.is_file():
+            digest.update(name.encode() + b"\0")
+            with open(path, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(block)
+    return digest.hexdigest()
+
+
+def load_referenced(ref: dict[str, str], role: str, device: str | torch.device = "cpu",
+                    copy: Path | None = None, since: str = "the run started",
+                    consequence: str = "") -> GenerativeModel:
+    """Load the model folder recorded as ``{"path", "sha256"}`` (a frozen teacher, a
+    constrainer), frozen and in eval mode, after checking that its files are the ones
+    recorded ``since`` then; ``copy`` is used when the original folder is gone.  A
+    missing or changed folder is one :class:`InputError` (``consequence`` says why it
+    matters)."""
+    path = Path(ref["path"])
+    if not (path / META_FILE).is_file():
+        if copy is not None and (copy / META_FILE).is_file():
+            path = copy
+        else:
+            raise InputError(f"frozen {role} model is missing (recorded when {since}; "
+                             f"restore it, sha256 {ref['sha256'][:12]}...)", path)
+    found = folder_hash(path)
+    if found != ref["sha256"]:
+        raise InputError(f"frozen {role} model changed since {since} (sha256 {found[:12]}... "
+                         f"instead of {ref['sha256'][:12]}...){consequence}", path)
+    model = load_model_dir(path, device)
+    model.requires_grad_(False)
+    return model.eval()
 
 
 def zoo_dir() -> Path:

@@ -26,6 +26,8 @@ _BUILTIN: dict[str, str] = {
     "caloclouds2": "caloforge.models.caloclouds2",
     "caloclouds2-cm": "caloforge.models.caloclouds2_cm",
     "calogan": "caloforge.models.calogan",
+    "caloflow": "caloforge.models.caloflow",
+    "caloflow-student": "caloforge.models.caloflow_student",
 }
 _REGISTRY: dict[str, type[GenerativeModel]] = {}
 

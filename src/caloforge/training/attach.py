@@ -25,7 +25,12 @@ import torch
 
 from caloforge.errors import CaloforgeError, InputError
 from caloforge.models.base import GenerativeModel, resolve_model_dir
-from caloforge.models.folder import META_FILE, MODEL_FILES, folder_hash
+from caloforge.models.folder import (  # noqa: F401 - part of this module's API
+    META_FILE,
+    MODEL_FILES,
+    folder_hash,
+    load_referenced,
+)
 
 
 def reference(path: str | Path, role: str) -> dict[str, str]:
@@ -41,22 +46,8 @@ def load_frozen(role: str, ref: dict[str, str], device: torch.device | str = "cp
                 copy: Path | None = None) -> GenerativeModel:
     """Load the frozen model recorded in ``ref`` after checking its hash; ``copy`` is a
     checkpoint's own copy, used when the original folder is gone."""
-    path = Path(ref["path"])
-    if not (path / META_FILE).is_file():
-        if copy is not None and (copy / META_FILE).is_file():
-            path = copy
-        else:
-            raise InputError(f"frozen {role} model is missing (the run was started with it; "
-                             f"restore it, sha256 {ref['sha256'][:12]}...)", path)
-    found = folder_hash(path)
-    if found != ref["sha256"]:
-        raise InputError(f"frozen {role} model changed since the run started (sha256 "
-                         f"{found[:12]}... instead of {ref['sha256'][:12]}...): resuming "
-                         f"against another {role} would not continue the same training", path)
-    from caloforge.training.checkpoint import load_model_dir
-    model = load_model_dir(path, device)
-    model.requires_grad_(False)
-    return model.eval()
+    return load_referenced(ref, role, device, copy, consequence=(
+        f": resuming against another {role} would not continue the same training"))
 
 
 def copy_frozen(refs: dict[str, dict[str, str]], target: Path) -> None:

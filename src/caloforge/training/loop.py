@@ -263,6 +263,11 @@ class Trainer:
                     f"are on {self.source.geometry!r}", self.data_source or None)
             self._open_stream(model.geometry.n_voxels)
         self.model = model
+        # Frozen models before any fitting: the model checks and binds them first.
+        self.frozen_refs, self.frozen = attach_all(
+            self.cfg.frozen_models, recorded_frozen, self.device,
+            self.resumed_from / "frozen" if self.resumed_from else None)
+        model.attach_frozen(self.frozen, self.frozen_refs)
         # After building the model: its own refusals (geometry, config) come first.
         if self.n_train < self.cfg.batch_size * self.dist.world_size:
             raise InputError(f"{self.n_train} training showers are fewer than one batch of "
@@ -308,11 +313,7 @@ class Trainer:
         self.step = 0
         self.finished = False
         self.stop = StopRequest()
-        self.frozen_refs, self.frozen = attach_all(
-            self.cfg.frozen_models, recorded_frozen, self.device,
-            self.resumed_from / "frozen" if self.resumed_from else None)
         self.ctx.frozen = self.frozen  # training_step reads ctx.frozen[role]
-        self.model.attach_frozen(self.frozen_refs, self.frozen)
         if state is not None:
             self._restore(state)
             if self.dist.is_main:

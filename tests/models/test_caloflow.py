@@ -1,0 +1,246 @@
+"""CaloFlow teacher (MAF layer + shower flows) and its IAF student distilled by reference."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from caloforge.cli import main
+from caloforge.data.io import write_showers
+from caloforge.models import load
+from caloforge.models.noise import ShowerNoise
+from caloforge.training import TrainConfig, train
+
+STEPS = 40
+
+
+def _same(a: np.ndarray, b: np.ndarray) -> None:
+    """Equal up to float32 rounding (batched products may sum in another order)."""
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * max(float(np.abs(a).max()), 1e-12))
+
+
+def _train_cli(*args: str) -> int:
+    return main(["train", "--preset", "tiny", "--batch-size", "32", "--validate-every", "0",
+                 "--no-progress", *args])
+
+
+@pytest.fixture(scope="module")
+def teacher_dir(toy_file, tmp_path_factory):
+    out = tmp_path_factory.mktemp("caloflow") / "teacher"
+    assert _train_cli("--model", "caloflow", "--data", str(toy_file), "--out", str(out),
+                      "--steps", str(STEPS)) == 0
+    return out / "model"
+
+
+@pytest.fixture(scope="module")
+def student_dir(toy_file, teacher_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("caloflow") / "student"
+    assert _train_cli("--model", "caloflow-student", "--data", str(toy_file), "--out", str(out),
+                      "--steps", "30", "--teacher", str(teacher_dir)) == 0
+    return out / "model"
+
+
+def _layer_sums(model, x: np.ndarray) -> np.ndarray:
+    return model.layer_energies(torch.as_tensor(x, dtype=torch.float32)).numpy()
+
+
+def test_teacher_log_likelihood_improves(toy_data, tmp_path):
+    held_out = toy_data[200:]
+    x = torch.as_tensor(held_out.energies, dtype=torch.float32)
+    e = torch.as_tensor(held_out.incident_energy, dtype=torch.float32)
+
+    def log_likelihood(steps: int) -> float:
+        cfg = TrainConfig(steps=steps, batch_size=32, validate_every=0)
+        model = train("caloflow", toy_data[:200], tmp_path / str(steps), preset="tiny",
+                      train_config=cfg, progress=False)  # same seed: same preprocessing
+        with torch.no_grad():
+            lp_layers, lp_shower = model.log_likelihood(x, e, gen=torch.Generator().manual_seed(0))
+        return float(lp_layers.mean() + lp_shower.mean())
+
+    assert log_likelihood(STEPS) > log_likelihood(1) + 0.3  # nats per feature, both flows
+
+
+@pytest.mark.parametrize("which", ["teacher", "student"])
+def test_layers_carry_exactly_the_drawn_layer_energies(which, teacher_dir, student_dir):
+    model = load(teacher_dir if which == "teacher" else student_dir)
+    teacher = model if which == "teacher" else model.teacher
+    e = np.array([1.5e3, 8e3, 3e4, 9e4])
+    showers = model.sample(e, seed=5).energies
+    # The layer flow's draw: the first normals of each shower's own stream.
+    drawn = teacher.sample_layer_energies(torch.as_tensor(e, dtype=torch.float32),
+                                          ShowerNoise.for_showers(5, range(len(e)))).numpy()
+    assert (drawn > 0).any(1).all()
+    np.testing.assert_allclose(_layer_sums(teacher, showers), drawn, rtol=1e-5,
+                               atol=1e-6 * drawn.max())
+
+
+def test_generation_does_not_depend_on_batch_size(teacher_dir, student_dir):
+    e = np.exp(np.random.default_rng(5).uniform(np.log(2e3), np.log(9e4), 40))
+    teacher, student = load(teacher_dir), load(student_dir)
+    ref = teacher.sample(e[:6], 21).energies
+    assert (ref > 0).mean() > 0.05  # the showers are not empty
+    for bs in (1, 4):
+        _same(teacher.sample(e[:6], 21, batch_size=bs).energies, ref)
+    ref = student.sample(e, 21).energies
+    for bs in (1, 7):
+        _same(student.sample(e, 21, batch_size=bs).energies, ref)
+    _same(student.sample(e[30:], 21, first_index=30).energies, ref[30:])
+    assert not np.allclose(student.sample(e, 22).energies, ref)  # the seed matters
+
+
+@pytest.mark.parametrize("which", ["teacher", "student"])
+def test_folder_roundtrip_gives_identical_samples(which, teacher_dir, student_dir, tmp_path):
+    model = load(teacher_dir if which == "teacher" else student_dir)
+    model.save(tmp_path / "copy")
+    again = load(tmp_path / "copy")
+    e = np.array([2e3, 5e4])
+    assert np.array_equal(model.sample(e, seed=7).energies, again.sample(e, seed=7).energies)
+
+
+def test_student_references_its_teacher_and_holds_only_its_flow(student_dir, teacher_dir):
+    import yaml
+    from safetensors.torch import load_file
+
+    meta = yaml.safe_load((student_dir / "model.yaml").read_text())
+    assert meta["teacher"]["path"] == str(teacher_dir.resolve())
+    assert len(meta["teacher"]["sha256"]) == 64
+    keys = set(load_file(str(student_dir / "model.safetensors")))
+    assert keys and not any("flow" in k or "std" in k for k in keys)  # nothing of the teacher
+    assert any(k.startswith("blocks.") for k in keys)
+
+
+def test_student_samples_in_one_pass_per_block(teacher_dir, student_dir):
+    student = load(student_dir)
+    teacher = student.teacher
+    calls = {"student": 0, "teacher": 0}
+
+    def counter(role):
+        def hook(*_):
+            calls[role] += 1
+        return hook
+
+    # One call of a block's first activation = one evaluation of its network.
+    hooks = [b.hyper[1].register_forward_hook(counter("student")) for b in student.blocks]
+    hooks += [b.hyper[1].register_forward_hook(counter("teacher"))
+              for b in teacher.shower_flow.transform.transforms]
+    try:
+        student.sample(np.full(3, 2e4), seed=1)
+        assert calls == {"student": len(student.blocks), "teacher": 0}
+        teacher.sample(np.full(3, 2e4), seed=1)
+        assert calls["teacher"] == len(student.blocks) * teacher.n_features  # MAF: per feature
+    finally:
+        for h in hooks:
+            h.remove()
+
+
+def test_calogan_geometry(showers, tmp_path):
+    data = showers("calogan", n=64, occupancy=0.3)
+    cfg = TrainConfig(steps=3, batch_size=16, validate_every=0)
+    teacher = train("caloflow", data, tmp_path / "t", preset="tiny", train_config=cfg,
+                    progress=False)
+    student = train("caloflow-student", data, tmp_path / "s", {"bins": 0}, preset="tiny",
+                    progress=False,  # affine blocks, as the default preset (tiny: splines)
+                    train_config=cfg.replace(frozen_models={"teacher": str(tmp_path / "t" / "model")}))
+    e = np.array([2e4, 7e4])
+    for model in (teacher, student):
+        x = model.sample(e, seed=3).energies
+        assert x.shape == (2, 504) and np.isfinite(x).all()
+        drawn = teacher.sample_layer_energies(torch.as_tensor(e, dtype=torch.float32),
+                                              ShowerNoise.for_showers(3, range(2))).numpy()
+        np.testing.assert_allclose(_layer_sums(teacher, x), drawn, rtol=1e-5,
+                                   atol=1e-6 * drawn.max())
+
+
+# ---- bad input: one line, exit 1 ---------------------------------------------------------
+def _one_error(capsys, command: str, *needles: str) -> None:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"caloforge {command}: error:"), err
+    for needle in needles:
+        assert needle in err[0], err[0]
+
+
+def _student_cli(data, teacher, out) -> int:
+    return _train_cli("--model", "caloflow-student", "--data", str(data), "--out", str(out),
+                      "--steps", "2", *(["--teacher", str(teacher)] if teacher else []))
+
+
+@pytest.fixture(scope="module")
+def other_teachers(two_energy_data, angled_file, toy_data, toy_file, tmp_path_factory):
+    """Tiny trained models that cannot teach a toy-6x6x6 student on 1-100 GeV: another
+    geometry, other conditions (angles), fewer energies, another architecture."""
+    root = tmp_path_factory.mktemp("others")
+    small, low = root / "small.h5", root / "low.h5"
+    with write_showers(small, "caloforge", two_energy_data.geometry) as w:
+        w.append(two_energy_data)
+    with write_showers(low, "caloforge", toy_data.geometry) as w:
+        w.append(toy_data[np.flatnonzero(toy_data.incident_energy < 2e4)])
+    runs = {"geometry": ("caloflow", small), "angles": ("caloflow", angled_file),
+            "energies": ("caloflow", low), "architecture": ("l2lflows", toy_file)}
+    for key, (model, data) in runs.items():
+        assert _train_cli("--model", model, "--data", str(data), "--out", str(root / key),
+                          "--steps", "2") == 0
+    return {key: root / key / "model" for key in runs}
+
+
+@pytest.mark.parametrize("case, needles", [
+    ("geometry", ("geometry 'toy-6x4x4'", "'toy-6x6x6'")),
+    ("angles", ("conditioned on (incident_energy, theta, phi)",)),
+    ("energies", ("span incident energies", "teacher was trained on")),
+    ("architecture", ("must be a trained 'caloflow'", "'l2lflows'")),
+    ("none", ("needs its teacher", "--teacher")),
+])
+def test_student_refuses_a_teacher_that_does_not_fit(case, needles, other_teachers, toy_file,
+                                                     tmp_path, capsys):
+    teacher = other_teachers.get(case)
+    assert _student_cli(toy_file, teacher, tmp_path / "s") == 1
+    _one_error(capsys, "train", *needles)
+    assert not (tmp_path / "s").exists()  # refused before any work
+
+
+def test_student_refuses_a_missing_or_changed_teacher(teacher_dir, toy_file, tmp_path, capsys):
+    teacher = tmp_path / "teacher"
+    shutil.copytree(teacher_dir, teacher)
+    assert _student_cli(toy_file, teacher, tmp_path / "s") == 0
+    generate = ["generate", "--model", str(tmp_path / "s"), "--energy", "20", "-n", "2",
+                "-o", str(tmp_path / "g.h5"), "--no-progress"]
+    weights = teacher / "model.safetensors"
+    good = weights.read_bytes()
+    weights.write_bytes(good[:-1] + bytes([good[-1] ^ 1]))
+    assert main(generate) == 1
+    _one_error(capsys, "generate", "frozen teacher model changed since the student was")
+    weights.write_bytes(good)
+    teacher.rename(tmp_path / "moved")
+    assert main(generate) == 1
+    _one_error(capsys, "generate", "frozen teacher model is missing", "sha256")
+    (tmp_path / "moved").rename(teacher)
+    assert main(generate) == 0 and (tmp_path / "g.h5").is_file()
+
+
+@pytest.mark.parametrize("which", ["teacher", "student"])
+def test_energies_outside_the_trained_range(which, teacher_dir, student_dir, tmp_path, capsys):
+    folder = teacher_dir if which == "teacher" else student_dir
+    out = tmp_path / "g.h5"
+    assert main(["generate", "--model", str(folder), "--energy", "500", "-n", "2",
+                 "-o", str(out), "--no-progress"]) == 1
+    _one_error(capsys, "generate", "500 GeV")
+    assert not out.exists()
+
+
+def test_student_resumes_against_its_recorded_teacher(teacher_dir, toy_file, tmp_path):
+    out = tmp_path / "s"
+    assert _train_cli("--model", "caloflow-student", "--data", str(toy_file), "--out", str(out),
+                      "--steps", "4", "--stop-after", "2", "--teacher", str(teacher_dir)) == 0
+    assert not (out / "model").exists()
+    assert main(["train", "--model", "caloflow-student", "--data", str(toy_file), "--out",
+                 str(out), "--resume", "--no-progress"]) == 0
+    resumed = load(out)
+    assert resumed.teacher_reference["path"] == str(teacher_dir.resolve())
+    straight = train("caloflow-student", toy_file, tmp_path / "straight", preset="tiny",
+                     train_config=TrainConfig(steps=4, batch_size=32, validate_every=0,
+                                              frozen_models={"teacher": str(teacher_dir)}),
+                     progress=False)
+    for k, v in straight.state_dict().items():
+        assert torch.equal(v, resumed.state_dict()[k]), k
