@@ -100,6 +100,9 @@ def point_noise(source: Source, counts: Tensor, p: int, features: int,
     """
     if not isinstance(source, ShowerNoise):
         return torch.randn((len(counts), p, features), generator=source, device=device)
+    if getattr(source, "traced", False):  # export: one normal tensor, no loop over showers
+        real = torch.arange(p, device=counts.device)[None] < counts[:, None]
+        return source.randn(p, features) * real[..., None].to(torch.float32)
     out = torch.zeros((len(counts), p, features), device=device)
     for row, (gen, n) in enumerate(zip(source.generators, counts.tolist())):
         out[row, :n] = torch.randn((n, features), generator=gen, device=device)

@@ -99,7 +99,12 @@ class ShowerFlow(nn.Module):
         want = frac * n[:, None].to(frac.dtype)
         base = torch.floor(want).long()
         missing = (n - base.sum(1)).clamp_min(0)
-        rank = torch.argsort(torch.argsort(want - base, dim=1, descending=True, stable=True), dim=1)
+        # rank of each remainder, largest first, ties by position (a stable descending
+        # sort), by pairwise comparison: L x L per shower, traceable (no sort)
+        r = want - base
+        above = r[:, None, :] > r[:, :, None]  # [b, i, j]: r_j > r_i
+        tied = (r[:, None, :] == r[:, :, None]) & torch.ones_like(above[0]).tril(-1)
+        rank = (above | tied).sum(2)
         return base + (rank < missing[:, None]).long()
 
     def decode(self, y: Tensor, e_inc: Tensor, max_points: int | None = None) -> ShowerSummary:
