@@ -93,6 +93,9 @@ class PointSampler(nn.Module):
             raise ExportError(f"model {model.name!r} generates voxels; the point-cloud "
                               f"exporter handles point-cloud models")
         self.model = model.eval()
+        # a submodule: the flow may be borrowed (a student's frozen teacher's), and the
+        # tracers take its weights as parameters, not as constants needing no gradient
+        self.showerflow = model.shower_flow()
         self.internal_noise = internal_noise
         self.angles = True
         self.truncated_fraction: float | None = None
@@ -142,7 +145,7 @@ class PointSampler(nn.Module):
         """(layer counts (B, L) float, points (B, P, 4) x, y, layer, E, zero-padded)."""
         m = self.model
         cond = m.condition_features(e_inc, angles if m.takes_angles else None)
-        s = m.shower_flow().sample(cond, noise, e_inc, self.max_points)
+        s = self.showerflow.sample(cond, noise, e_inc, self.max_points)
         slots = torch.arange(self.max_points, device=e_inc.device)
         mask = slots[None] < s.n_points[:, None]
         context = torch.cat([cond, m.count_feature(s.n_points)], 1)
