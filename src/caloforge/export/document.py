@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from caloforge.models.noise import NORMAL_BLOCK
+
 _UNCHECKED = {
     "ddml-grid": (
         "Not checked against DDML's C++ code (not available here): the input names and "
@@ -23,7 +25,7 @@ _UNCHECKED = {
         "the per-layer counts read at output[4 k], the points from output[4 L] on, the "
         "layer from the third entry of each quadruplet. Not checked: whether the origin "
         "and orientation of x, y match DDML's local frame (DDML flips both signs) and its "
-        "local-angle convention; set maxNumElements to the output width below."),
+        "local-angle convention; set maxNumElements to the output width (above)."),
 }
 
 
@@ -53,6 +55,12 @@ def render(meta: dict[str, Any], filename: str) -> str:
              f"the first {meta['noise_width']} normals of shower i's caloforge stream "
              f"(`caloforge.export.graph.shower_normals(seed, [i], width)`) reproduce "
              f"`caloforge generate --seed` exactly")
+    if meta["convention"] == "ddml-pointcloud" and meta["noise"] == "input":
+        noise = (f"given as input: {meta['noise_width']} independent standard normals per "
+                 f"shower ({meta['inputs'][-1]['layout']}). `caloforge generate --seed` "
+                 f"draws shower i's ShowerFlow normals first and its n points' normals "
+                 f"after a block of {NORMAL_BLOCK} from the same stream: those values in "
+                 f"those places reproduce its points")
     out = meta["outputs"][0]
     lines = [
         f"# {filename}: exported `{meta['model']}` sampler",
