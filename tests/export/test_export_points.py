@@ -168,3 +168,14 @@ def test_point_export_bad_inputs_one_line_nothing_written(runs, tmp_path, capsys
                  "--convention", "ddml-pointcloud", "--max-points", "20", "--batch", "1"]) == 0
     assert "ok.pt.export.md" in capsys.readouterr().out
     assert (tmp_path / "ok.pt").stat().st_size > 0
+
+
+def test_two_step_consistency_sampler_takes_two_noise_draws(runs):
+    """caloclouds2-cm with steps=2 re-noises once: twice the point normals, valid layout."""
+    model = load(runs["caloclouds2-cm"]).requires_grad_(False)
+    model.set_sampler(steps=2)
+    sampler = PointSampler(model, internal_noise=False, max_points=25)
+    assert sampler.noise_dim == model.shower_flow().features + 2 * 4 * 25
+    ins = _inputs(sampler, [5.0, 30.0], 4)
+    out = sampler(*[torch.from_numpy(a) for a in ins]).numpy()
+    check_layout(out, model.geometry.n_layers, 25)
