@@ -11,7 +11,9 @@ Conventions (:data:`CONVENTIONS`):
   output (B, R * PHI * Z) cell energy over incident energy, r slowest and z fastest (the
   example multiplies by the incident energy).  Needs a cylindrical geometry with the
   same (alpha, r) binning in every layer.
-- ``ddml-pointcloud``: point-cloud models only (refused for voxel models).
+- ``ddml-pointcloud`` (DDML's point-cloud models): inputs as ``ddml-grid``; output
+  ``points`` (B, 4 (L + P)): per-layer point counts, then zero-padded (x, y, layer, E)
+  quadruplets (:mod:`caloforge.export.points`).  Point-cloud models only.
 
 >>> sorted(CONVENTIONS)
 ['ddml-grid', 'ddml-pointcloud', 'par04']
@@ -159,7 +161,7 @@ def describe(sampler: Sampler, convention: str, fmt: str, batch: str) -> dict[st
     }
 
 
-def _trace_onnx(sampler: Sampler, path: Path, batch: str, meta: dict[str, Any]) -> None:
+def _trace_onnx(sampler: Any, path: Path, batch: str, meta: dict[str, Any]) -> None:
     try:
         import onnx
     except ImportError:
@@ -170,10 +172,11 @@ def _trace_onnx(sampler: Sampler, path: Path, batch: str, meta: dict[str, Any]) 
 
     onnx_ops.register(OPSET)
     names = sampler.input_names
-    dynamic = None if batch == "1" else {n: {0: "batch"} for n in [*names, "energies"]}
+    output = meta["outputs"][0]["name"]
+    dynamic = None if batch == "1" else {n: {0: "batch"} for n in [*names, output]}
     with onnx_ops.traceable_flows(), _quiet():
         torch.onnx.export(sampler, sampler.example_inputs(1 if batch == "1" else 2), str(path),
-                          input_names=names, output_names=["energies"], dynamic_axes=dynamic,
+                          input_names=names, output_names=[output], dynamic_axes=dynamic,
                           opset_version=OPSET, dynamo=False)
     proto = onnx.load(str(path))
     entry = proto.metadata_props.add()
@@ -183,7 +186,7 @@ def _trace_onnx(sampler: Sampler, path: Path, batch: str, meta: dict[str, Any]) 
     onnx.save(proto, str(path))
 
 
-def _trace_torchscript(sampler: Sampler, path: Path, batch: str, meta: dict[str, Any]) -> None:
+def _trace_torchscript(sampler: Any, path: Path, batch: str, meta: dict[str, Any]) -> None:
     from caloforge.export import onnx_ops
 
     with onnx_ops.traceable_flows(), _quiet():
@@ -203,11 +206,13 @@ def _quiet():  # noqa: ANN202
 
 def export_model(model: Any, output: str | Path, to: str = "onnx",
                  convention: str = "ddml-grid", noise: str = "internal", batch: str = "dynamic",
-                 overwrite: bool = False) -> dict[str, Any]:
+                 overwrite: bool = False, max_points: int | None = None) -> dict[str, Any]:
     """Export ``model`` (a loaded model, a model folder or a zoo name) to ``output``.
 
     Writes ``output`` and ``output.export.md`` (both via temporary files, nothing left
-    behind on failure) and returns the contract (:func:`describe`).
+    behind on failure) and returns the contract (:func:`describe`).  ``max_points``:
+    the fixed number of point slots of ``ddml-pointcloud`` (default: a quantile of the
+    ShowerFlow's draws, see :mod:`caloforge.export.points`).
     """
     from caloforge.models import GenerativeModel, load
 
@@ -226,9 +231,18 @@ def export_model(model: Any, output: str | Path, to: str = "onnx",
     model = model.cpu().eval().requires_grad_(False)
     if not bool(model.fitted):
         raise InputError(f"model {model.name!r} is not trained (preprocessing not fitted)")
+    if max_points is not None and convention != "ddml-pointcloud":
+        raise InputError("--max-points applies to --convention ddml-pointcloud only")
     _check_convention(model, convention, noise)
-    sampler = Sampler(model, convention, internal_noise=noise == "internal")
-    meta = describe(sampler, convention, to, batch)
+    sampler: Any
+    if convention == "ddml-pointcloud":
+        from caloforge.export.points import PointSampler, describe_points
+
+        sampler = PointSampler(model, noise == "internal", max_points)
+        meta = describe_points(sampler, to, batch)
+    else:
+        sampler = Sampler(model, convention, internal_noise=noise == "internal")
+        meta = describe(sampler, convention, to, batch)
     from caloforge.export.document import render
 
     with atomic_path(output, overwrite) as tmp, atomic_path(doc, overwrite) as tmp_doc:

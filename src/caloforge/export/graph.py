@@ -36,6 +36,8 @@ class TensorNoise(ShowerNoise):
     """The noise of a batch given as a ``(B, K)`` tensor of standard normals, handed out
     column by column (traceable: no generators, no Python loop over showers)."""
 
+    traced = True  # point models draw all padded points from it at once (pointnets)
+
     def __init__(self, normals: Tensor) -> None:
         self.generators = []
         self.device = normals.device

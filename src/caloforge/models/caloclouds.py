@@ -102,7 +102,7 @@ class CaloClouds(PointDiffusionModel):
     def sample_points(self, mask: Tensor, context: Tensor, noise: Source) -> Tensor:
         counts, p = mask.sum(1), mask.shape[1]
         x = point_noise(noise, counts, p, FEATURES, mask.device)
-        ones = torch.ones(len(mask), dtype=torch.long, device=mask.device)
+        ones = torch.ones_like(mask[:, 0], dtype=torch.long)  # traced: dynamic batch
         for t in range(self.config.diffusion_steps, 0, -1):
             beta, abar = self.betas[t - 1], self.abar[t - 1]
             eps = self.eps(x, ones * t, mask, context)

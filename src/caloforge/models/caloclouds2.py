@@ -164,7 +164,7 @@ class CaloClouds2(EDMSampling, PointDiffusionModel):
                             mask.device)
         counts = mask.sum(1)
         x = point_noise(noise, counts, mask.shape[1], FEATURES, mask.device) * sig[0]
-        ones = torch.ones(len(mask), device=mask.device)
+        ones = torch.ones_like(mask[:, 0], dtype=torch.float32)  # traced: dynamic batch
         for i in range(len(sig) - 1):
             t, t_next = sig[i], sig[i + 1]
             d = (x - self.denoise(x, ones * t, mask, context)) / t

@@ -247,7 +247,7 @@ class CaloClouds2CM(EDMSampling, PointDiffusionModel):
     def sample_points(self, mask: Tensor, context: Tensor, noise: Source) -> Tensor:
         st = self._sampler
         counts, p = mask.sum(1), mask.shape[1]
-        ones = torch.ones(len(mask), device=mask.device)
+        ones = torch.ones_like(mask[:, 0], dtype=torch.float32)  # traced: dynamic batch
         x = point_noise(noise, counts, p, FEATURES, mask.device) * st["sigma_max"]
         x = self.consistency(x, ones * st["sigma_max"], mask, context)
         if st["steps"] == 2:

@@ -211,10 +211,21 @@ class PointDiffusionModel(GenerativeModel):
         """Standardised points -> ``(B, P, 4)`` x, y, z (mm), E (MeV) matching the shower
         summary: layers by rank of the layer coordinate, energies scaled per layer, cloud
         shifted to the centre of gravity (see the module docstring)."""
+        xy, layer, e = self.place_in_layers(feats, mask, s)
+        out = torch.cat([xy, self.layer_z[layer][..., None], e[..., None]], 2)
+        return out * mask[..., None]
+
+    def place_in_layers(self, feats: Tensor, mask: Tensor, s: ShowerSummary
+                        ) -> tuple[Tensor, Tensor, Tensor]:
+        """:meth:`place` as ``(xy (B, P, 2) mm, layer index (B, P), E (B, P) MeV)``,
+        not yet masked (the export writes layer indices)."""
         raw = feats * self.feat_std + self.feat_mean
         n_l = self.geometry.n_layers
         depth = raw[..., 2].masked_fill(~mask, float("inf"))
-        order = torch.argsort(depth, dim=1, stable=True)
+        # stable, so ties keep their order; the ONNX exporter knows no stable sort (its
+        # TopK keeps ties in index order too) and ties among real points need equal floats
+        order = torch.argsort(depth, dim=1) if torch.jit.is_tracing() \
+            else torch.argsort(depth, dim=1, stable=True)
         rank = torch.arange(mask.shape[1], device=mask.device).expand_as(order).contiguous()
         bounds = s.layer_counts.cumsum(1).contiguous()
         by_rank = torch.searchsorted(bounds, rank, right=True).clamp_max(n_l - 1)
@@ -224,9 +235,7 @@ class PointDiffusionModel(GenerativeModel):
         e = e * torch.gather(s.layer_energy / sums.clamp_min(1e-30), 1, layer)
         dxy = raw[..., :2]
         centre = (dxy * e[..., None]).sum(1) / e.sum(1).clamp_min(1e-30)[:, None]
-        xy = dxy - centre[:, None] + s.cog[:, None]
-        out = torch.cat([xy, self.layer_z[layer][..., None], e[..., None]], 2)
-        return out * mask[..., None]
+        return dxy - centre[:, None] + s.cog[:, None], layer, e
 
     def metadata(self) -> dict[str, Any]:
         return {**super().metadata(), "sampler": self.sampler_settings()}

@@ -37,12 +37,27 @@ def noise_embedding(level: Tensor, dim: int) -> Tensor:
 
 def masked_pool(h: Tensor, mask: Tensor) -> Tensor:
     """Mean and max over the real points of each set: ``(B, P, H) -> (B, 2H)``."""
+    if not torch.jit.is_tracing() and bool(mask.all()):  # every set full (batch 1)
+        return torch.cat([h.mean(1), h.amax(1)], 1)
     m = mask[..., None].to(h.dtype)
     count = m.sum(1).clamp_min(1.0)
     mean = (h * m).sum(1) / count
     peak = h.masked_fill(~mask[..., None], float("-inf")).amax(1)
     peak = torch.where(torch.isfinite(peak), peak, torch.zeros_like(peak))  # empty sets
     return torch.cat([mean, peak], 1)
+
+
+def per_point_linear(layer: nn.Linear, h: Tensor, shared: Tensor) -> Tensor:
+    """``layer(h) + shared[:, None]`` for points ``h`` (B, P, in) and a per-shower term
+    ``shared`` (B, out): one batched GEMM that adds the per-shower bias as it goes,
+    instead of a GEMM and a pass over a (B, P, out) temporary."""
+    bias = shared if layer.bias is None else shared + layer.bias
+    return torch.baddbmm(bias[:, None], h, layer.weight.t().expand(h.shape[0], -1, -1))
+
+
+def _silu(x: Tensor) -> Tensor:
+    """SiLU, in place on the temporaries of inference (autograd keeps its inputs)."""
+    return nn.functional.silu(x, inplace=not torch.is_grad_enabled())
 
 
 class _Block(nn.Module):
@@ -61,8 +76,9 @@ class _Block(nn.Module):
         self.act = nn.SiLU()
 
     def forward(self, h: Tensor, g: Tensor, ctx: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
-        shared = self.shared_in(torch.cat([g, ctx], 1))[:, None]
-        h = self.act(h + self.point_out(self.act(self.point_in(h) + shared)))
+        a = _silu(per_point_linear(self.point_in, h, self.shared_in(torch.cat([g, ctx], 1))))
+        h = _silu(torch.baddbmm(h, a, self.point_out.weight.t().expand(h.shape[0], -1, -1))
+                  + self.point_out.bias)
         g = self.act(g + self.glob(torch.cat([masked_pool(h, mask), g, ctx], 1)))
         return h, g
 
@@ -82,11 +98,11 @@ class PointDenoiser(nn.Module):
         self.act = nn.SiLU()
 
     def forward(self, x: Tensor, mask: Tensor, ctx: Tensor) -> Tensor:
-        h = self.act(self.embed(x) + self.embed_context(ctx)[:, None])
+        h = _silu(per_point_linear(self.embed, x, self.embed_context(ctx)))
         g = self.act(self.summary0(ctx))
         for block in self.blocks:
             h, g = block(h, g, ctx, mask)
-        out = self.out(h) + self.out_shared(torch.cat([g, ctx], 1))[:, None]
+        out = per_point_linear(self.out, h, self.out_shared(torch.cat([g, ctx], 1)))
         return out * mask[..., None].to(x.dtype)
 
 
@@ -100,6 +116,9 @@ def point_noise(source: Source, counts: Tensor, p: int, features: int,
     """
     if not isinstance(source, ShowerNoise):
         return torch.randn((len(counts), p, features), generator=source, device=device)
+    if getattr(source, "traced", False):  # export: one normal tensor, no loop over showers
+        real = torch.arange(p, device=counts.device)[None] < counts[:, None]
+        return source.randn(p, features) * real[..., None].to(torch.float32)
     out = torch.zeros((len(counts), p, features), device=device)
     for row, (gen, n) in enumerate(zip(source.generators, counts.tolist())):
         out[row, :n] = torch.randn((n, features), generator=gen, device=device)

@@ -32,6 +32,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
+from zuko.flows import Flow
+from zuko.utils import unpack
 
 from caloforge.models.flows import sample_flow, spline_coupling_flow
 from caloforge.models.noise import Source, randn
@@ -62,6 +64,23 @@ def summarise(energy: Tensor, xy: Tensor, layer: Tensor, mask: Tensor, n_layers:
     e_vis = e.sum(1)
     cog = (xy * e[..., None]).sum(1) / e_vis.clamp_min(1e-12)[:, None]
     return ShowerSummary(mask.sum(1), e_vis, counts, layer_e, cog)
+
+
+def _coupling_inverse(flow: Flow, context: Tensor, z: Tensor) -> Tensor:
+    """``flow(context).transform.inv(z)`` for a :func:`spline_coupling_flow`, layer by
+    layer without zuko's distribution and transform wrappers around each step (the same
+    hyper-networks and zuko's own spline inverse, so the same numbers, with less Python
+    overhead: the flow is a third of a point shower's generation time at batch 1)."""
+    y = z
+    for t in reversed(flow.transform.transforms):
+        idx_a, idx_b = t.mask.nonzero()[:, 0], (~t.mask).nonzero()[:, 0]
+        y_a = y[..., idx_a]
+        phi = t.hyper(torch.cat([y_a, context], -1)).unflatten(-1, (-1, t.total))
+        x = torch.empty_like(y)
+        x[..., idx_a] = y_a
+        x[..., idx_b] = t.univariate(*unpack(phi, t.shapes))._inverse(y[..., idx_b])
+        y = x
+    return y
 
 
 class ShowerFlow(nn.Module):
@@ -99,7 +118,12 @@ class ShowerFlow(nn.Module):
         want = frac * n[:, None].to(frac.dtype)
         base = torch.floor(want).long()
         missing = (n - base.sum(1)).clamp_min(0)
-        rank = torch.argsort(torch.argsort(want - base, dim=1, descending=True, stable=True), dim=1)
+        # rank of each remainder, largest first, ties by position (a stable descending
+        # sort), by pairwise comparison: L x L per shower, traceable (no sort)
+        r = want - base
+        above = r[:, None, :] > r[:, :, None]  # [b, i, j]: r_j > r_i
+        tied = (r[:, None, :] == r[:, :, None]) & torch.ones_like(above[0]).tril(-1)
+        rank = (above | tied).sum(2)
         return base + (rank < missing[:, None]).long()
 
     def decode(self, y: Tensor, e_inc: Tensor, max_points: int | None = None) -> ShowerSummary:
@@ -130,5 +154,6 @@ class ShowerFlow(nn.Module):
                max_points: int | None = None) -> ShowerSummary:
         """One draw per shower (row i from shower i's stream of ``noise``)."""
         z = randn(noise, len(context), self.features, device=context.device)
-        y = sample_flow(self.flow, context, z) * self.std + self.mean
+        inverse = sample_flow if torch.jit.is_tracing() else _coupling_inverse
+        y = inverse(self.flow, context, z) * self.std + self.mean
         return self.decode(y, e_inc, max_points)
