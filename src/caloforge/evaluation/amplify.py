@@ -208,7 +208,7 @@ def amplification(truth: np.ndarray, generated: np.ndarray, n_train: int | None 
     def n_eq(mse: float) -> float:
         return a / (mse - b) if mse > b else math.inf
 
-    n_equiv = [n_eq(v) for v in gen_mse]
+    n_equiv = [float(n_eq(v)) for v in gen_mse]
     i = _plateau(m_grid, gen_mse, tolerance)
     plateau_mse = float(gen_mse[i:].mean()) if i is not None else float(gen_mse[-1])
     value = n_eq(plateau_mse)
