@@ -123,3 +123,18 @@ def test_cli_bad_input_one_line_nothing_written(toy_setup, tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert message in err and len(err.splitlines()) == 1, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["other.h5"]
+
+
+def test_interrupt_leaves_nothing(toy_setup, tmp_path, monkeypatch, capsys):
+    from caloforge.evaluation import amplify as amplify_module
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(amplify_module, "generated_observables", interrupted)
+    argv = ["amplify", str(toy_setup / "truth.h5"), "--model", str(toy_setup / "model"),
+            "-N", "50", "--max-generated", "400", "--json", str(tmp_path / "a.json"),
+            "--plot", str(tmp_path / "a.png")]
+    assert main(argv) == 130
+    assert "interrupted" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []

@@ -104,3 +104,27 @@ def _exit_code(argv: list[str]) -> int:
         return main(argv)
     except SystemExit as exc:
         return int(exc.code)
+
+
+def test_interrupt_leaves_nothing(model_dir, tmp_path, monkeypatch, capsys):
+    """Ctrl-C (SIGTERM arrives the same way) while timing: exit 130, no output, the
+    temporary export folder removed."""
+    import tempfile
+
+    from caloforge.export import bench as bench_module
+
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(bench_module, "time_call", interrupted)
+    out = tmp_path / "r.json"
+    argv = ["bench", str(model_dir), "--threads", "1", "--formats", "pytorch", "onnx",
+            "--batch-sizes", "1", "--json", str(out), "--plot", str(tmp_path / "r.png")]
+    assert main(argv) == 130
+    assert "interrupted" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["scratch"]
+    assert list(scratch.iterdir()) == []
