@@ -6,9 +6,10 @@ Every setting is timed the same way: warm-up calls (TorchScript specialises its 
 during its first runs, CUDA initialises lazily), then repeated calls until
 ``max_repeats`` calls or ``min_time_s`` seconds, whichever comes first, with
 ``torch.cuda.synchronize`` after each call on CUDA; the figure is the median call time
-over the batch size.  A run has a time limit: a setting whose predicted cost (from the
-same backend at the previous, smaller batch size) would overrun it is skipped and
-recorded as skipped, so the default settings finish in bounded time.
+over the batch size.  A run has a time limit: the smallest batch size of every backend
+is always timed, and a larger one whose predicted cost (from the same backend at the
+previous, smaller batch size) would overrun the limit is skipped and recorded as
+skipped, so the default settings finish in bounded time.
 
 The inputs are reproducible: the conditions are drawn from ``seed`` (within the model's
 trained ranges unless given) and the showers from ``seed`` too.
@@ -245,11 +246,9 @@ class _Clock:
     def left(self) -> float:
         return self.deadline - time.perf_counter()
 
-    def skip_reason(self, last_ms: float | None, batch: int, warmup: int) -> str | None:
+    def skip_reason(self, last_ms: float, batch: int, warmup: int) -> str | None:
         if self.left() <= 0:
             return "skipped: the time limit (--time-limit) was reached"
-        if last_ms is None:
-            return None
         need = (warmup + 1) * last_ms * batch / 1e3
         if need > self.left():
             return (f"skipped: about {need:.0f} s predicted, {max(self.left(), 0):.0f} s "
@@ -328,8 +327,8 @@ def _export(model: Any, backends: Sequence[str], folder: Path) -> dict[str, Path
     return files
 
 
-def _time_simulation(model: Any, cond: Conditions, settings: BenchSettings, label: str,
-                     clock: _Clock) -> Timing:
+def _time_simulation(model: Any, cond: Conditions, settings: BenchSettings,
+                     label: str) -> Timing:
     from caloforge.simulation import simulate
 
     particle = PDG_NAMES.get(int(cond.particle[0]), "photon") if cond.particle is not None \
@@ -344,8 +343,6 @@ def _time_simulation(model: Any, cond: Conditions, settings: BenchSettings, labe
         simulate(geo, particle, (lo, hi), 1, seed=settings.seed + next(counter), **opts)
 
     ms, reps = time_call(call, 1, settings, warmup=0)
-    if clock.left() < 0:
-        return Timing(label, SIMULATION, "cpu", 1, 1, None, 0, "skipped: time limit")
     return Timing(label, SIMULATION, "cpu", 1, 1, ms, reps,
                   f"builtin engine, 1 process, {particle}")
 
@@ -370,7 +367,7 @@ def bench_model(model: Any, settings: BenchSettings, label: str | None = None
     with tempfile.TemporaryDirectory(prefix="caloforge-bench-") as tmp:
         files = _export(model, settings.backends, Path(tmp))
         if settings.simulation:
-            timings.append(_time_simulation(model, cond, settings, label, clock))
+            timings.append(_time_simulation(model, cond, settings, label))
         try:
             for device in settings.devices():
                 model.to(device)
@@ -397,7 +394,8 @@ def _time_backend(call: Callable[[int], Any] | str, label: str, backend: str, de
     out, last = [], None
     for batch in sorted(settings.batch_sizes):
         warmup = _warmup_calls(last, batch)
-        reason = clock.skip_reason(last, batch, warmup)
+        # the smallest batch is always timed (cheap), so no backend is left without a figure
+        reason = clock.skip_reason(last, batch, warmup) if last is not None else None
         if reason:
             out.append(Timing(label, backend, device, threads, batch, None, 0, reason))
             continue
@@ -469,7 +467,8 @@ def plot(result: BenchResult, path: str | Path, fmt: str = "png") -> None:
     axes[0].set(xscale="log", yscale="log", xlabel="batch size", ylabel="time per shower [ms]")
     axes[1].set(xscale="log", yscale="log", xlabel="batch size",
                 ylabel="speed-up vs reference simulation")
-    axes[0].legend(fontsize=7)
+    if axes[0].get_legend_handles_labels()[0]:
+        axes[0].legend(fontsize=7)
     fig.tight_layout()
     try:
         fig.savefig(path, format=fmt, dpi=90)
