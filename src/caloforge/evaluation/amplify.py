@@ -293,7 +293,7 @@ def amplify(truth_path: Any, model: Any, n_train: int | None = None,
             device: str = "cpu") -> AmplifyResult:
     """The study for a model (loaded, folder or shipped name) against a truth file.
 
-    The generated showers take the conditions of the truth's reference half, resampled
+    The generated showers take the conditions of the truth showers, resampled
     (seed) to ``max_generated``.  Everything is checked before any shower is generated.
     """
     from caloforge.models import GenerativeModel, load
