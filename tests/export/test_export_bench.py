@@ -52,7 +52,7 @@ def test_time_limit_skips_settings_and_says_so(model_dir):
                              simulation=False)
     result = bench([model_dir], settings)
     smallest, larger = result.timings  # the smallest batch is always timed
-    assert smallest.batch == 1 and smallest.ms_per_shower > 0
+    assert smallest.batch == 1 and smallest.ms_per_shower > 0 and smallest.repeats == 1
     assert larger.ms_per_shower is None and "time limit" in larger.note
     assert "skipped" in result.table()
 

@@ -26,7 +26,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -399,8 +399,14 @@ def _time_backend(call: Callable[[int], Any] | str, label: str, backend: str, de
         if reason:
             out.append(Timing(label, backend, device, threads, batch, None, 0, reason))
             continue
-        last, reps = time_call(call, batch, settings, sync, warmup)
-        out.append(Timing(label, backend, device, threads, batch, last, reps))
+        note = ""
+        if clock.left() <= 0:  # past the limit: the smallest batch once, one warm-up call
+            warmup, settings_now = 1, replace(settings, max_repeats=1)
+            note = "one call after one warm-up (time limit reached)"
+        else:
+            settings_now = settings
+        last, reps = time_call(call, batch, settings_now, sync, warmup)
+        out.append(Timing(label, backend, device, threads, batch, last, reps, note))
     return out
 
 
