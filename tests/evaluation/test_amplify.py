@@ -39,6 +39,8 @@ def test_biased_model_plateaus_early_and_is_worth_little(seed):
     assert res.plateau_m is not None and res.plateau_m <= 8 * N
     assert not res.n_eq_lower_bound and res.factor < 1.5
     assert res.plateau_mse > res.train_ref_mse / 1.5
+    per = res.per_observable  # every observable is scaled by 1.3: all of them off
+    assert all(v["generated_mse_at_max_m"] > v["reference_mse_at_n"] for v in per.values())
 
 
 def test_quantile_mse_of_the_truth_itself_is_zero_and_ties_are_handled():
@@ -98,6 +100,7 @@ def test_cli_writes_json_and_plot(toy_setup, tmp_path, capsys):
     assert res["m_grid"] == [12, 24, 48, 96, 192, 384, 400]
     assert len(res["observables"]) == 10 + 6 and res["n_train"] == 50
     assert res["factor"] > 0 and fig.stat().st_size > 1000
+    assert set(res["per_observable"]) == set(res["observables"])
 
 
 def test_cli_bad_input_one_line_nothing_written(toy_setup, tmp_path, capsys):

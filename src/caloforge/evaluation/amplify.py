@@ -74,6 +74,8 @@ class AmplifyResult:
     n_eq_lower_bound: bool = False
     factor: float = math.nan
     tolerance: float = 0.1
+    # name -> generated MSE at the largest M and mean reference MSE at N
+    per_observable: dict[str, dict[str, float]] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -88,10 +90,14 @@ class AmplifyResult:
             where = f"no plateau up to M = {self.m_grid[-1]:,d} (still improving)"
         else:
             where = f"plateau from M = {self.plateau_m:,d} (gain < {self.tolerance:.0%} beyond)"
+        worst = sorted(self.per_observable.items(),
+                       key=lambda kv: -kv[1]["generated_mse_at_max_m"])[:3]
+        limits = ", ".join(f"{k} ({v['generated_mse_at_max_m']:.2g})" for k, v in worst)
         return (f"{where}; generated MSE {self.plateau_mse:.3g} is worth {bound}"
                 f"{self.n_eq:,.0f} reference showers: amplification factor {bound}"
                 f"{self.factor:.3g} over N = {self.n_train:,d} (reference MSE at N: "
-                f"{self.train_ref_mse:.3g} +- {self.train_ref_err:.2g})")
+                f"{self.train_ref_mse:.3g} +- {self.train_ref_err:.2g})"
+                + (f"; largest generated MSE: {limits}" if limits else ""))
 
 
 # ---- the measure -------------------------------------------------------------------------
@@ -108,10 +114,14 @@ class QuantileBins:
         idx = np.searchsorted(edges, values, side="right")
         return np.bincount(idx, minlength=len(edges) + 1) / max(len(values), 1)
 
+    def mse_per_observable(self, sample: np.ndarray) -> np.ndarray:
+        """(K,) quantile MSE of each observable of ``sample`` (n, K)."""
+        return np.array([np.mean((self._fractions(col, e) - p) ** 2)
+                         for col, e, p in zip(sample.T, self.edges, self.expected)])
+
     def mse(self, sample: np.ndarray) -> float:
         """Quantile MSE of ``sample`` (n, K), averaged over the K observables."""
-        return float(np.mean([np.mean((self._fractions(col, e) - p) ** 2)
-                              for col, e, p in zip(sample.T, self.edges, self.expected)]))
+        return float(self.mse_per_observable(sample).mean())
 
 
 def _subsample_mse(bins: QuantileBins, sample: np.ndarray, n: int,
@@ -215,8 +225,14 @@ def amplification(truth: np.ndarray, generated: np.ndarray, n_train: int | None 
     lower = i is None or value > half
     value = min(value, float(half))
     train_ref = _subsample_mse(bins, pool, n_train, repeats)
+    k = min(len(pool) // n_train, repeats)
+    ref_at_n = np.mean([bins.mse_per_observable(pool[i * n_train:(i + 1) * n_train])
+                        for i in range(k)], 0)
+    names = list(names or [f"obs{j}" for j in range(truth.shape[1])])
+    per_obs = {name: {"generated_mse_at_max_m": float(g), "reference_mse_at_n": float(r)}
+               for name, g, r in zip(names, bins.mse_per_observable(generated), ref_at_n)}
     return AmplifyResult(
-        observables=list(names or [f"obs{k}" for k in range(truth.shape[1])]),
+        observables=names, per_observable=per_obs,
         n_train=int(n_train), quantiles=quantiles, n_quantile_truth=half,
         ref_sizes=ref_sizes, ref_mse=ref_mse.tolist(), ref_err=ref_err.tolist(),
         fit_a=a, fit_b=b, m_grid=list(m_grid), gen_mse=gen_mse.tolist(),
