@@ -47,6 +47,9 @@ def main() -> None:
     p.add_argument("--min-showers", type=int, default=20)
     p.add_argument("--min-seconds", type=float, default=2.0)
     p.add_argument("--fidelity", type=int, default=0, help="showers per sample (0: skip)")
+    p.add_argument("--backends", nargs="+", default=["pytorch", "onnx", "torchscript"],
+                   choices=["pytorch", "onnx", "torchscript"],
+                   help="what to time (default all; e.g. onnx alone to compare exports)")
     args = p.parse_args()
     import onnxruntime as ort
 
@@ -57,18 +60,19 @@ def main() -> None:
         t0 = time.perf_counter()
         onnx_path, ts_path = Path(tmp) / "m.onnx", Path(tmp) / "m.pt"
         export_model(model, onnx_path, to="onnx")
-        export_model(model, ts_path, to="torchscript")
-        print(f"{args.model} ({model.name}): exported both formats in "
+        if "torchscript" in args.backends:
+            export_model(model, ts_path, to="torchscript")
+        print(f"{args.model} ({model.name}): exported in "
               f"{time.perf_counter() - t0:.0f} s; torch {torch.__version__}, "
               f"onnxruntime {ort.__version__}")
-        scripted = torch.jit.load(str(ts_path))
+        scripted = torch.jit.load(str(ts_path)) if "torchscript" in args.backends else None
 
         def inputs(b: int) -> list[np.ndarray]:
             e = (rng.uniform(lo, hi, (b, 1)) / 1e3).astype(np.float32)
             return [e, np.zeros((b, 1), np.float32), np.zeros((b, 1), np.float32)]
 
-        print(f"{'batch':>6} {'threads':>7} {'pytorch':>9} {'onnx':>9} {'torchscript':>11}"
-              "   (ms per shower)")
+        print(f"{'batch':>6} {'threads':>7}" + "".join(f" {b:>11}" for b in args.backends)
+              + "   (ms per shower)")
         results = {}
         for setting in args.settings:
             batch, threads = (int(v) for v in setting.split(":"))
@@ -84,16 +88,16 @@ def main() -> None:
             }
             with torch.no_grad():
                 calls["torchscript"] = lambda b: scripted(*map(torch.from_numpy, inputs(b)))
-                row = {k: per_shower_ms(f, batch, args.min_showers, args.min_seconds)
-                       for k, f in calls.items()}
+                row = {k: per_shower_ms(calls[k], batch, args.min_showers, args.min_seconds)
+                       for k in args.backends}
             results[(batch, threads)] = row
-            print(f"{batch:>6} {threads:>7} {row['pytorch']:>9.2f} {row['onnx']:>9.2f} "
-                  f"{row['torchscript']:>11.2f}", flush=True)
-        if (1, 1) in results:
+            print(f"{batch:>6} {threads:>7}" + "".join(f" {row[k]:>11.2f}" for k in args.backends),
+                  flush=True)
+        if (1, 1) in results and {"onnx", "pytorch"} <= set(args.backends):
             r = results[(1, 1)]
             print(f"ONNX / PyTorch at batch 1, 1 thread: {r['onnx'] / r['pytorch']:.2f} "
                   f"(target <= 2)")
-        two = [v["onnx"] for (b, t), v in results.items() if t == 2]
+        two = [v["onnx"] for (b, t), v in results.items() if t == 2 and "onnx" in v]
         if two:
             print(f"ONNX best on 2 threads: {min(two):.2f} ms per shower (target <= 5)")
         if args.fidelity:

@@ -305,10 +305,16 @@ class L2LFlows(GenerativeModel):
         gamma = self.config.lr_decay ** (1.0 / max(total_steps, 1))
         return {"flows": torch.optim.lr_scheduler.ExponentialLR(optimizers["flows"], gamma)}
 
-    def _context(self, k: int, y: Tensor, e_feat: Tensor, c: Tensor) -> Tensor:
+    def _layer_images(self, y: Tensor) -> dict[int, Tensor]:
+        """Each active layer's columns of ``y`` (views), by layer number."""
+        return {k: y[:, self._slice(k)] for k in self.active}
+
+    def _context(self, k: int, images: dict[int, Tensor], e_feat: Tensor, c: Tensor) -> Tensor:
+        """Context of layer ``k``'s flow; ``images``: the (flow-space) image of every
+        active layer before ``k`` by layer number."""
         i = self.active.index(k)
         prev = self._previous(k)
-        parts = [y[:, self._slice(j)] for j in prev]
+        parts = [images[j] for j in prev]
         ctx = [e_feat[:, i:i + 1], c]
         if parts:
             img = torch.cat(parts, 1)
@@ -332,10 +338,11 @@ class L2LFlows(GenerativeModel):
             ctx.step("flows", loss)
             return {"nll_energy": nll_e.item(), "nll_layers": nll_l.item()}
         nll_layers = []
+        images = self._layer_images(y)
         for k in self.modelled:
             i = self.active.index(k)
             mask = (el[:, i] > 0).float()  # empty layers have no shape to learn
-            lp = self.layer_flows[str(k)](self._context(k, y, e_feat, c)).log_prob(
+            lp = self.layer_flows[str(k)](self._context(k, images, e_feat, c)).log_prob(
                 y[:, self._slice(k)])
             nll_layers.append(-(lp * mask).sum() / mask.sum().clamp_min(1) / self.cells[k])
         nll_l = torch.stack(nll_layers).mean() if nll_layers else torch.zeros((), device=x.device)
@@ -370,18 +377,19 @@ class L2LFlows(GenerativeModel):
         mask = (el[:, self.mod_energy_index] > 0).float().reshape(-1)  # empty layers: no shape
         return -(lp * mask).sum() / mask.sum().clamp_min(1) / n
 
-    def _shared_layer_context(self, i: int, y: Tensor, e_feat: Tensor, c: Tensor) -> Tensor:
-        """Context of modelled layer number ``i`` during generation."""
-        b, n, p = y.shape[0], self.n_cells, self.config.context_layers
+    def _shared_layer_context(self, i: int, images: dict[int, Tensor], e_feat: Tensor,
+                              c: Tensor) -> Tensor:
+        """Context of modelled layer number ``i`` during generation (``images``: the
+        layers generated so far, by layer number)."""
+        b, n, p = c.shape[0], self.n_cells, self.config.context_layers
         parts = []
         if p:
             prev = []
             for j in range(1, p + 1):
                 if i - j >= 0:
-                    s = self._slice(self.modelled[i - j])
-                    prev.append(y[:, s])
+                    prev.append(images[self.modelled[i - j]])
                 else:
-                    prev.append(y.new_zeros(b, n))
+                    prev.append(c.new_zeros(b, n))
             prev = torch.cat(prev, 1)
             net = self.context_nets["shared"] if "shared" in self.context_nets else None
             parts.append(net(prev) if net is not None else prev)
@@ -452,57 +460,69 @@ class L2LFlows(GenerativeModel):
         if calibrated and self._log_thr and self.config.calibration_energy_bins:
             el = calib.calibrate_response(el, e_inc, self.resp_log_e, self.resp_mu_gen,
                                           self.resp_mu_ref, self.resp_k)
-        y = torch.zeros(c.shape[0], self.geometry.n_voxels, device=c.device)
-        x = torch.zeros_like(y)
+        # Each layer is generated into its own tensor and the voxel vector is one
+        # concatenation at the end: writing layers into slices of a preallocated tensor
+        # would export as one ONNX ScatterND per layer (issue 12), copying the whole vector.
+        b = c.shape[0]
+        images: dict[int, Tensor] = {}  # flow-space image of each layer generated so far
+        layers: list[Tensor] = []  # cell energies (MeV) of each active layer, in order
+        layer_feats: list[Tensor] = []  # log_threshold: raw log features of each layer
         a = self.config.alpha
-        thr = self.geometry.readout_threshold_mev
-        feats = torch.zeros_like(y) if self._log_thr else None
         for i, k in enumerate(self.active):
             s = self._slice(k)
             if k in self.modelled:
                 if self.shared:
-                    ctx = self._shared_layer_context(self.modelled.index(k), y, e_feat, c)
+                    ctx = self._shared_layer_context(self.modelled.index(k), images, e_feat, c)
                     flow = self.layer_flows["shared"]
                 else:
-                    ctx = self._context(k, y, e_feat, c)
+                    ctx = self._context(k, images, e_feat, c)
                     flow = self.layer_flows[str(k)]
-                y[:, s] = self._sample_flow(flow, ctx, self.cells[k], generator).clamp(-20, 20)
+                y_k = self._sample_flow(flow, ctx, self.cells[k], generator).clamp(-20, 20)
+                images[k] = y_k
                 if self._log_thr:
-                    f = y[:, s] * self.voxel_std.std[s] + self.voxel_std.mean[s]
-                    feats[:, s] = f
-                    # Below the cut (0 = the readout threshold): not read out.
-                    if calibrated:
-                        cut = self.cell_cut[s]
-                        g = calib.map_hits((f - cut).clamp_min(0), self.voxel_group[s],
-                                           self.hit_q_gen, self.hit_q_ref)
-                    else:
-                        cut, g = torch.zeros_like(f[0]), f
-                    cell = torch.where(f >= cut, thr * torch.exp(g.clamp(0, 20)),
-                                       torch.zeros_like(f))
-                    # Rescale the hits to the sampled layer energy (the energy flow knows
-                    # the correlations between layers, which fix the resolution).
-                    # Scale only the energy above threshold where the layer energy allows
-                    # it, so that rescaling keeps every hit (a plain factor < 1 would push
-                    # the many hits near threshold below it and lose them).
-                    hit = cell > 0
-                    n_hit = hit.sum(1, keepdim=True)
-                    tot = cell.sum(1, keepdim=True)
-                    target = el[:, i:i + 1]
-                    above = tot - n_hit * thr
-                    ok = (target > n_hit * thr) & (above > 0)
-                    s_above = (target - n_hit * thr) / above.clamp_min(1e-30)
-                    shifted = torch.where(hit, thr + (cell - thr) * s_above, cell)
-                    scaled = cell * (target / tot.clamp_min(1e-30))
-                    x[:, s] = torch.where(ok, shifted, torch.where(tot > 0, scaled,
-                                                                   torch.zeros_like(cell)))
+                    f = y_k * self.voxel_std.std[s] + self.voxel_std.mean[s]
+                    layer_feats.append(f)
+                    layers.append(self._read_out_layer(f, s, el[:, i:i + 1], calibrated))
                     continue
-                logit = y[:, s] * self.voxel_std.std[s] + self.voxel_std.mean[s]
+                logit = y_k * self.voxel_std.std[s] + self.voxel_std.mean[s]
                 u = ((torch.sigmoid(logit) - a) / (1 - 2 * a)).clamp_min(0)
                 # Drop the dequantisation floor, then rescale to the sampled layer energy.
                 u = torch.where(u > self.config.dequantize, u, torch.zeros_like(u))
                 u = u / u.sum(1, keepdim=True).clamp_min(1e-30)
             else:
-                u = torch.ones(c.shape[0], self.cells[k], device=c.device)
-            x[:, s] = u * el[:, i:i + 1]
+                images[k] = c.new_zeros(b, self.cells[k])
+                if self._log_thr:
+                    layer_feats.append(c.new_zeros(b, self.cells[k]))
+                u = torch.ones(b, self.cells[k], device=c.device)
+            layers.append(u * el[:, i:i + 1])
+        x = torch.cat(layers, 1)
+        feats = torch.cat(layer_feats, 1) if self._log_thr else None
         return x, feats
+
+    def _read_out_layer(self, f: Tensor, s: slice, target: Tensor, calibrated: bool) -> Tensor:
+        """log_threshold mode: one layer's cell energies (MeV) from its log features
+        ``f``, cut, hit-energy calibrated and rescaled to the layer energy ``target``."""
+        thr = self.geometry.readout_threshold_mev
+        # Below the cut (0 = the readout threshold): not read out.
+        if calibrated:
+            cut = self.cell_cut[s]
+            g = calib.map_hits((f - cut).clamp_min(0), self.voxel_group[s],
+                               self.hit_q_gen, self.hit_q_ref)
+        else:
+            cut, g = torch.zeros_like(f[0]), f
+        cell = torch.where(f >= cut, thr * torch.exp(g.clamp(0, 20)), torch.zeros_like(f))
+        # Rescale the hits to the sampled layer energy (the energy flow knows the
+        # correlations between layers, which fix the resolution).  Scale only the energy
+        # above threshold where the layer energy allows it, so that rescaling keeps every
+        # hit (a plain factor < 1 would push the many hits near threshold below it and
+        # lose them).
+        hit = cell > 0
+        n_hit = hit.sum(1, keepdim=True)
+        tot = cell.sum(1, keepdim=True)
+        above = tot - n_hit * thr
+        ok = (target > n_hit * thr) & (above > 0)
+        s_above = (target - n_hit * thr) / above.clamp_min(1e-30)
+        shifted = torch.where(hit, thr + (cell - thr) * s_above, cell)
+        scaled = cell * (target / tot.clamp_min(1e-30))
+        return torch.where(ok, shifted, torch.where(tot > 0, scaled, torch.zeros_like(cell)))
 
