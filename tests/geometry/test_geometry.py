@@ -146,4 +146,9 @@ def test_cylindrical_locate_angles():
 
 
 def test_all_geometries_listed():
-    assert set(EXPECTED_VOXELS) == set(list_geometries())
+    listed = set(list_geometries())
+    assert set(EXPECTED_VOXELS) <= listed
+    # Other test modules register toy geometries (models.toy, the par04 cylinder) in this
+    # process; anything else listed is a builtin this test does not know.
+    extra = listed - set(EXPECTED_VOXELS)
+    assert all("toy" in get_geometry(name).description for name in extra), extra
