@@ -68,8 +68,10 @@ def build_student(preset: str | None, points: int, seed: int = 0):  # noqa: ANN2
                       phi=rng.uniform(-np.pi, np.pi, len(e)))
     teacher.fit_conditions(cond)
     teacher.fit_preprocessing(x, torch.as_tensor(e, dtype=torch.float32), mask=mask)
-    student.attach_frozen({"teacher": {"path": "/nonexistent/teacher", "sha256": "-"}},
-                          {"teacher": teacher})
+    student.attach_frozen({"teacher": teacher},
+                          {"teacher": {"path": "/nonexistent/teacher", "sha256": "-"}})
+    # a fresh student takes its teacher's standardisation and weights when it is fitted
+    student.fit_preprocessing(x, torch.as_tensor(e, dtype=torch.float32), mask=mask)
     return student.eval().requires_grad_(False)
 
 
