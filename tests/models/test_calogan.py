@@ -191,3 +191,16 @@ def test_calogan_refuses_calogan_file_without_overflow(calogan_data, tmp_path, c
     assert code == 1 and "no_overflow.h5" in err and "overflow" in err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "b" / "model").exists()
+
+
+@pytest.mark.parametrize("previous, shape", [((3, 96), (12, 12)), ((12, 12), (12, 6)),
+                                             ((5, 7), (3, 4)), ((2, 2), (6, 5))])
+def test_attention_pooling_equals_adaptive_avg_pool(previous, shape):
+    """The fixed separable matrices reproduce F.adaptive_avg_pool2d (which does not export
+    to ONNX with a dynamic batch)."""
+    from caloforge.models.calogan import pool_matrix
+
+    img = torch.rand(4, 1, *previous, generator=torch.Generator().manual_seed(0))
+    rows, cols = pool_matrix(previous[0], shape[0]), pool_matrix(previous[1], shape[1])
+    torch.testing.assert_close(rows @ img @ cols.T,
+                               torch.nn.functional.adaptive_avg_pool2d(img, shape))

@@ -231,6 +231,8 @@ def export_model(model: Any, output: str | Path, to: str = "onnx",
     model = model.cpu().eval().requires_grad_(False)
     if not bool(model.fitted):
         raise InputError(f"model {model.name!r} is not trained (preprocessing not fitted)")
+    if model.export_refusal:
+        raise ExportError(f"model {model.name!r} cannot be exported: {model.export_refusal}")
     if max_points is not None and convention != "ddml-pointcloud":
         raise InputError("--max-points applies to --convention ddml-pointcloud only")
     _check_convention(model, convention, noise)

@@ -162,6 +162,8 @@ class GenerativeModel(nn.Module):
     requires_regular_grid: ClassVar[bool] = False
     # What sample() returns: "voxels" (ShowerBatch) or "points" (PointCloudBatch).
     representation: ClassVar[str] = "voxels"
+    # Why `caloforge export` refuses this architecture (empty: it can be exported).
+    export_refusal: ClassVar[str] = ""
     # Conditions beyond the incident energy the networks can take (e.g. theta, phi);
     # which of them a trained model uses is set from its training data (fit_conditions).
     condition_inputs: ClassVar[tuple[str, ...]] = ()

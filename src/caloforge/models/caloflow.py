@@ -100,6 +100,10 @@ def exponential_decay(optimizers: dict[str, torch.optim.Optimizer], factor: floa
 class CaloFlow(GenerativeModel):
     """Layer flow + shower flow (masked autoregressive), trained by maximum likelihood."""
 
+    export_refusal = (
+        "its masked autoregressive shower flow draws one cell per network pass (a graph of "
+        "one network copy per cell, minutes to trace, and the slow sampler the student "
+        "exists to replace); export its one-pass student 'caloflow-student' instead")
     Config = CaloFlowConfig
     condition_inputs = ("theta", "phi")
     presets = {
@@ -123,16 +127,13 @@ class CaloFlow(GenerativeModel):
         cols = torch.cat([torch.arange(int(off[k]), int(off[k + 1])) for k in modelled])
         layer = torch.cat([torch.full((cells[k],), self.active.index(k)) for k in modelled])
         self.register_buffer("cell_columns", cols, persistent=False)
+        # (active layer, feature slice) of each modelled layer: features are its cells, in order
+        ends = torch.tensor([cells[k] for k in modelled]).cumsum(0).tolist()
+        self.share_segments = [(self.active.index(k), (e - cells[k], e))
+                               for k, e in zip(modelled, ends)]
         self.register_buffer("cell_layer", layer, persistent=False)
         self.register_buffer("cells_of_layer", torch.tensor(
             [float(cells[k]) for k in self.active]), persistent=False)
-        # Columns of every active layer's cells (layer sums), single cells included.
-        all_cols = torch.cat([torch.arange(int(off[k]), int(off[k + 1])) for k in self.active])
-        all_layer = torch.cat([torch.full((cells[k],), i) for i, k in enumerate(self.active)])
-        self.register_buffer("active_columns", all_cols, persistent=False)
-        self.register_buffer("active_layer", all_layer, persistent=False)
-        self.single_cells = [(int(off[k]), self.active.index(k)) for k in self.active
-                             if cells[k] == 1]
         self.n_features = len(cols)
         self.n_layer_features = len(self.active)
         self.register_buffer("total_scale", torch.ones(()))  # s of u_0
@@ -153,8 +154,10 @@ class CaloFlow(GenerativeModel):
     # ---- representations ---------------------------------------------------------------
     def layer_energies(self, x: Tensor) -> Tensor:
         """(B, active layers) energy sums of voxel energies ``x`` (B, n_voxels)."""
-        el = x.new_zeros(len(x), self.n_layer_features)
-        return el.index_add_(1, self.active_layer, x[:, self.active_columns])
+        # Per-layer slice sums (cells of a layer are contiguous): exported as ReduceSum +
+        # Concat, where index_add_ with repeated indices cannot be exported to ONNX.
+        off = self.geometry.layer_offsets
+        return torch.stack([x[:, int(off[k]):int(off[k + 1])].sum(1) for k in self.active], 1)
 
     def _u_features(self, el: Tensor, e_inc: Tensor) -> Tensor:
         """Logit u-variables of layer energies (see the module docstring)."""
@@ -258,8 +261,11 @@ class CaloFlow(GenerativeModel):
     def _spread(self, share: Tensor, el: Tensor) -> tuple[Tensor, Tensor]:
         """Cell energies: each layer's energy split in proportion to ``share``; and
         whether the layer had any share (else its energy is split evenly)."""
-        sums = share.new_zeros(len(share), self.n_layer_features)
-        sums = sums.index_add_(1, self.cell_layer, share)[:, self.cell_layer]
+        zero = share[:, 0] * 0  # not new_zeros(len(...)): a traced batch stays dynamic
+        per_layer = [zero] * self.n_layer_features
+        for i, (a, b) in self.share_segments:
+            per_layer[i] = share[:, a:b].sum(1)
+        sums = torch.stack(per_layer, 1)[:, self.cell_layer]
         target = el[:, self.cell_layer]
         even = target / self.cells_of_layer[self.cell_layer]
         some = sums > 0
@@ -273,11 +279,19 @@ class CaloFlow(GenerativeModel):
         e, _ = self._spread(share, el)
         kept = torch.where(e >= self.config.dequantize_mev, share, torch.zeros_like(share))
         e_kept, some = self._spread(kept, el)
-        x = torch.zeros(len(y), self.geometry.n_voxels, device=y.device)
-        x[:, self.cell_columns] = torch.where(some, e_kept, e)
-        for col, i in self.single_cells:
-            x[:, col] = el[:, i]
-        return x
+        cells = torch.where(some, e_kept, e)
+        # Layers in voxel order, joined with one cat (slice writes export as ScatterND and
+        # fix the batch size of a traced graph): modelled cells, or a single cell carrying
+        # its layer energy.
+        parts, start = [], 0
+        for i, k in enumerate(self.active):
+            n = int(self.geometry.cells_per_layer[k])
+            if n == 1:
+                parts.append(el[:, i:i + 1])
+            else:
+                parts.append(cells[:, start:start + n])
+                start += n
+        return torch.cat(parts, 1)
 
     def _sample_shower_features(self, context: Tensor, z: Tensor) -> Tensor:
         return sample_flow(self.shower_flow, context, z)

@@ -141,10 +141,25 @@ class LayerStream(nn.Module):
         self.act = nn.LeakyReLU(0.2)
 
     def forward(self, h: Tensor) -> Tensor:
-        y = self.act(self.fc(h)).view(len(h), *self.start)
+        y = self.act(self.fc(h)).view(-1, *self.start)  # -1: a traced batch stays dynamic
         y = self.norm1(self.act(self.conv(y)))
         y = self.norm2(self.act(self.lc1(y)))
         return self.lc2(y)
+
+
+def pool_matrix(n_in: int, n_out: int) -> Tensor:
+    """(n_out, n_in): row i averages the inputs of adaptive average pooling's bin i
+    (``floor(i n_in / n_out)`` to ``ceil((i + 1) n_in / n_out)``, as torch bins them).
+
+    >>> pool_matrix(3, 2)
+    tensor([[0.5000, 0.5000, 0.0000],
+            [0.0000, 0.5000, 0.5000]])
+    """
+    m = torch.zeros(n_out, n_in)
+    for i in range(n_out):
+        start, stop = (i * n_in) // n_out, -(-(i + 1) * n_in // n_out)
+        m[i, start:stop] = 1.0 / (stop - start)
+    return m
 
 
 class LayerAttention(nn.Module):
@@ -153,14 +168,20 @@ class LayerAttention(nn.Module):
     g carried``.  Both are non-negative, so the result is too.  The gate starts mostly
     closed (bias -2), so a fresh model begins from its own streams."""
 
-    def __init__(self, shape: tuple[int, int]) -> None:
+    def __init__(self, shape: tuple[int, int], previous: tuple[int, int]) -> None:
         super().__init__()
         self.shape = tuple(shape)
         self.gate = LocallyConnected2d(2, 1, self.shape, kernel=1)
         nn.init.constant_(self.gate.bias, -2.0)
+        # Adaptive average pooling is separable: rows then columns, as two fixed matrices
+        # (F.adaptive_avg_pool2d does not export to ONNX with a dynamic batch).
+        self.register_buffer("pool_rows", pool_matrix(previous[0], self.shape[0]),
+                             persistent=False)
+        self.register_buffer("pool_cols", pool_matrix(previous[1], self.shape[1]).T.contiguous(),
+                             persistent=False)
 
     def forward(self, own: Tensor, previous: Tensor) -> Tensor:
-        carried = F.adaptive_avg_pool2d(previous, self.shape)
+        carried = self.pool_rows @ previous @ self.pool_cols
         g = torch.sigmoid(self.gate(torch.cat([own, carried], 1)))
         return (1 - g) * own + g * carried
 
@@ -268,7 +289,8 @@ class CaloGAN(GenerativeModel):
         self.streams = nn.ModuleList(
             LayerStream(n_in, tuple(s), config.gen_channels) for s in self.layer_shapes)
         self.attention = nn.ModuleList(
-            LayerAttention(tuple(s)) for s in self.layer_shapes[1:]) if config.attention \
+            LayerAttention(tuple(s), tuple(p))
+            for p, s in zip(self.layer_shapes[:-1], self.layer_shapes[1:])) if config.attention \
             else nn.ModuleList()
         n_over = geometry.n_layers if self.has_overflow else 0
         self.overflow_head = nn.Linear(n_in, n_over) if n_over else None
@@ -320,7 +342,7 @@ class CaloGAN(GenerativeModel):
 
     def _images(self, u: Tensor) -> list[Tensor]:
         offsets = self.geometry.layer_offsets
-        return [u[:, offsets[k]:offsets[k + 1]].view(len(u), 1, *s)
+        return [u[:, offsets[k]:offsets[k + 1]].view(-1, 1, *s)
                 for k, s in zip(self.layer_ids, self.layer_shapes)]
 
     def _relative_response(self, u: Tensor, overflow: Tensor | None) -> Tensor:
