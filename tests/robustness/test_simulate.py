@@ -190,3 +190,32 @@ def test_stray_values_name_the_subcommand(tmp_path, capsys):
     assert done.value.code == 2
     assert err.strip() == "caloforge simulate: error: unrecognized arguments: 2 3"
     assert list(tmp_path.iterdir()) == []
+
+
+def test_sigterm_inside_an_hdf5_callback_is_deferred(tmp_path, monkeypatch):
+    """simulate's SIGTERM handler must not raise inside a guarded file's method (HDF5
+    calls them from C; an exception there crashed the process with SIGSEGV): it hands the
+    interrupt to the file, which raises it at the next safe point."""
+    from caloforge.cli.simulate import _sigterm_interrupts
+    from caloforge.utils import safe_io
+
+    guarded = safe_io.GuardedFile(tmp_path / "f.bin")
+    real_fstat = os.fstat
+    try:
+        with _sigterm_interrupts():
+            handler = signal.getsignal(signal.SIGTERM)
+
+            def fstat_then_sigterm(fd):
+                handler(signal.SIGTERM, sys._getframe(1))  # lands inside GuardedFile.seek
+                return real_fstat(fd)
+
+            monkeypatch.setattr(os, "fstat", fstat_then_sigterm)
+            assert guarded.seek(0, os.SEEK_END) == 0  # nothing raised in the "callback"
+            monkeypatch.undo()
+            assert signal.getsignal(signal.SIGTERM) == signal.SIG_IGN  # cleanup not cut short
+            with pytest.raises(KeyboardInterrupt):
+                guarded.raise_if_failed(tmp_path / "f.bin")
+    finally:
+        monkeypatch.undo()
+        guarded.close()
+        safe_io.note_interrupt(None)
