@@ -93,3 +93,18 @@ def toy_file(toy_data, tmp_path_factory):
     with write_showers(path, "caloforge", toy_data.geometry) as w:
         w.append(toy_data)
     return path
+
+
+@pytest.fixture(scope="session")
+def write_toy_points(toy_geo):
+    """``write(path, n, seed)``: ``n`` toy showers of 2-50 GeV (log-uniform, from
+    ``default_rng(seed)``) as point clouds in the ``pointcloud`` format; returns ``path``."""
+    from caloforge.data.io import write_showers
+
+    def write(path, n, seed):
+        rng = np.random.default_rng(seed)
+        e = np.exp(rng.uniform(np.log(2e3), np.log(5e4), n))
+        with write_showers(path, "pointcloud", toy_geo.name) as w:
+            w.append(toy_showers(toy_geo, e, rng).to_points())
+        return path
+    return write

@@ -12,25 +12,19 @@ import torch
 from test_export import assert_close, run_fresh
 
 from caloforge.cli import main
-from caloforge.data.io import write_showers
 from caloforge.export import export_model
 from caloforge.export.points import PointSampler
 from caloforge.models import load
 from caloforge.models.noise import NORMAL_BLOCK, shower_seed
-from caloforge.models.toy import toy_showers
 from caloforge.training import TrainConfig, train
 
 
 @pytest.fixture(scope="module")
-def runs(toy_geo, tmp_path_factory):
+def runs(write_toy_points, tmp_path_factory):
     """Model folders of a tiny caloclouds2 teacher, its caloclouds2-cm student and a tiny
     caloclouds, trained a few steps on toy point clouds."""
     root = tmp_path_factory.mktemp("ptexport")
-    rng = np.random.default_rng(5)
-    data = root / "points.h5"
-    with write_showers(data, "pointcloud", toy_geo.name) as w:
-        w.append(toy_showers(toy_geo, np.exp(rng.uniform(np.log(2e3), np.log(5e4), 64)),
-                             rng).to_points())
+    data = write_toy_points(root / "points.h5", 64, seed=5)
     cfg = dict(steps=6, batch_size=16, validate_every=0, checkpoint_every=0)
     for name in ("caloclouds2", "caloclouds"):
         train(name, data, root / name, preset="tiny", train_config=TrainConfig(**cfg),

@@ -11,11 +11,10 @@ import pytest
 import yaml
 
 from caloforge.cli import main
-from caloforge.data.io import open_showers, write_showers
+from caloforge.data.io import open_showers
 from caloforge.errors import CaloforgeError, ConfigError, InputError
 from caloforge.models import load
 from caloforge.models.caloclouds2 import karras_sigmas
-from caloforge.models.toy import toy_showers
 from caloforge.training import TrainConfig, train
 
 
@@ -26,14 +25,10 @@ def _cfg(**kw):
 
 
 @pytest.fixture(scope="module")
-def runs(toy_geo, tmp_path_factory):
+def runs(write_toy_points, tmp_path_factory):
     """A point file, a caloclouds2 teacher folder and a student distilled from it."""
     root = tmp_path_factory.mktemp("edm")
-    rng = np.random.default_rng(9)
-    data = root / "points.h5"
-    with write_showers(data, "pointcloud", toy_geo.name) as w:
-        w.append(toy_showers(toy_geo, np.exp(rng.uniform(np.log(2e3), np.log(5e4), 64)),
-                             rng).to_points())
+    data = write_toy_points(root / "points.h5", 64, seed=9)
     train("caloclouds2", data, root / "teacher", preset="tiny", train_config=_cfg(),
           progress=False)
     teacher = root / "teacher" / "model"

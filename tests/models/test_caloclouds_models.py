@@ -24,15 +24,10 @@ def _cfg(**kw):
 
 
 @pytest.fixture(scope="module")
-def point_file(toy_geo, tmp_path_factory):
+def point_file(write_toy_points, tmp_path_factory):
     """96 toy showers (2-50 GeV) as point clouds (one point per hit cell) in the CaloClouds
     point-cloud format, as ``caloforge simulate --points --format pointcloud`` writes."""
-    rng = np.random.default_rng(5)
-    e = np.exp(rng.uniform(np.log(2e3), np.log(5e4), 96))
-    path = tmp_path_factory.mktemp("points") / "toy_points.h5"
-    with write_showers(path, "pointcloud", toy_geo.name) as w:
-        w.append(toy_showers(toy_geo, e, rng).to_points())
-    return path
+    return write_toy_points(tmp_path_factory.mktemp("points") / "toy_points.h5", 96, seed=5)
 
 
 @pytest.fixture(scope="module")

@@ -9,21 +9,15 @@ import numpy as np
 import pytest
 import torch
 
-from caloforge.data.io import open_showers, write_showers
-from caloforge.models.toy import toy_showers
+from caloforge.data.io import open_showers
 from caloforge.training import TrainConfig, train
 from caloforge.training.dataset import MemorySource, ShowerStream, concat_points, take_points
 from caloforge.training.loop import padded_points
 
 
 @pytest.fixture(scope="module")
-def cloud_file(toy_geo, tmp_path_factory):
-    rng = np.random.default_rng(12)
-    path = tmp_path_factory.mktemp("clouds") / "clouds.h5"
-    with write_showers(path, "pointcloud", toy_geo.name) as w:
-        w.append(toy_showers(toy_geo, np.exp(rng.uniform(np.log(2e3), np.log(5e4), 80)),
-                             rng).to_points())
-    return path
+def cloud_file(write_toy_points, tmp_path_factory):
+    return write_toy_points(tmp_path_factory.mktemp("clouds") / "clouds.h5", 80, seed=12)
 
 
 def _cfg(**kw):
