@@ -214,8 +214,7 @@ class VoxelSampler(nn.Module):
             if _uses_kde_rejection(m):
                 c = m.condition_features(e_inc)
                 z = _kde_latent(m, c, normals)
-                y = m.postprocess(m.decode(z, c), c).flatten(1).float()
-                x = m.transform.inverse(y, e_inc)
+                x = m.showers_from_latent(z, c, e_inc)
             else:
                 x = m.generate(e_inc, TensorNoise(normals), None)
         x = x.float().clamp_min(0)

@@ -15,6 +15,10 @@ Training, phase ``bibae`` (eq. 2-5 of seed 001)::
   weights and optimiser state are reset after every ``reset_every`` epochs.
 - ``beta_recon`` adds a pixel-wise MSE (not part of eq. 2-5; 0 by default, the tiny preset
   uses it to converge in a few steps).
+- ``network_threshold_mip`` (0.1 by default, as in seed 001 Sec. 3.2): every cell of the
+  decoder's and of the post-processor's output below this fraction of the geometry's MIP
+  is set to 0, in training and in generation alike, so the post-processor learns on the
+  sparse showers it is given when generating; 0 switches it off.
 
 Phase ``postprocessor``: the encoder/decoder are frozen; a small 3-D convolutional
 post-processor refines the decoded showers with MSE, two sorted-kernel MMD terms (small and
@@ -90,12 +94,18 @@ class BIBAEConfig(ModelConfig):
     latent_flow_steps: int = 1000
     log_eps: float = 1e-5
     threshold_output: bool = True
+    # Seed 001: "during training a threshold function was used to map every value below
+    # 10% of a MIP to 0".  In MIP of the geometry (models are data-agnostic); 0 = off.
+    network_threshold_mip: float = 0.1
 
     def validate(self) -> None:
         super().validate()
         positive(self, "latent_dim", "n_critic", "reset_every", "lr_ae", "lr_critic", "lr_pp",
                  "pp_topk", "kde_points", "log_eps", "lr_decay", "latent_flow_transforms",
                  "latent_flow_steps")
+        if not math.isfinite(self.network_threshold_mip) or self.network_threshold_mip < 0:
+            raise ConfigError("config key 'network_threshold_mip' must be a finite number "
+                              f">= 0, got {self.network_threshold_mip}")
         if not 0 < self.pp_fraction < 1:
             raise ConfigError("config key 'pp_fraction' must lie in (0, 1)")
 
@@ -137,7 +147,9 @@ class BIBAE(GenerativeModel):
                  "latent_critic_hidden": [32], "pp_channels": [8], "lr_ae": 2e-3,
                  "lr_critic": 1e-3, "lr_pp": 1e-3, "beta_recon": 10.0, "beta_critic": 0.1,
                  "beta_latent_critic": 0.1, "pp_topk": 40, "kde_points": 2000,
-                 "pp_fraction": 0.2, "latent_flow_hidden": [16], "latent_flow_steps": 100},
+                 "pp_fraction": 0.2, "latent_flow_hidden": [16], "latent_flow_steps": 100,
+                 # a few dozen steps leave most cells under the seed's cut (test runs)
+                 "network_threshold_mip": 0.0},
     }
     requires_regular_grid = True
     condition_inputs = ("theta", "phi")
@@ -189,6 +201,29 @@ class BIBAE(GenerativeModel):
         inp = torch.cat([y, c[:, :, None, None, None].expand(-1, -1, *y.shape[2:])], 1)
         return torch.relu(y + self.postprocessor(inp))
 
+    def threshold(self, y: Tensor, e_inc: Tensor) -> Tensor:
+        """Network-space showers ``y`` (B, 1, *grid) with the cells below
+        ``network_threshold_mip`` MIP (of the geometry) at incident energies ``e_inc`` (MeV)
+        set to 0.
+
+        The gradient passes straight through (as if no cut): in the log-scaled network
+        space the cut lies far above an untrained network's output, and a plain cut would
+        block every gradient from the start."""
+        mip = self.config.network_threshold_mip
+        if mip <= 0:
+            return y
+        cut_mev = torch.full_like(e_inc, mip * self.geometry.mip_mev, dtype=torch.float32)
+        cut = self.transform(cut_mev[:, None], e_inc).view(-1, *([1] * (y.dim() - 1)))
+        kept = torch.where(y >= cut, y, torch.zeros_like(y))
+        return y + (kept - y).detach() if y.requires_grad else kept
+
+    def showers_from_latent(self, z: Tensor, c: Tensor, e_inc: Tensor) -> Tensor:
+        """Cell energies (MeV, ``(B, n_voxels)``) of latent vectors ``z`` under conditions
+        ``c``: decoder, threshold, post-processor, threshold, inverse preprocessing."""
+        rec = self.threshold(self.decode(z, c), e_inc)
+        y = self.threshold(self.postprocess(rec, c), e_inc).flatten(1).float()
+        return self.transform.inverse(y, e_inc)
+
     def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:
         c = self.config
         ae = [*self.encoder.parameters(), *self.to_latent.parameters(),
@@ -213,12 +248,12 @@ class BIBAE(GenerativeModel):
         c = self.condition_features(batch.e_inc, batch.angles)
         y = self.transform(batch.x, batch.e_inc).view(len(c), 1, *self.grid_shape)
         if phase == "postprocessor":
-            return self._pp_step(y, c, ctx)
+            return self._pp_step(y, c, batch.e_inc, ctx)
         cfg, gen, out = self.config, ctx.generator, {}
         with ctx.autocast():
             mu, logvar = self.encode(y, c)
             z = mu + torch.randn(mu.shape, generator=gen, device=mu.device) * (0.5 * logvar).exp()
-            rec = self.decode(z, c).float()
+            rec = self.threshold(self.decode(z, c), batch.e_inc).float()
         real_pair, fake_pair = torch.cat([y, y], 1), torch.cat([y, rec.detach()], 1)
         prior = torch.randn(z.shape, generator=gen, device=z.device)
         zc, pc = torch.cat([z.detach().float(), c], 1), torch.cat([prior, c], 1)
@@ -254,15 +289,16 @@ class BIBAE(GenerativeModel):
             out.update(ae=loss.item(), kld=loss_kld.item(), mmd=loss_mmd.item())
         return out
 
-    def _pp_step(self, y: Tensor, c: Tensor, ctx: StepContext) -> dict[str, float]:
+    def _pp_step(self, y: Tensor, c: Tensor, e_inc: Tensor,
+                 ctx: StepContext) -> dict[str, float]:
         cfg = self.config
         with torch.no_grad():  # the BIB-AE is frozen while the post-processor trains
             mu, logvar = self.encode(y, c)
             z = mu + torch.randn(mu.shape, generator=ctx.generator,
                                  device=mu.device) * (0.5 * logvar).exp()
-            rec = self.decode(z, c)
+            rec = self.threshold(self.decode(z, c), e_inc)
         with ctx.autocast():
-            pp = self.postprocess(rec, c).float()
+            pp = self.threshold(self.postprocess(rec, c), e_inc).float()
         k = min(cfg.pp_topk, pp[0].numel())
         # Sorted losses act on the linear (not log) scaled cell energies.
         lin_r = torch.expm1(y.flatten(1) + math.log(cfg.log_eps)) / cfg.log_eps
@@ -371,6 +407,4 @@ class BIBAE(GenerativeModel):
     def generate(self, e_inc: Tensor, noise: ShowerNoise,
                  conditions: Conditions | None = None) -> Tensor:
         c = self.condition_features(e_inc, self.angle_tensor(conditions, len(e_inc)))
-        z = self.sample_latent(c, noise)
-        y = self.postprocess(self.decode(z, c), c).flatten(1).float()
-        return self.transform.inverse(y, e_inc)
+        return self.showers_from_latent(self.sample_latent(c, noise), c, e_inc)
