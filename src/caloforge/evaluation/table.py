@@ -7,14 +7,19 @@ row's key in ``metrics.json``, turns a :class:`~caloforge.errors.CaloforgeError`
 Adding a metric means writing its ``fn(base, gen) -> dict`` (see :mod:`.compare`) and
 adding one row here.
 
+A row's ``names`` give the parts of its result that a paper (seed) shows under its own
+name: the dotted path in the result, that name, where it is shown in the paper and the
+report's figures of it.  They go into ``metrics.json`` (``metric_table``) and the
+report's table of named observables.
+
 >>> [m.key for m in METRICS][:3]
 ['observables', 'calogan', 'layer_features']
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from caloforge.errors import CaloforgeError
@@ -34,6 +39,52 @@ def _always(base: Baseline) -> bool:
 
 
 @dataclass(frozen=True)
+class Named:
+    """The published name of one part of a metric's result."""
+
+    name: str  # as the paper names it
+    source: str  # where the paper shows it
+    # the report's figures of it: a figure of that name, or of that name followed by
+    # "_" and a generated sample's label
+    figures: tuple[str, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "source": self.source, "figures": list(self.figures)}
+
+
+def _seed001(figure: str, names: Mapping[str, tuple[str, str]], prefix: str = "",
+             fig_of: Callable[[str], tuple[str, ...]] | None = None) -> dict[str, Named]:
+    """Named parts of seed 001 ("Hadrons, better, faster, stronger") shown in ``figure``;
+    ``fig_of(part)`` gives the report figures of a part (default ``prefix + part``)."""
+    return {part: Named(name, f"seed 001, {figure}",
+                        fig_of(part) if fig_of else (prefix + part.split(".")[-1],))
+            for part, (name, _) in names.items()}
+
+
+# Seed 001 names: Fig. 4 (shower shapes), Fig. 5 (correlations: m_1, m_2, E_i/E_vis),
+# Fig. 6 (visible energy and number of hits per incident energy), Fig. 7 (mu90, sigma90).
+_SEED001_SCALARS = {
+    "e_vis": ("visible energy E_vis", "Fig. 6"), "n_hits": ("number of hits n_hit", "Fig. 6"),
+    "cog_x": ("centre of gravity in x (m_1,x)", "Fig. 5"),
+    "cog_y": ("centre of gravity in y (m_1,y)", "Fig. 5"),
+    "cog_z": ("centre of gravity in z (m_1,z)", "Figs. 4, 5"),
+    "width_x": ("second moment in x (m_2,x)", "Fig. 5"),
+    "width_y": ("second moment in y (m_2,y)", "Fig. 5"),
+    "width_z": ("second moment in z (m_2,z)", "Fig. 5"),
+    "shower_start": ("shower start", "Fig. 4"),
+    "frac_first": ("energy fraction in the first third E_1/E_vis", "Fig. 5"),
+    "frac_second": ("energy fraction in the second third E_2/E_vis", "Fig. 5"),
+    "frac_last": ("energy fraction in the last third E_3/E_vis", "Fig. 5"),
+}
+_EBINNED = {"e_vis": ("ebinned_e_vis",), "n_hits": ("ebinned_n_hits",)}
+
+
+def _scalar_names() -> dict[str, Named]:
+    return {k: Named(name, f"seed 001, {fig}", (f"obs_{k}",) + _EBINNED.get(k, ()))
+            for k, (name, fig) in _SEED001_SCALARS.items()}
+
+
+@dataclass(frozen=True)
 class Metric:
     """One row of the table."""
 
@@ -44,6 +95,7 @@ class Metric:
     verdict: str  # how the traffic light is decided
     parts: bool = False  # the result is a dict of sub-metrics, each with its own verdict
     applies: Callable[[Baseline], bool] = _always
+    names: Mapping[str, Named] = field(default_factory=dict)  # path in the result -> name
 
     def run(self, base: Baseline, gen: SampleSummary) -> dict[str, Any]:
         try:
@@ -63,7 +115,8 @@ METRICS: tuple[Metric, ...] = (
            "per-shower observables (energies, hits, centres, widths, shower start, ...), "
            "histograms binned on the reference",
            f"{HALVES}, mean over {C.N_FLOOR_SPLITS} halvings",
-           f"worst of W1/sigma and separation power vs their floors; {LIGHTS}", parts=True),
+           f"worst of W1/sigma and separation power vs their floors; {LIGHTS}", parts=True,
+           names=_scalar_names()),
     Metric("calogan", C.calogan_shapes, "CaloGAN shower shapes (seed 004)",
            f"{HALVES}, mean over {C.N_FLOOR_SPLITS} halvings",
            f"as observables; {LIGHTS}", parts=True,
@@ -73,9 +126,17 @@ METRICS: tuple[Metric, ...] = (
            f"{HALVES} (stored halving)", f"as observables; {LIGHTS}", parts=True),
     Metric("cell_spectrum", C.cell_spectrum, "cell energy spectrum (MIP), all cells and "
            "above the readout threshold", HALVES,
-           f"separation power vs floor, above the threshold only; {LIGHTS}", parts=True),
+           f"separation power vs floor, above the threshold only; {LIGHTS}", parts=True,
+           names=_seed001("Fig. 4", {"above_threshold": (
+               "visible cell energy spectrum [MIP]", "")}, fig_of=lambda _: (
+                   "cell_spectrum_mip", "cell_spectrum_mev"))),
     Metric("profiles", C.profiles, "mean x, y, radial and longitudinal profiles", HALVES,
-           f"separation power vs floor; {LIGHTS}", parts=True),
+           f"separation power vs floor; {LIGHTS}", parts=True,
+           names={**_seed001("Fig. 4", {"x": ("energy profile in x", ""),
+                                        "y": ("energy profile in y", ""),
+                                        "longitudinal": ("longitudinal energy profile (z)",
+                                                         "")}, "profile_"),
+                  "r": Named("radial energy profile", "seed 001 (issue 13)", ("profile_r",))}),
     Metric("points", C.points,
            "point files: number of points, point energy sum, per-layer point counts and "
            "energies, point-energy spectrum, radial and longitudinal point profiles",
@@ -84,9 +145,18 @@ METRICS: tuple[Metric, ...] = (
            f"{LIGHTS}", parts=True, applies=lambda base: base.summary.points is not None),
     Metric("response", C.response,
            "mu90 and sigma90/mu90 of E_vis/E_inc per incident-energy bin", HALVES,
-           f"worst of the largest relative deviations of mu90 and sigma90/mu90; {LIGHTS}"),
+           f"worst of the largest relative deviations of mu90 and sigma90/mu90; {LIGHTS}",
+           names=_seed001("Fig. 7", {
+               "generated.mu90": ("mean of the 90% core mu90 vs incident energy", ""),
+               "generated.sigma90_over_mu90": ("relative width sigma90/mu90 vs incident "
+                                               "energy", "")}, "response_")),
     Metric("correlations", C.correlations, "Pearson correlations of the seed-001 observables",
-           HALVES, f"mean |difference| vs floor; {LIGHTS}"),
+           HALVES, f"mean |difference| vs floor; {LIGHTS}",
+           names=_seed001("Fig. 5", {
+               "reference": ("Pearson correlation coefficients, Geant4 (reference)", ""),
+               "generated": ("Pearson correlation coefficients, generative model", ""),
+               "difference": ("difference of the correlation coefficients to Geant4", "")},
+               fig_of=lambda part: (f"correlation_{part}",))),
     Metric("fpd", C.fpd, "Frechet physics distance of the high-level features", HALVES,
            f"|FPD| vs |floor| + 2 errors; {LIGHTS}"),
     Metric("kpd", C.kpd, "kernel physics distance of the high-level features", HALVES,
@@ -134,4 +204,5 @@ def run_metrics(base: Baseline, gen: SampleSummary) -> tuple[dict[str, Any], dic
 def describe() -> list[dict[str, str]]:
     """The table as data (saved into metrics.json)."""
     return [{"metric": m.key, "inputs": m.inputs, "noise_floor": m.noise_floor,
-             "verdict": m.verdict} for m in METRICS]
+             "verdict": m.verdict, "names": {p: n.to_dict() for p, n in m.names.items()}}
+            for m in METRICS]

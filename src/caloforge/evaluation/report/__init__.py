@@ -290,6 +290,49 @@ def _reco_level(d: dict, variant: str) -> tuple[str, str]:
             "</span>", v["verdict"])
 
 
+def _lookup(result: Any, path: str) -> Any:
+    """The value at dotted ``path`` in a metric's result (None if absent)."""
+    for part in path.split("."):
+        if not isinstance(result, dict) or part not in result:
+            return None
+        result = result[part]
+    return result
+
+
+def named_figures(specs: list[str], figures: Any) -> list[str]:
+    """The report's figures of a named observable: each spec names a figure, or figures
+    named by it followed by "_" and a generated sample's label."""
+    return [f for s in specs for f in figures if f == s or f.startswith(s + "_")]
+
+
+def _named_rows(m: dict[str, Any], gm: list[dict], figures: Any) -> list[str]:
+    """One row per observable of the metric table that a paper names: its name, where
+    the paper shows it, its place in metrics.json, its figures and each verdict."""
+    heads = "".join(f"<th>{html.escape(g['label'])}</th>" for g in gm)
+    rows = []
+    for row in m.get("metric_table", []):
+        for path, named in row.get("names", {}).items():
+            cells = []
+            for g in gm:
+                value = _lookup(g.get(row["metric"]), path)
+                if value is None:
+                    cells.append('<td class="grey">not computed</td>')
+                    continue
+                verdict = value.get("verdict") if isinstance(value, dict) else None
+                verdict = verdict or g.get("verdict", {}).get(row["metric"], "grey")
+                cells.append(f'<td class="{verdict}">{verdict}</td>')
+            figs = named_figures(named["figures"], figures)
+            rows.append(f"<tr><td>{html.escape(named['name'])}</td>"
+                        f"<td>{html.escape(named['source'])}</td>"
+                        f"<td>{html.escape(row['metric'])}.{html.escape(path)}</td>"
+                        f"<td>{html.escape(', '.join(figs) or 'no figure')}</td>"
+                        f"{''.join(cells)}</tr>")
+    if not rows:
+        return []
+    return [f"<tr><th>observable (as the paper names it)</th><th>paper</th>"
+            f"<th>metrics.json</th><th>figures</th>{heads}</tr>", *rows]
+
+
 def _angle_rows(gm: list[dict]) -> list[str]:
     """Reconstructed polar angle per true-theta bin, and the verdict of the observables
     and response in each theta bin."""
@@ -414,6 +457,10 @@ def render_html(m: dict[str, Any], figures: dict[str, str], captions: dict[str, 
     if gm:
         parts.append("<h2>Summary</h2><table>" + "".join(_global_rows(gm)) + "</table>")
         parts.append("<table>" + "".join(_summary_rows(gm)) + "</table>")
+        named = _named_rows(m, gm, figures)
+        if named:
+            parts.append("<h2>Observables as the papers name them</h2><table>"
+                         + "".join(named) + "</table>")
         angle_rows = _angle_rows(gm)
         if angle_rows:
             parts.append("<h2>Incidence angle (seed 000)</h2><p class=fl>Polar angle of "

@@ -267,13 +267,14 @@ def correlations(fw: FigureWriter, corr: list[dict[str, Any]], labels: list[str]
     """Pearson correlation matrices (reference, generated) and their differences."""
     names = [SEED001_NAMES.get(k, k) for k in CORRELATION_OBSERVABLES]
     n = len(names)
-    mats = [("reference", np.asarray(corr[0]["reference"]), "RdBu_r", 1.0)]
+    mats = [("reference", "reference", np.asarray(corr[0]["reference"]), "RdBu_r", 1.0)]
     for c, lab in zip(corr, labels):
-        mats.append((lab, np.asarray(c["generated"]), "RdBu_r", 1.0))
+        mats.append((lab, f"generated_{lab}", np.asarray(c["generated"]), "RdBu_r", 1.0))
     for c, lab in zip(corr, labels):
         d = np.asarray(c["difference"])
-        mats.append((f"{lab} - reference", d, "PiYG", max(0.1, float(np.abs(d).max()))))
-    for title, m, cmap, vmax in mats:
+        mats.append((f"{lab} - reference", f"difference_{lab}", d, "PiYG",
+                     max(0.1, float(np.abs(d).max()))))
+    for title, key, m, cmap, vmax in mats:
         fig, ax = plt.subplots(figsize=(6.5, 5.8))
         fig.subplots_adjust(left=0.2, bottom=0.22, right=0.95, top=0.94)
         im = ax.imshow(m, cmap=cmap, vmin=-vmax, vmax=vmax)
@@ -284,7 +285,7 @@ def correlations(fw: FigureWriter, corr: list[dict[str, Any]], labels: list[str]
                 ax.text(j, i, f"{m[i, j]:.2f}", ha="center", va="center", fontsize=5)
         fig.colorbar(im, ax=ax, fraction=0.046)
         ax.set_title(title, fontsize=11)
-        safe = "".join(ch if ch.isalnum() else "_" for ch in title)
+        safe = "".join(ch if ch.isalnum() else "_" for ch in key)
         fw.save(fig, f"correlation_{safe}", f"Pearson correlations: {title}.")
 
 
