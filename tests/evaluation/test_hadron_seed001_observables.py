@@ -12,10 +12,7 @@ import pytest
 
 from caloforge.cli import main
 from caloforge.evaluation.report import named_figures
-from caloforge.evaluation.toy import toy_showers
-from caloforge.geometry import CartesianGeometry, LayerSpec
 
-GEO = "toy-ahcal-hadron"  # registered for this module only (see _own_geometry)
 ENERGIES_GEV = (20.0, 50.0, 80.0)  # the seed's Fig. 6 energies
 
 # Issue 13, item 4: (metric, path in its result, words of the seed's name)
@@ -36,34 +33,12 @@ SEED001 = [
 ]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _own_geometry():
-    """A 48-layer steel-scintillator grid of 6 x 6 tiles of 30 mm (the AHCAL's sampling
-    structure on a small face), removed again after this module."""
-    from caloforge import geometry
-
-    geometry.register_geometry(CartesianGeometry(
-        name=GEO, description="48 x 6 x 6 AHCAL-like steel-scintillator grid for tests",
-        layers=tuple(LayerSpec("Fe", 17.4, "polystyrene", 3.0) for _ in range(48)),
-        grid=((6, 6),) * 48, cell_mm=((30.0, 30.0),) * 48), overwrite=True)
-    yield
-    geometry._FACTORIES.pop(GEO, None)
-    geometry.get_geometry.cache_clear()
-
-
 @pytest.fixture(scope="module")
-def report(tmp_path_factory):
-    from caloforge.data.io import write_showers
-
+def report(ahcal_like, tmp_path_factory):
     folder = tmp_path_factory.mktemp("seed001")
     energies = np.repeat(ENERGIES_GEV, 50)
-    paths = []
-    for name, seed in (("reference", 1), ("generated", 2)):
-        path = folder / f"{name}.h5"
-        with write_showers(path, "caloforge", GEO) as w:
-            w.append(toy_showers(len(energies), GEO, seed=seed, energies_gev=energies,
-                                 zero_below_mip=0.3))
-        paths.append(str(path))
+    paths = [ahcal_like(folder / f"{name}.h5", energies, seed)
+             for name, seed in (("reference", 1), ("generated", 2))]
     out, config = folder / "report", folder / "eval.yaml"
     config.write_text("figure_formats: [png]\n")  # PDFs would double the drawing time
     assert main(["evaluate", *paths, "--report", str(out), "--config", str(config),

@@ -226,5 +226,5 @@ def check_sample_size(e_inc_mev: np.ndarray, max_rel_error: float, what: str,
                          f"{', '.join(small)} showers; at least {need} per incident energy "
                          f"are needed for a {100 * max_rel_error:.3g}% statistical error "
                          f"of sigma90/mu90 (relative error 0.82/sqrt(n); option "
-                         f"reco_max_rel_error)")
+                         f"reco_max_rel_error, --reco-max-rel-error)")
     return b
