@@ -7,12 +7,28 @@ weights).  The reference simulation is timed in the same run, on the same thread
 Prints a table; asserts nothing.
 
     python benchmarks/bench_generation.py --threads 2 --batch-sizes 1 10 100
+
+With ``--model`` (a model folder or a shipped model name) it times a trained model as
+users run it instead: the marginal cost of ``caloforge generate`` per shower, the wall
+time of N=10000 minus that of N=100 (``--n``) divided by the 9900 extra showers, which
+removes start-up, model loading and file opening, at each batch size on ``--threads``
+threads (issue 13's target: at most 5 ms per shower on 2 threads at the best batch):
+
+    python benchmarks/bench_generation.py --model ild-ahcal-pions --energy 10:100 \
+        --threads 2 --batch-sizes 100 1000
 """
 
 from __future__ import annotations
 
 import argparse
+import resource
+import subprocess
+import sys
+import tempfile
 import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -34,17 +50,122 @@ def time_model(model, batch_size: int, min_showers: int, min_seconds: float) -> 
     return 1e3 * (time.perf_counter() - t0) / n
 
 
-def main() -> None:
+TARGET_MS = 5.0  # issue 13: generation at most 5 ms per shower on 2 CPU threads
+
+
+class GenerateFailed(RuntimeError):
+    """``caloforge generate`` refused or failed; the message is its error line."""
+
+
+class Timing(NamedTuple):
+    wall: float  # seconds
+    cpu: float  # user + system seconds of the process (less sensitive to a busy machine)
+
+
+def generate_command(model: str, energy: str, n: int, batch_size: int, threads: int,
+                     out: Path, seed: int = 0) -> list[str]:
+    """The ``caloforge generate`` process a user runs (this interpreter, this caloforge)."""
+    return [sys.executable, "-m", "caloforge.cli", "generate", "--model", model,
+            "--energy", energy, "-n", str(n), "-o", str(out), "--batch-size", str(batch_size),
+            "--threads", str(threads), "--seed", str(seed), "--no-progress", "--overwrite"]
+
+
+def generate_seconds(model: str, energy: str, n: int, batch_size: int, threads: int,
+                     out: Path, seed: int = 0) -> Timing:
+    """Wall and CPU time of one ``caloforge generate`` process writing ``n`` showers."""
+    cmd = generate_command(model, energy, n, batch_size, threads, out, seed)
+    cpu0, t0 = _children_cpu(), time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    timing = Timing(time.perf_counter() - t0, _children_cpu() - cpu0)
+    if proc.returncode != 0:
+        lines = proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"]
+        raise GenerateFailed(lines[-1])
+    return timing
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def marginal_cli_ms(model: str, energy: str, batch_sizes: Sequence[int], threads: int,
+                    n_small: int, n_large: int, repeats: int = 1,
+                    run: Callable[..., Timing] = generate_seconds) -> dict[int, Timing]:
+    """Marginal ms per shower (wall, CPU) of ``caloforge generate`` per batch size:
+    (t(n_large) - t(n_small)) / (n_large - n_small), each t the fastest (wall) of
+    ``repeats`` runs."""
+    if not 0 < n_small < n_large:
+        raise ValueError(f"--n needs 0 < small < large, got {n_small} {n_large}")
+    if repeats < 1:
+        raise ValueError(f"--repeats must be >= 1, got {repeats}")
+    out: dict[int, Timing] = {}
+    with tempfile.TemporaryDirectory(prefix="bench_generation_") as tmp:
+        path = Path(tmp) / "showers.h5"
+        for bs in batch_sizes:
+            t = {n: min((run(model, energy, n, bs, threads, path) for _ in range(repeats)),
+                        key=lambda timing: timing.wall)
+                 for n in (n_small, n_large)}
+            out[bs] = Timing(*(1e3 * (a - b) / (n_large - n_small)
+                               for a, b in zip(t[n_large], t[n_small])))
+    return out
+
+
+def cli_main(args: argparse.Namespace) -> int:
+    """The ``--model`` mode: prints the marginal CLI cost per batch size and the best."""
+    n_small, n_large = args.n
+    print(f"caloforge generate --model {args.model} --energy {args.energy}, "
+          f"{args.threads} threads: marginal ms per shower = (t(N={n_large}) - "
+          f"t(N={n_small})) / {n_large - n_small}, fastest of {args.repeats} run(s) each")
+    try:
+        results = marginal_cli_ms(args.model, args.energy, args.batch_sizes, args.threads,
+                                  n_small, n_large, args.repeats,
+                                  run=_printing(generate_seconds))
+    except (GenerateFailed, ValueError) as exc:
+        print(f"bench_generation: error: {exc}", file=sys.stderr)
+        return 1
+    print(f"{'batch':>6} {'ms/shower':>10} {'CPU ms/shower':>14}")
+    for bs, ms in results.items():
+        print(f"{bs:>6d} {ms.wall:>10.2f} {ms.cpu:>14.2f}")
+    best = min(results, key=lambda bs: results[bs].wall)
+    verdict = "meets" if results[best].wall <= TARGET_MS else "misses"
+    print(f"best: batch {best}, {results[best].wall:.2f} ms/shower wall ({verdict} the "
+          f"{TARGET_MS:g} ms target; CPU {results[best].cpu:.2f} ms/shower)")
+    return 0
+
+
+def _printing(run: Callable[..., Timing]) -> Callable[..., Timing]:
+    """``run`` that also prints each process's times as it finishes."""
+    def timed(model, energy, n, batch_size, threads, out):  # noqa: ANN001, ANN202
+        t = run(model, energy, n, batch_size, threads, out)
+        print(f"batch {batch_size}, N={n}: {t.wall:.2f} s wall, {t.cpu:.2f} s CPU", flush=True)
+        return t
+    return timed
+
+
+def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--models", nargs="+", default=list_models())
     p.add_argument("--preset", default="default")
     p.add_argument("--geometry", default="ild-ecal")
-    p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 10, 100])
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=None,
+                   help="default 1 10 100 (with --model: 100 1000)")
     p.add_argument("--min-showers", type=int, default=20, help="per model and batch size")
     p.add_argument("--min-seconds", type=float, default=2.0)
     p.add_argument("--sim-showers", type=int, default=10, help="reference showers to time")
+    p.add_argument("--model", help="a trained model folder or shipped model name: time the "
+                                   "marginal cost of 'caloforge generate' instead")
+    p.add_argument("--energy", default="10:100",
+                   help="with --model: E or EMIN:EMAX in GeV (default 10:100)")
+    p.add_argument("--n", type=int, nargs=2, default=[100, 10000], metavar=("SMALL", "LARGE"),
+                   help="with --model: the two shower counts (default 100 10000)")
+    p.add_argument("--repeats", type=int, default=1,
+                   help="with --model: runs per count, the fastest is kept (default 1)")
     args = p.parse_args()
+    if args.model is not None:
+        args.batch_sizes = args.batch_sizes or [100, 1000]
+        return cli_main(args)
+    args.batch_sizes = args.batch_sizes or [1, 10, 100]
     torch.set_num_threads(args.threads)
 
     simulate(args.geometry, "photon", 10e3, 1, seed=99)  # compile the kernels first
@@ -68,7 +189,8 @@ def main() -> None:
             ms = time_model(model, bs, args.min_showers, args.min_seconds)
             print(f"{name:<10} {n_par:>10,d} {bs:>6d} {ms:>10.2f} {sim_ms / ms:>7.1f}x",
                   flush=True)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
