@@ -114,6 +114,18 @@ def test_threshold_scales_with_the_geometry_mip(toy_geo, toy_data):
     assert torch.equal(model.threshold(y[:, :, None], e), y[:, :, None])
 
 
+def test_a_folder_saved_before_the_threshold_keeps_generating_without_it(toy_geo):
+    """Model folders store every config key; one without this key was trained without
+    the threshold and must not get it on loading."""
+    from caloforge.models.bibae import BIBAEConfig
+
+    saved = BIBAEConfig().to_dict()
+    del saved["network_threshold_mip"]
+    assert BIBAEConfig.from_dict(saved).network_threshold_mip == 0.0
+    # a user's partial config gets the default
+    assert BIBAEConfig.from_dict({"latent_dim": 8}).network_threshold_mip == 0.1
+
+
 @pytest.mark.parametrize("bad", [-0.1, float("nan")])
 def test_bad_threshold_refused(toy_geo, bad):
     with pytest.raises(ConfigError, match="network_threshold_mip"):

@@ -38,8 +38,10 @@ replaced by a conditional spline flow (zuko) fitted on the encoded training show
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -97,6 +99,16 @@ class BIBAEConfig(ModelConfig):
     # Seed 001: "during training a threshold function was used to map every value below
     # 10% of a MIP to 0".  In MIP of the geometry (models are data-agnostic); 0 = off.
     network_threshold_mip: float = 0.1
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None, source: str | None = None) -> BIBAEConfig:
+        data = dict(data or {})
+        missing = {f.name for f in dataclasses.fields(cls)} - set(data)
+        if missing == {"network_threshold_mip"}:
+            # A complete config saved (model folder, checkpoint) before the threshold
+            # existed: that model was trained without it, and generates without it.
+            data["network_threshold_mip"] = 0.0
+        return super().from_dict(data, source)
 
     def validate(self) -> None:
         super().validate()
