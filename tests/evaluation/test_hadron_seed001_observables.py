@@ -15,21 +15,23 @@ from caloforge.evaluation.report import named_figures
 
 ENERGIES_GEV = (20.0, 50.0, 80.0)  # the seed's Fig. 6 energies
 
-# Issue 13, item 4: (metric, path in its result, words of the seed's name)
+# Issue 13, item 4: (metric, path in its result, words of the seed's name, where shown)
 SEED001 = [
-    ("cell_spectrum", "above_threshold", "cell energy spectrum [MIP]"),
-    ("observables", "n_hits", "number of hits"),
-    ("observables", "e_vis", "visible energy"),
-    ("observables", "cog_x", "centre of gravity in x"),
-    ("observables", "cog_y", "centre of gravity in y"),
-    ("observables", "cog_z", "centre of gravity in z"),
-    ("profiles", "longitudinal", "longitudinal energy profile"),
-    ("profiles", "r", "radial energy profile"),
-    ("response", "generated.mu90", "mu90"),
-    ("response", "generated.sigma90_over_mu90", "sigma90/mu90"),
-    ("correlations", "reference", "correlation coefficients, Geant4"),
-    ("correlations", "generated", "correlation coefficients, generative model"),
-    ("correlations", "difference", "difference of the correlation coefficients"),
+    ("cell_spectrum", "above_threshold", "cell energy spectrum [MIP]", "seed 001, Fig. 4"),
+    ("observables", "n_hits", "number of hits", "seed 001, Fig. 6"),
+    ("observables", "e_vis", "visible energy", "seed 001, Fig. 6"),
+    ("observables", "cog_x", "centre of gravity in x", "seed 001, Fig. 5"),
+    ("observables", "cog_y", "centre of gravity in y", "seed 001, Fig. 5"),
+    ("observables", "cog_z", "centre of gravity in z", "seed 001, Figs. 4, 5"),
+    ("profiles", "longitudinal", "longitudinal energy profile", "seed 001, Fig. 4"),
+    ("profiles", "r", "radial energy profile", "issue 13"),
+    ("response", "generated.mu90", "mu90", "seed 001, Fig. 7"),
+    ("response", "generated.sigma90_over_mu90", "sigma90/mu90", "seed 001, Fig. 7"),
+    ("correlations", "reference", "correlation coefficients, Geant4", "seed 001, Fig. 5"),
+    ("correlations", "generated", "correlation coefficients, generative model",
+     "seed 001, Fig. 5"),
+    ("correlations", "difference", "difference of the correlation coefficients",
+     "seed 001, Fig. 5"),
 ]
 
 
@@ -57,11 +59,12 @@ def _at(result, path):
     return result
 
 
-@pytest.mark.parametrize("metric,path,words", SEED001)
-def test_each_seed001_observable_is_shown_under_its_seed_name(report, metric, path, words):
+@pytest.mark.parametrize("metric,path,words,source", SEED001)
+def test_each_seed001_observable_is_shown_under_its_seed_name(report, metric, path, words,
+                                                               source):
     m, page = report
     named = _names(m)[(metric, path)]
-    assert words in named["name"] and named["source"].startswith("seed 001")
+    assert words in named["name"] and named["source"].startswith(source)
     value = _at(m["generated"][0][metric], path)
     assert not (isinstance(value, dict) and value.get("status") == "not computed")
     figures = named_figures(named["figures"], m["figures"])

@@ -52,13 +52,14 @@ class Named:
         return {"name": self.name, "source": self.source, "figures": list(self.figures)}
 
 
-def _seed001(figure: str, names: Mapping[str, tuple[str, str]], prefix: str = "",
+def _seed001(figure: str, names: Mapping[str, str], prefix: str = "",
              fig_of: Callable[[str], tuple[str, ...]] | None = None) -> dict[str, Named]:
     """Named parts of seed 001 ("Hadrons, better, faster, stronger") shown in ``figure``;
-    ``fig_of(part)`` gives the report figures of a part (default ``prefix + part``)."""
+    ``fig_of(part)`` gives the report figures of a part (default ``prefix`` + the last
+    component of its path)."""
     return {part: Named(name, f"seed 001, {figure}",
                         fig_of(part) if fig_of else (prefix + part.split(".")[-1],))
-            for part, (name, _) in names.items()}
+            for part, name in names.items()}
 
 
 # Seed 001 names: Fig. 4 (shower shapes), Fig. 5 (correlations: m_1, m_2, E_i/E_vis),
@@ -127,16 +128,15 @@ METRICS: tuple[Metric, ...] = (
     Metric("cell_spectrum", C.cell_spectrum, "cell energy spectrum (MIP), all cells and "
            "above the readout threshold", HALVES,
            f"separation power vs floor, above the threshold only; {LIGHTS}", parts=True,
-           names=_seed001("Fig. 4", {"above_threshold": (
-               "visible cell energy spectrum [MIP]", "")}, fig_of=lambda _: (
-                   "cell_spectrum_mip", "cell_spectrum_mev"))),
+           names=_seed001("Fig. 4", {"above_threshold": "visible cell energy spectrum [MIP]"},
+                          fig_of=lambda _: ("cell_spectrum_mip", "cell_spectrum_mev"))),
     Metric("profiles", C.profiles, "mean x, y, radial and longitudinal profiles", HALVES,
            f"separation power vs floor; {LIGHTS}", parts=True,
-           names={**_seed001("Fig. 4", {"x": ("energy profile in x", ""),
-                                        "y": ("energy profile in y", ""),
-                                        "longitudinal": ("longitudinal energy profile (z)",
-                                                         "")}, "profile_"),
-                  "r": Named("radial energy profile", "seed 001 (issue 13)", ("profile_r",))}),
+           names={**_seed001("Fig. 4", {"x": "energy profile in x", "y": "energy profile in y",
+                                        "longitudinal": "longitudinal energy profile (z)"},
+                             "profile_"),
+                  "r": Named("radial energy profile", "issue 13 (not a seed-001 figure)",
+                             ("profile_r",))}),
     Metric("points", C.points,
            "point files: number of points, point energy sum, per-layer point counts and "
            "energies, point-energy spectrum, radial and longitudinal point profiles",
@@ -147,16 +147,16 @@ METRICS: tuple[Metric, ...] = (
            "mu90 and sigma90/mu90 of E_vis/E_inc per incident-energy bin", HALVES,
            f"worst of the largest relative deviations of mu90 and sigma90/mu90; {LIGHTS}",
            names=_seed001("Fig. 7", {
-               "generated.mu90": ("mean of the 90% core mu90 vs incident energy", ""),
-               "generated.sigma90_over_mu90": ("relative width sigma90/mu90 vs incident "
-                                               "energy", "")}, "response_")),
+               "generated.mu90": "mean of the 90% core mu90 vs incident energy",
+               "generated.sigma90_over_mu90": "relative width sigma90/mu90 vs incident energy"},
+               "response_")),
     Metric("correlations", C.correlations, "Pearson correlations of the seed-001 observables",
            HALVES, f"mean |difference| vs floor; {LIGHTS}",
            names=_seed001("Fig. 5", {
-               "reference": ("Pearson correlation coefficients, Geant4 (reference)", ""),
-               "generated": ("Pearson correlation coefficients, generative model", ""),
-               "difference": ("difference of the correlation coefficients to Geant4", "")},
-               fig_of=lambda part: (f"correlation_{part}",))),
+               "reference": "Pearson correlation coefficients, Geant4 (reference)",
+               "generated": "Pearson correlation coefficients, generative model",
+               "difference": "difference of the correlation coefficients to Geant4"},
+               "correlation_")),
     Metric("fpd", C.fpd, "Frechet physics distance of the high-level features", HALVES,
            f"|FPD| vs |floor| + 2 errors; {LIGHTS}"),
     Metric("kpd", C.kpd, "kernel physics distance of the high-level features", HALVES,
