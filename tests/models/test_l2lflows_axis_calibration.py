@@ -152,3 +152,16 @@ def test_shipped_default_generates_what_it_did_before():
     np.testing.assert_allclose(x.sum(1), sums, rtol=1e-4)
     # a cell rounding across the threshold on another CPU may flip one hit
     assert np.abs((x > 0).sum(1) - np.array(hits)).max() <= 2
+
+
+def test_hit_map_interpolates_its_table_and_continues_with_unit_slope():
+    cal = AxisCalibration(toy_geometry(), n_theta_bins=1, inner_rings=1, n_knots=5,
+                          n_energy_bins=2)
+    cal.hit_step.fill_(1.0)  # grid 0, 1, 2, 3, 4
+    cal.hit_map[3] = torch.tensor([0.0, 2.0, 3.0, 3.5, 6.0])
+    cal.cut[0, 3] = 0.5
+    f = torch.tensor([[0.0, 0.5, 1.0, 2.75, 4.5, 7.5]])
+    out, cut = cal.read_out(f, torch.full_like(f, 3, dtype=torch.long))
+    assert torch.allclose(cut, torch.full_like(f, 0.5))
+    # h = f - cut, clamped at 0: 0, 0, 0.5, 2.25, 4.0, 7.0
+    assert torch.allclose(out, torch.tensor([[0.0, 0.0, 1.0, 3.125, 6.0, 9.0]]))

@@ -44,6 +44,7 @@ from caloforge.geometry import Geometry
 from caloforge.models import calibration as calib
 
 _CUT_NEVER = 50.0  # a cut no generated feature reaches: the group stays empty
+_CUT_FLOOR = 1.0  # lowest cut, in units of -zero_width (the empty mode)
 _HIST_BINS = 512  # histogram of generated features per group, for the occupancy cuts
 _HIST_TOP = 20.0  # features above this (log(E / threshold) = 20) share the top bin
 _CHUNK = 250  # showers per chunk while fitting: (chunk, voxels) int64 group indices
@@ -109,16 +110,16 @@ class AxisCalibration(nn.Module):
         """(B, cells) flat group index (theta bin, layer, ring around the axis) of the
         voxels ``cells`` for showers of direction ``angles`` (B, 2) in rad."""
         theta, phi = angles[:, 0], angles[:, 1]
-        tan = torch.tan(theta)[:, None]
-        z, xy = self.cell_z[cells][None], self.cell_xy[cells]
-        ax = self.impact[0] + z * tan * torch.cos(phi)[:, None]
-        ay = self.impact[1] + z * tan * torch.sin(phi)[:, None]
-        d = torch.sqrt((xy[None, :, 0] - ax) ** 2 + (xy[None, :, 1] - ay) ** 2) / self.pitch
-        c = self.inner_rings
-        ring = torch.where(d < c, torch.floor(2 * d), 2 * c + torch.floor(d - c))
-        ring = ring.clamp(max=self.ring_count - 1).long()
-        return self.theta_bin(theta)[:, None] * self.n_groups + self.cell_offset[cells][None] \
-            + ring
+        tan = torch.tan(theta)
+        z = self.cell_z[cells]
+        # offsets of the cells from the axis, in cell pitches
+        dx = (self.cell_xy[cells, 0] - self.impact[0]) - z * (tan * torch.cos(phi))[:, None]
+        dy = (self.cell_xy[cells, 1] - self.impact[1]) - z * (tan * torch.sin(phi))[:, None]
+        d = torch.sqrt(dx * dx + dy * dy) * (1.0 / self.pitch)
+        c = self.inner_rings  # half-pitch rings below c pitches, then 2c + floor(d - c)
+        ring = torch.floor(torch.where(d < c, 2 * d, d + c)).clamp(max=self.ring_count - 1)
+        return (self.theta_bin(theta) * self.n_groups)[:, None] + self.cell_offset[cells][None] \
+            + ring.long()
 
     # ---- generation ----------------------------------------------------------------------------
     def read_out(self, f: Tensor, group: Tensor) -> tuple[Tensor, Tensor]:
@@ -128,14 +129,13 @@ class AxisCalibration(nn.Module):
         h = (f - cut).clamp_min(0)
         m = self.hit_map.shape[1]
         u = h / self.hit_step
-        j = torch.floor(u).clamp(max=m - 2).long()
+        j = torch.floor(u).clamp(max=m - 2)
+        at = group * m + j.long()
         flat = self.hit_map.reshape(-1)
-        y0, y1 = flat[group * m + j], flat[group * m + j + 1]
+        y0, y1 = flat[at], flat[at + 1]
         out = y0 + (u - j) * (y1 - y0)
         # beyond the last grid point: unit slope (rare, very energetic hits)
-        top = (m - 1) * self.hit_step
-        out = torch.where(h > top, flat[group * m + m - 1] + (h - top), out)
-        return out, cut
+        return torch.where(u > m - 1, y1 + (u - (m - 1)) * self.hit_step, out), cut
 
     def calibrate_response(self, el: Tensor, e_inc: Tensor, theta: Tensor) -> Tensor:
         """Layer energies rescaled with the response table of each shower's theta bin."""
@@ -198,7 +198,7 @@ class AxisCalibration(nn.Module):
                         zero_width: float) -> Tensor:
         """Per-group cut keeping the training fraction ``occ`` of the group's generated
         features above it (from a fine histogram, linear within a bin)."""
-        lo, h = -zero_width, _HIST_BINS
+        lo, h = -_CUT_FLOOR * zero_width, _HIST_BINS
         width = (_HIST_TOP - lo) / h
         n_grp = self.n_bins * self.n_groups
         hist = torch.zeros(n_grp * h, dtype=torch.float64)
@@ -216,7 +216,7 @@ class AxisCalibration(nn.Module):
         frac = ((want - nxt) / in_bin.clamp_min(1e-12)).clamp(0, 1)
         cut = lo + (j + 1 - frac) * width
         cut = torch.where((occ > 0) & (count > 0), cut, torch.full_like(cut, _CUT_NEVER))
-        return cut.float().clamp(-zero_width, _CUT_NEVER)
+        return cut.float().clamp(lo, _CUT_NEVER)
 
     def _fit_hit_maps(self, ref_v: Tensor, ref_g: Tensor, gen_v: Tensor, gen_g: Tensor,
                       min_hits: int) -> None:
