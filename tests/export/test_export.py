@@ -317,8 +317,12 @@ def test_shipped_default_reproduces_generate(fmt, tmp_path):
     assert_close(out, ref)
 
 
-@pytest.mark.parametrize("name", ["wgan", "bibae", "l2lflows"])  # those taking angles
-def test_angle_conditioned_model_takes_theta_phi_in_degrees(name, tmp_path):
+@pytest.mark.parametrize("name,config", [  # those taking angles
+    ("wgan", {}), ("bibae", {}), ("l2lflows", {}),
+    # the shipped default's cell features: the calibration per theta bin and per ring
+    # around each shower's axis is part of the graph
+    ("l2lflows", {"cell_feature": "log_threshold", "calibration_theta_bins": 3})])
+def test_angle_conditioned_model_takes_theta_phi_in_degrees(name, config, tmp_path):
     """The direction inputs reach the networks: runtime == generate at those angles."""
     from caloforge.data import Conditions
     from caloforge.models import build, get_model_class
@@ -330,7 +334,7 @@ def test_angle_conditioned_model_takes_theta_phi_in_degrees(name, tmp_path):
     data = toy_showers(GEO, e, rng, theta=np.radians(rng.uniform(0, 30, n)),
                        phi=rng.uniform(0, 2 * np.pi, n))
     conditions = get_model_class(name).conditions_from_data(data.conditions)
-    model = build(name, GEO, preset="tiny", config={"conditions": list(conditions)})
+    model = build(name, GEO, preset="tiny", config={"conditions": list(conditions), **config})
     model.fit_conditions(data.conditions)
     x = torch.as_tensor(data.energies, dtype=torch.float32)
     e_t = torch.as_tensor(e, dtype=torch.float32)
@@ -338,6 +342,8 @@ def test_angle_conditioned_model_takes_theta_phi_in_degrees(name, tmp_path):
     model.finalize(x, e_t, torch.Generator().manual_seed(0),
                    model.angle_tensor(data.conditions, n))
     model.eval()
+    if config:
+        assert model.axis_cal.is_fitted and (model.axis_cal.cut != 0).any()
     meta = export_model(model, tmp_path / "m.onnx", noise="input")
     assert meta["conditions_taken"] == ["theta", "phi"]
     theta, phi = np.array([5.0, 25.0]), np.array([40.0, 300.0])

@@ -80,9 +80,9 @@ def occupancy_cuts(occ: Tensor, feats: Tensor, zero_width: float) -> Tensor:
     return cut.clamp(-zero_width, 50.0)
 
 
-def _group_quantiles(vals: Tensor, grp: Tensor, n_g: int, k: int) -> tuple[Tensor, Tensor]:
+def group_quantiles(vals: Tensor, grp: Tensor, n_g: int, k: int) -> tuple[Tensor, Tensor]:
     levels = torch.linspace(0, 1, k, dtype=torch.float64)
-    order = torch.argsort(grp * 1000.0 + vals.double().clamp(0, 999))
+    order = torch.argsort(grp.double() * 1000.0 + vals.double().clamp(0, 999))
     vals, grp = vals[order].double(), grp[order]
     counts = torch.bincount(grp, minlength=n_g)
     starts = torch.cumsum(counts, 0) - counts
@@ -104,10 +104,10 @@ def hit_quantile_maps(x: Tensor, feats: Tensor, cut: Tensor, groups: Tensor,
         hit = xs >= threshold_mev
         ref_v.append(torch.log(xs[hit] / threshold_mev))
         ref_g.append(groups.expand_as(xs)[hit])
-    q_ref, n_ref = _group_quantiles(torch.cat(ref_v), torch.cat(ref_g), n_g, k)
+    q_ref, n_ref = group_quantiles(torch.cat(ref_v), torch.cat(ref_g), n_g, k)
     hit = feats >= cut[None]
     h = (feats - cut[None])[hit]
-    q_gen, n_gen = _group_quantiles(h, groups.expand_as(feats)[hit], n_g, k)
+    q_gen, n_gen = group_quantiles(h, groups.expand_as(feats)[hit], n_g, k)
     ok = (n_ref >= min_hits) & (n_gen >= min_hits)
     q_gen = torch.where(ok[:, None], q_gen, identity)
     q_ref = torch.where(ok[:, None], q_ref, identity)
@@ -149,7 +149,15 @@ def response_table(e_real: Tensor, r_real: Tensor, e_gen: Tensor, r_gen: Tensor,
 
 def interpolate(x: Tensor, knots: Tensor, table: Tensor) -> Tensor:
     """Linear interpolation of ``table`` at ``x`` between increasing ``knots``, constant
-    beyond the ends."""
+    beyond the ends.  ``knots`` and ``table`` may also be (B, K): one row per ``x``."""
+    if knots.dim() == 2 and knots.shape[1] == 1:
+        return table[:, 0]
+    if knots.dim() == 2:
+        j = torch.searchsorted(knots, x[:, None].contiguous()).clamp(1, knots.shape[1] - 1) - 1
+        x0, x1 = knots.gather(1, j)[:, 0], knots.gather(1, j + 1)[:, 0]
+        y0, y1 = table.gather(1, j)[:, 0], table.gather(1, j + 1)[:, 0]
+        t = ((x - x0) / (x1 - x0).clamp_min(1e-9)).clamp(0, 1)
+        return y0 + t * (y1 - y0)
     if len(knots) == 1:
         return table[torch.zeros_like(x, dtype=torch.long)]
     j = torch.searchsorted(knots, x.contiguous()).clamp(1, len(knots) - 1) - 1
@@ -161,7 +169,8 @@ def interpolate(x: Tensor, knots: Tensor, table: Tensor) -> Tensor:
 def calibrate_response(el: Tensor, e_inc: Tensor, knots: Tensor, mu_gen: Tensor,
                        mu_ref: Tensor, k: Tensor) -> Tensor:
     """Layer energies ``el`` rescaled so that E_vis / E_inc has the calibrated median and
-    width at this incident energy (all layers by one factor per shower)."""
+    width at this incident energy (all layers by one factor per shower); the tables may
+    also be (B, K), one row per shower."""
     log_e = torch.log(e_inc)
     mg, mr = interpolate(log_e, knots, mu_gen), interpolate(log_e, knots, mu_ref)
     kk = interpolate(log_e, knots, k)

@@ -39,6 +39,7 @@ from zuko.flows import Flow
 from caloforge.data.batch import Conditions
 from caloforge.geometry import Geometry
 from caloforge.models import calibration as calib
+from caloforge.models.axis_calibration import AxisCalibration
 from caloforge.models.base import GenerativeModel, StepContext, TrainBatch, register
 from caloforge.models.config import ModelConfig, positive
 from caloforge.models.flows import AffineCouplingFlow, sample_flow, spline_coupling_flow
@@ -84,6 +85,10 @@ class L2LFlowsConfig(ModelConfig):
     # ... and calibrate the visible-energy response (median and width of E_vis / E_inc)
     # in this many log-energy bins: r -> mu_ref + k (r - mu_gen), interpolated in log E.
     calibration_energy_bins: int = 8
+    # Models conditioned on the direction: every table above is fitted per theta bin
+    # (equal numbers of calibration showers) and per ring around each shower's own axis
+    # instead of per fixed cell (:mod:`caloforge.models.axis_calibration`).
+    calibration_theta_bins: int = 4
     # Shared layer flow only: use AffineCouplingFlow (needs bins = 0), the fast sampler.
     lean_affine: bool = False
 
@@ -111,6 +116,9 @@ class L2LFlowsConfig(ModelConfig):
         if self.calibration_showers < 0:
             from caloforge.errors import ConfigError
             raise ConfigError("config key 'calibration_showers' must be >= 0")
+        if self.calibration_theta_bins < 1:
+            from caloforge.errors import ConfigError
+            raise ConfigError("config key 'calibration_theta_bins' must be >= 1")
 
 
 @register("l2lflows")
@@ -151,6 +159,7 @@ class L2LFlows(GenerativeModel):
         self.energy_flow = spline_coupling_flow(n_e, n_c, c.energy_transforms, c.energy_bins,
                                                 c.energy_hidden)
         self.voxel_std = Standardize(geometry.n_voxels, min_std=1e-2)  # logit units
+        self.axis_cal: AxisCalibration | None = None  # direction-conditioned log_threshold
         self.layer_flows = nn.ModuleDict()
         self.context_nets = nn.ModuleDict()
         if c.cell_feature == "log_threshold":
@@ -168,6 +177,9 @@ class L2LFlows(GenerativeModel):
             self.register_buffer("resp_mu_gen", torch.ones(nb))
             self.register_buffer("resp_mu_ref", torch.ones(nb))
             self.register_buffer("resp_k", torch.ones(nb))
+            if self.takes_angles:
+                self.axis_cal = AxisCalibration(geometry, c.calibration_theta_bins,
+                                                c.calibration_cell_rings, k, nb)
         self.shared = bool(c.shared_layer_flow)
         if self.shared:
             self._build_shared(geometry)
@@ -398,6 +410,11 @@ class L2LFlows(GenerativeModel):
         parts.append(c)
         return torch.cat(parts, 1)
 
+    def _impact(self) -> tuple[float, float]:
+        """The fixed impact point (mm) of the training showers: where shower axes start."""
+        x, y = self.condition_space.fixed.get("impact", (0.0, 0.0))
+        return float(x), float(y)
+
     # ---- generation ------------------------------------------------------------------------
     def _sample_flow(self, flow: Flow, context: Tensor, features: int,
                      generator: Source) -> Tensor:
@@ -413,12 +430,13 @@ class L2LFlows(GenerativeModel):
                  angles: Tensor | None = None) -> None:
         """log_threshold: calibrate the per-cell cuts so that each cell's occupancy in
         generated showers equals that of the training showers ``x`` (same energies), then
-        the hit-energy maps and the response (:mod:`caloforge.models.calibration`)."""
+        the hit-energy maps and the response (:mod:`caloforge.models.calibration`).
+        Models conditioned on the direction fit the same tables per theta bin and per ring
+        around each shower's axis (:mod:`caloforge.models.axis_calibration`)."""
         n = min(self.config.calibration_showers, len(x))
         if not self._log_thr or n == 0:
             return
         thr = self.geometry.readout_threshold_mev
-        occ = calib.occupancy(x, thr)
         was_training = self.training
         self.eval()
         # Generate at the training energies, with the current cuts switched off.
@@ -429,6 +447,12 @@ class L2LFlows(GenerativeModel):
         gen_r = torch.cat([p[0].sum(1).double().cpu() for p in parts]) / e_inc[:n].double().cpu()
         del parts
         self.train(was_training)
+        if self.axis_cal is not None and angles is not None:
+            self.axis_cal.impact = self._impact()
+            self.axis_cal.fit(x, e_inc, angles, feats, gen_r, thr, self.config.zero_width,
+                              hit_maps=bool(self.config.calibration_quantiles))
+            return
+        occ = calib.occupancy(x, thr)
         cut = calib.occupancy_cuts(occ, feats, self.config.zero_width)
         self.cell_cut.copy_(cut.to(self.cell_cut))
         if self.config.calibration_quantiles:
@@ -457,7 +481,15 @@ class L2LFlows(GenerativeModel):
         e_feat = e_feat.clamp(-10, 10)  # guard against rare outliers of the flow's tails
         el = (torch.exp(self.energy_std.inverse(e_feat, e_inc)) - self.config.energy_eps) \
             .clamp_min(0) * e_inc[:, None]
-        if calibrated and self._log_thr and self.config.calibration_energy_bins:
+        axis = self.axis_cal if calibrated and self.axis_cal is not None \
+            and self.axis_cal.is_fitted else None
+        if axis is not None:
+            axis.impact = self._impact()
+            if angles is None:
+                angles = c.new_zeros(len(e_inc), 2)
+            if self.config.calibration_energy_bins:
+                el = axis.calibrate_response(el, e_inc, angles[:, 0])
+        elif calibrated and self._log_thr and self.config.calibration_energy_bins:
             el = calib.calibrate_response(el, e_inc, self.resp_log_e, self.resp_mu_gen,
                                           self.resp_mu_ref, self.resp_k)
         # Each layer is generated into its own tensor and the voxel vector is one
@@ -482,7 +514,9 @@ class L2LFlows(GenerativeModel):
                 if self._log_thr:
                     f = y_k * self.voxel_std.std[s] + self.voxel_std.mean[s]
                     layer_feats.append(f)
-                    layers.append(self._read_out_layer(f, s, el[:, i:i + 1], calibrated))
+                    group = None if axis is None else axis.groups(angles, s)
+                    layers.append(self._read_out_layer(f, s, el[:, i:i + 1], calibrated,
+                                                       group))
                     continue
                 logit = y_k * self.voxel_std.std[s] + self.voxel_std.mean[s]
                 u = ((torch.sigmoid(logit) - a) / (1 - 2 * a)).clamp_min(0)
@@ -499,12 +533,16 @@ class L2LFlows(GenerativeModel):
         feats = torch.cat(layer_feats, 1) if self._log_thr else None
         return x, feats
 
-    def _read_out_layer(self, f: Tensor, s: slice, target: Tensor, calibrated: bool) -> Tensor:
+    def _read_out_layer(self, f: Tensor, s: slice, target: Tensor, calibrated: bool,
+                        group: Tensor | None = None) -> Tensor:
         """log_threshold mode: one layer's cell energies (MeV) from its log features
-        ``f``, cut, hit-energy calibrated and rescaled to the layer energy ``target``."""
+        ``f``, cut, hit-energy calibrated and rescaled to the layer energy ``target``
+        (``group``: each cell's axis-calibration group, for direction-conditioned models)."""
         thr = self.geometry.readout_threshold_mev
         # Below the cut (0 = the readout threshold): not read out.
-        if calibrated:
+        if group is not None:
+            g, cut = self.axis_cal.read_out(f, group)
+        elif calibrated:
             cut = self.cell_cut[s]
             g = calib.map_hits((f - cut).clamp_min(0), self.voxel_group[s],
                                self.hit_q_gen, self.hit_q_ref)
