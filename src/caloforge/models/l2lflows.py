@@ -30,6 +30,7 @@ training showers.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -406,7 +407,12 @@ class L2LFlows(GenerativeModel):
 
     def generate(self, e_inc: Tensor, noise: ShowerNoise,
                  conditions: Conditions | None = None) -> Tensor:
-        return self._generate(e_inc, noise, angles=self.angle_tensor(conditions, len(e_inc)))[0]
+        # inference_mode costs less per operation than no_grad (same numbers); a trace
+        # (the exporters) records the plain operations
+        mode = contextlib.nullcontext() if torch.jit.is_tracing() else torch.inference_mode()
+        with mode:
+            return self._generate(e_inc, noise,
+                                  angles=self.angle_tensor(conditions, len(e_inc)))[0]
 
     @torch.no_grad()
     def finalize(self, x: Tensor, e_inc: Tensor, generator: torch.Generator,
@@ -480,9 +486,8 @@ class L2LFlows(GenerativeModel):
                 y_k = self._sample_flow(flow, ctx, self.cells[k], generator).clamp(-20, 20)
                 images[k] = y_k
                 if self._log_thr:
-                    f = y_k * self.voxel_std.std[s] + self.voxel_std.mean[s]
-                    layer_feats.append(f)
-                    layers.append(self._read_out_layer(f, s, el[:, i:i + 1], calibrated))
+                    layer_feats.append(y_k * self.voxel_std.std[s] + self.voxel_std.mean[s])
+                    layers.append(None)  # read out below, all modelled layers at once
                     continue
                 logit = y_k * self.voxel_std.std[s] + self.voxel_std.mean[s]
                 u = ((torch.sigmoid(logit) - a) / (1 - 2 * a)).clamp_min(0)
@@ -495,34 +500,74 @@ class L2LFlows(GenerativeModel):
                     layer_feats.append(c.new_zeros(b, self.cells[k]))
                 u = torch.ones(b, self.cells[k], device=c.device)
             layers.append(u * el[:, i:i + 1])
+        if self._log_thr:
+            read = iter(self._read_out([f for k, f in zip(self.active, layer_feats)
+                                        if k in self.modelled], el, calibrated))
+            layers = [next(read) if t is None else t for t in layers]
         x = torch.cat(layers, 1)
         feats = torch.cat(layer_feats, 1) if self._log_thr else None
         return x, feats
 
-    def _read_out_layer(self, f: Tensor, s: slice, target: Tensor, calibrated: bool) -> Tensor:
-        """log_threshold mode: one layer's cell energies (MeV) from its log features
-        ``f``, cut, hit-energy calibrated and rescaled to the layer energy ``target``."""
+    def _read_out_tables(self) -> tuple[Tensor, ...]:
+        """Per modelled cell: its cut, hit-map knots (generated, training) and column in
+        the voxel vector; per modelled layer its column in the layer energies.  Looked up
+        again only when the buffers change (calibration, loading, another device)."""
+        bufs = (self.cell_cut, self.hit_q_gen, self.hit_q_ref)
+        key = tuple((id(t), t._version, t.device) for t in bufs)
+        cached = self.__dict__.get("_read_out_cache")
+        if cached is None or cached[0] != key:
+            cols = torch.cat([torch.arange(self._slice(k).start, self._slice(k).stop)
+                              for k in self.modelled]).to(self.cell_cut.device)
+            groups = self.voxel_group.index_select(0, cols)
+            energy_cols = torch.tensor([self.active.index(k) for k in self.modelled],
+                                       device=cols.device)
+            cached = (key, (self.cell_cut.index_select(0, cols),
+                            self.hit_q_gen.index_select(0, groups),
+                            self.hit_q_ref.index_select(0, groups), energy_cols))
+            self.__dict__["_read_out_cache"] = cached
+        return cached[1]
+
+    def _read_out(self, feats: list[Tensor], el: Tensor, calibrated: bool) -> list[Tensor]:
+        """log_threshold mode: the cell energies (MeV) of every modelled layer from its
+        log features (``feats``: (B, cells) per modelled layer), cut, hit-energy
+        calibrated and rescaled to its sampled energy (``el``: (B, active layers)).
+
+        One layer's operations, run on all layers at once where they round exactly
+        (element-wise arithmetic, comparisons, copies: the same bits in any shape); exp
+        and the sums stay per layer, on tensors laid out as before, since their
+        vectorised loops round by position (a model generates bit-identical showers).
+        """
         thr = self.geometry.readout_threshold_mev
+        cut, q_gen, q_ref, energy_cols = self._read_out_tables()
+        f = torch.cat(feats, 1)
         # Below the cut (0 = the readout threshold): not read out.
-        if calibrated:
-            cut = self.cell_cut[s]
-            g = calib.map_hits((f - cut).clamp_min(0), self.voxel_group[s],
-                               self.hit_q_gen, self.hit_q_ref)
+        widths = [x.shape[1] for x in feats]
+        if calibrated:  # map_cell_hits hands back a transposed (cells, B) tensor
+            g = calib.map_cell_hits((f - cut).clamp_min(0), q_gen, q_ref).clamp(0, 20)
+            g_layers = g.split(widths, 1)
         else:
-            cut, g = torch.zeros_like(f[0]), f
-        cell = torch.where(f >= cut, thr * torch.exp(g.clamp(0, 20)), torch.zeros_like(f))
+            cut, g_layers = torch.zeros_like(cut), [x.clamp(0, 20) for x in feats]
+        e = torch.cat([torch.exp(part) for part in g_layers], 1)
+        cell = torch.where(f >= cut, thr * e, torch.zeros_like(f))
         # Rescale the hits to the sampled layer energy (the energy flow knows the
         # correlations between layers, which fix the resolution).  Scale only the energy
         # above threshold where the layer energy allows it, so that rescaling keeps every
         # hit (a plain factor < 1 would push the many hits near threshold below it and
         # lose them).
         hit = cell > 0
-        n_hit = hit.sum(1, keepdim=True)
-        tot = cell.sum(1, keepdim=True)
+        parts = cell.split(widths, 1)
+        n_hit = torch.cat([h.sum(1, keepdim=True) for h in hit.split(widths, 1)], 1)
+        tot = torch.cat([p.sum(1, keepdim=True) for p in parts], 1)
+        target = el.index_select(1, energy_cols)
         above = tot - n_hit * thr
         ok = (target > n_hit * thr) & (above > 0)
         s_above = (target - n_hit * thr) / above.clamp_min(1e-30)
+        scale = target / tot.clamp_min(1e-30)
+        # per-layer factors spread over each layer's cells
+        layer_of = torch.repeat_interleave(torch.arange(len(widths), device=f.device),
+                                           torch.tensor(widths, device=f.device))
+        s_above, scale, ok, filled = (v.index_select(1, layer_of)
+                                      for v in (s_above, scale, ok, tot > 0))
         shifted = torch.where(hit, thr + (cell - thr) * s_above, cell)
-        scaled = cell * (target / tot.clamp_min(1e-30))
-        return torch.where(ok, shifted, torch.where(tot > 0, scaled, torch.zeros_like(cell)))
-
+        out = torch.where(ok, shifted, torch.where(filled, cell * scale, torch.zeros_like(cell)))
+        return list(out.split(widths, 1))
