@@ -149,14 +149,49 @@ class AffineCouplingFlow(nn.Module):
         """Map standard-normal ``z`` (B, features) to data space."""
         h = self.half
         x = z
+        if not torch.is_grad_enabled():
+            return self._sample_no_grad(z, context)
         for blk in reversed(range(len(self.perms))):
             a, b = x[:, :h], x[:, h:]
             t, s = self._params(2 * blk + 1, b, context)
             a = a * torch.exp(s) + t
             t, s = self._params(2 * blk, a, context)
             b = b * torch.exp(s) + t
-            x = torch.cat([a, b], 1)[:, self.inv_perms[blk]]
+            x = torch.cat([a, b], 1).index_select(1, self.inv_perms[blk])
         return x
+
+    def _sample_no_grad(self, x: Tensor, context: Tensor) -> Tensor:
+        """:meth:`sample_from` without autograd: the same operations, on weights looked
+        up once and in place on temporaries.  At batch 1 the module calls, parameter
+        look-ups and allocations cost more than the products."""
+        h, nets, inv = self.half, self._linear_weights(), self.inv_perms
+        for blk in reversed(range(len(inv))):
+            a, b = x[:, :h], x[:, h:]
+            a = self._couple_no_grad(nets[2 * blk + 1], b, a, context)
+            b = self._couple_no_grad(nets[2 * blk], a, b, context)
+            x = torch.cat([a, b], 1).index_select(1, inv[blk])
+        return x
+
+    def _couple_no_grad(self, layers: list[tuple[Tensor, Tensor]], cond: Tensor, x: Tensor,
+                        context: Tensor) -> Tensor:
+        """``x exp(s) + t``, (t, s) from the net of ``layers`` given ``cond``."""
+        y = torch.cat([cond, context], 1)
+        for w, b in layers[:-1]:
+            y = F.elu(F.linear(y, w, b))
+        t, raw = F.linear(y, *layers[-1]).chunk(2, 1)
+        c = self.scale_clamp
+        return torch.exp(raw.div(c).tanh_().mul_(c)).mul_(x).add_(t)
+
+    def _linear_weights(self) -> list[list[tuple[Tensor, Tensor]]]:
+        """(weight, bias) of every linear layer of every net (ELUs between them),
+        gathered once: the parameters stay the same objects for the module's life
+        (``to()``, ``load_state_dict`` and the EMA copy into them)."""
+        nets = self.__dict__.get("_weights_cache")
+        if nets is None:
+            nets = [[(m.weight, m.bias) for m in net if isinstance(m, nn.Linear)]
+                    for net in self.nets]
+            self.__dict__["_weights_cache"] = nets
+        return nets
 
 
 def run_mlp(net: nn.Sequential, h: Tensor) -> Tensor:

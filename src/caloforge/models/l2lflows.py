@@ -508,24 +508,42 @@ class L2LFlows(GenerativeModel):
         feats = torch.cat(layer_feats, 1) if self._log_thr else None
         return x, feats
 
-    def _read_out_tables(self) -> tuple[Tensor, ...]:
-        """Per modelled cell: its cut, hit-map knots (generated, training) and column in
-        the voxel vector; per modelled layer its column in the layer energies.  Looked up
-        again only when the buffers change (calibration, loading, another device)."""
-        bufs = (self.cell_cut, self.hit_q_gen, self.hit_q_ref)
-        key = tuple((id(t), t._version, t.device) for t in bufs)
-        cached = self.__dict__.get("_read_out_cache")
-        if cached is None or cached[0] != key:
+    def _modelled_columns(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Column in the voxel vector and calibration group of every modelled cell;
+        column in the layer energies of every modelled layer, and the modelled layer
+        (0, 1, ...) of every modelled cell.  Built once per device."""
+        dev = self.voxel_group.device
+        cached = self.__dict__.get("_modelled_columns_cache")
+        if cached is None or cached[0] != dev:
             cols = torch.cat([torch.arange(self._slice(k).start, self._slice(k).stop)
-                              for k in self.modelled]).to(self.cell_cut.device)
-            groups = self.voxel_group.index_select(0, cols)
+                              for k in self.modelled]).to(dev)
             energy_cols = torch.tensor([self.active.index(k) for k in self.modelled],
-                                       device=cols.device)
-            cached = (key, (self.cell_cut.index_select(0, cols),
-                            self.hit_q_gen.index_select(0, groups),
-                            self.hit_q_ref.index_select(0, groups), energy_cols))
-            self.__dict__["_read_out_cache"] = cached
+                                       device=dev)
+            layer_of = torch.repeat_interleave(
+                torch.arange(len(self.modelled), device=dev),
+                torch.tensor([self.cells[k] for k in self.modelled], device=dev))
+            cached = (dev, (cols, self.voxel_group.index_select(0, cols), energy_cols,
+                            layer_of))
+            self.__dict__["_modelled_columns_cache"] = cached
         return cached[1]
+
+    def _mapped_hits(self, f: Tensor, cut: Tensor, groups: Tensor) -> Tensor:
+        """The calibrated hit features of ``f`` (B, cells) as :func:`calib.map_hits`
+        computes them, as a (B, cells) view of a (cells, B) tensor (its layout).  Cells
+        below their ``cut`` are not read out and their values are left at 0: when few
+        cells are hit (batch 1) only the hits are mapped, with the knots of their group
+        (the same operations per cell); a trace (the exporters) maps every cell."""
+        h = (f - cut).clamp_min(0)
+        hit = f >= cut
+        if torch.jit.is_tracing() or int(hit.sum()) > f.shape[1]:
+            return calib.map_hits(h, groups, self.hit_q_gen, self.hit_q_ref)
+        rows, cols = hit.nonzero(as_tuple=True)
+        grp = groups.index_select(0, cols)
+        mapped = calib.map_cell_hits(h[rows, cols][None], self.hit_q_gen.index_select(0, grp),
+                                     self.hit_q_ref.index_select(0, grp))[0]
+        g = f.new_zeros(f.shape[1], f.shape[0])
+        g[cols, rows] = mapped
+        return g.t()
 
     def _read_out(self, feats: list[Tensor], el: Tensor, calibrated: bool) -> list[Tensor]:
         """log_threshold mode: the cell energies (MeV) of every modelled layer from its
@@ -538,13 +556,13 @@ class L2LFlows(GenerativeModel):
         vectorised loops round by position (a model generates bit-identical showers).
         """
         thr = self.geometry.readout_threshold_mev
-        cut, q_gen, q_ref, energy_cols = self._read_out_tables()
+        cols, groups, energy_cols, layer_of = self._modelled_columns()
+        cut = self.cell_cut.index_select(0, cols)
         f = torch.cat(feats, 1)
         # Below the cut (0 = the readout threshold): not read out.
         widths = [x.shape[1] for x in feats]
-        if calibrated:  # map_cell_hits hands back a transposed (cells, B) tensor
-            g = calib.map_cell_hits((f - cut).clamp_min(0), q_gen, q_ref).clamp(0, 20)
-            g_layers = g.split(widths, 1)
+        if calibrated:  # exp per layer in the (cells, B) layout of map_hits
+            g_layers = self._mapped_hits(f, cut, groups).clamp(0, 20).split(widths, 1)
         else:
             cut, g_layers = torch.zeros_like(cut), [x.clamp(0, 20) for x in feats]
         e = torch.cat([torch.exp(part) for part in g_layers], 1)
@@ -564,8 +582,6 @@ class L2LFlows(GenerativeModel):
         s_above = (target - n_hit * thr) / above.clamp_min(1e-30)
         scale = target / tot.clamp_min(1e-30)
         # per-layer factors spread over each layer's cells
-        layer_of = torch.repeat_interleave(torch.arange(len(widths), device=f.device),
-                                           torch.tensor(widths, device=f.device))
         s_above, scale, ok, filled = (v.index_select(1, layer_of)
                                       for v in (s_above, scale, ok, tot > 0))
         shifted = torch.where(hit, thr + (cell - thr) * s_above, cell)
