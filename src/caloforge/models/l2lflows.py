@@ -515,15 +515,16 @@ class L2LFlows(GenerativeModel):
         dev = self.voxel_group.device
         cached = self.__dict__.get("_modelled_columns_cache")
         if cached is None or cached[0] != dev:
-            cols = torch.cat([torch.arange(self._slice(k).start, self._slice(k).stop)
-                              for k in self.modelled]).to(dev)
-            energy_cols = torch.tensor([self.active.index(k) for k in self.modelled],
-                                       device=dev)
-            layer_of = torch.repeat_interleave(
-                torch.arange(len(self.modelled), device=dev),
-                torch.tensor([self.cells[k] for k in self.modelled], device=dev))
-            cached = (dev, (cols, self.voxel_group.index_select(0, cols), energy_cols,
-                            layer_of))
+            with torch.inference_mode(False):  # plain tensors, usable with autograd on
+                cols = torch.cat([torch.arange(self._slice(k).start, self._slice(k).stop)
+                                  for k in self.modelled]).to(dev)
+                energy_cols = torch.tensor([self.active.index(k) for k in self.modelled],
+                                           device=dev)
+                layer_of = torch.repeat_interleave(
+                    torch.arange(len(self.modelled), device=dev),
+                    torch.tensor([self.cells[k] for k in self.modelled], device=dev))
+                groups = self.voxel_group.index_select(0, cols)
+            cached = (dev, (cols, groups, energy_cols, layer_of))
             self.__dict__["_modelled_columns_cache"] = cached
         return cached[1]
 
