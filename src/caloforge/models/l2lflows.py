@@ -42,7 +42,12 @@ from caloforge.geometry import Geometry
 from caloforge.models import calibration as calib
 from caloforge.models.base import GenerativeModel, StepContext, TrainBatch, register
 from caloforge.models.config import ModelConfig, positive
-from caloforge.models.flows import AffineCouplingFlow, sample_flow, spline_coupling_flow
+from caloforge.models.flows import (
+    AffineCouplingFlow,
+    run_mlp,
+    sample_flow,
+    spline_coupling_flow,
+)
 from caloforge.models.noise import ShowerNoise, Source, randn
 from caloforge.models.transforms import Standardize
 
@@ -393,7 +398,7 @@ class L2LFlows(GenerativeModel):
                     prev.append(c.new_zeros(b, n))
             prev = torch.cat(prev, 1)
             net = self.context_nets["shared"] if "shared" in self.context_nets else None
-            parts.append(net(prev) if net is not None else prev)
+            parts.append(run_mlp(net, prev) if net is not None else prev)
         parts.append(self.layer_onehot[i].expand(b, self.n_mod))
         parts.append(e_feat[:, self.active.index(self.modelled[i])].unsqueeze(1))
         parts.append(c)
