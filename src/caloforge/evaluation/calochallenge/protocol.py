@@ -170,6 +170,21 @@ def _scan(sample: _Sample, layout: LayerLayout, rows: int,
     return HighLevelFeatures(**whole), vmax, hist
 
 
+def _release_freed_memory() -> None:
+    """Hand the memory freed by the earlier steps back to the system before the largest
+    allocation: glibc keeps freed heap pages (the classifier's many batch-sized arrays
+    fragment it), which would count again on top of the low-level inputs.  A no-op
+    where the C library has no ``malloc_trim``."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def _low_level_inputs(source: str | Path | ShowerBatch, spec: DatasetSpec, role: str,
                       rows: int, layout: LayerLayout) -> LowLevelInputs:
     """The low-level classifier inputs of one input (thresholded, file convention)."""
@@ -367,6 +382,7 @@ def run_calochallenge_protocol(reference: str | Path | ShowerBatch,
     for name in classifiers:
         if name == "low_level":
             say("low-level inputs")
+            _release_freed_memory()
             xr, xg, cols = (_low_level_inputs(reference, spec, "reference", rows, layout),
                             _low_level_inputs(generated, spec, "generated", rows, layout),
                             None)
@@ -376,8 +392,10 @@ def run_calochallenge_protocol(reference: str | Path | ShowerBatch,
             ctl = None
             if control:
                 say(f"{name} classifier: power control")
+                _release_freed_memory()
                 ctl = power_control(xr, cfg, CONTROL_FACTOR, cols)
             say(f"{name} classifier")
+            _release_freed_memory()
             result["classifiers"][name] = train_official_classifier(xr, xg, cfg, control=ctl)
         except CaloforgeError as exc:
             result["classifiers"][name] = {"status": "not computed", "reason": str(exc)}
