@@ -47,7 +47,12 @@ def voxel_groups(geometry: Geometry, inner_rings: int = 0) -> Tensor:
 def map_hits(h: Tensor, groups: Tensor, q_gen: Tensor, q_ref: Tensor) -> Tensor:
     """Piecewise-linear map of generated hit excesses ``h`` (B, cells) from the generated
     onto the training quantiles (``q_gen``, ``q_ref``: (groups, K)) of each cell's group."""
-    qg, qr = q_gen[groups], q_ref[groups]  # (cells, K)
+    return map_cell_hits(h, q_gen[groups], q_ref[groups])
+
+
+def map_cell_hits(h: Tensor, qg: Tensor, qr: Tensor) -> Tensor:
+    """:func:`map_hits` given the knots of every cell, ``qg``, ``qr`` (cells, K) (generation
+    looks them up once, not at every call)."""
     k = qg.shape[1]
     ht = h.t().contiguous()
     j = torch.searchsorted(qg, ht).clamp(1, k - 1) - 1  # left knot

@@ -30,9 +30,10 @@ from zuko.flows import (
     MaskedAutoregressiveTransform,
     UnconditionalDistribution,
 )
+from zuko.nn import Linear as ZukoLinear
 from zuko.nn import MaskedLinear
 from zuko.transforms import DependentTransform, MonotonicAffineTransform, MonotonicRQSTransform
-from zuko.utils import unpack
+from zuko.utils import broadcast, unpack
 
 
 def spline_coupling_flow(features: int, context: int, transforms: int, bins: int,
@@ -122,7 +123,7 @@ class AffineCouplingFlow(nn.Module):
             self.nets.append(nn.Sequential(*layers, last))
 
     def _params(self, j: int, cond: Tensor, context: Tensor) -> tuple[Tensor, Tensor]:
-        out = self.nets[j](torch.cat([cond, context], 1))
+        out = run_mlp(self.nets[j], torch.cat([cond, context], 1))
         shift, raw = out.chunk(2, 1)
         c = self.scale_clamp
         return shift, c * torch.tanh(raw / c)
@@ -148,14 +149,81 @@ class AffineCouplingFlow(nn.Module):
         """Map standard-normal ``z`` (B, features) to data space."""
         h = self.half
         x = z
+        if not torch.is_grad_enabled():
+            return self._sample_no_grad(z, context)
         for blk in reversed(range(len(self.perms))):
             a, b = x[:, :h], x[:, h:]
             t, s = self._params(2 * blk + 1, b, context)
             a = a * torch.exp(s) + t
             t, s = self._params(2 * blk, a, context)
             b = b * torch.exp(s) + t
-            x = torch.cat([a, b], 1)[:, self.inv_perms[blk]]
+            x = torch.cat([a, b], 1).index_select(1, self.inv_perms[blk])
         return x
+
+    def _sample_no_grad(self, x: Tensor, context: Tensor) -> Tensor:
+        """:meth:`sample_from` without autograd: the same operations, on weights looked
+        up once and in place on temporaries.  At batch 1 the module calls, parameter
+        look-ups and allocations cost more than the products."""
+        h, nets, inv = self.half, self._linear_weights(), self.inv_perms
+        for blk in reversed(range(len(inv))):
+            a, b = x[:, :h], x[:, h:]
+            a = self._couple_no_grad(nets[2 * blk + 1], b, a, context)
+            b = self._couple_no_grad(nets[2 * blk], a, b, context)
+            x = torch.cat([a, b], 1).index_select(1, inv[blk])
+        return x
+
+    def _couple_no_grad(self, layers: list[tuple[Tensor, Tensor]], cond: Tensor, x: Tensor,
+                        context: Tensor) -> Tensor:
+        """``x exp(s) + t``, (t, s) from the net of ``layers`` given ``cond``."""
+        y = torch.cat([cond, context], 1)
+        for w, b in layers[:-1]:
+            y = F.elu(F.linear(y, w, b))
+        t, raw = F.linear(y, *layers[-1]).chunk(2, 1)
+        c = self.scale_clamp
+        return torch.exp(raw.div(c).tanh_().mul_(c)).mul_(x).add_(t)
+
+    def _linear_weights(self) -> list[list[tuple[Tensor, Tensor]]]:
+        """(weight, bias) of every linear layer of every net (ELUs between them),
+        gathered once: the parameters stay the same objects for the module's life
+        (``to()``, ``load_state_dict`` and the EMA copy into them)."""
+        nets = self.__dict__.get("_weights_cache")
+        if nets is None:
+            nets = [[(m.weight, m.bias) for m in net if isinstance(m, nn.Linear)]
+                    for net in self.nets]
+            self.__dict__["_weights_cache"] = nets
+        return nets
+
+
+def run_mlp(net: nn.Sequential, h: Tensor) -> Tensor:
+    """``net(h)``; without gradients, its linear layers (torch's or zuko's, one weight
+    matrix) and ELUs run as the functions their modules call, the same operations
+    without the module calls, whose overhead rules sampling at batch 1."""
+    if torch.is_grad_enabled():
+        return net(h)
+    for layer in net:
+        kind = type(layer)
+        if kind in (nn.Linear, ZukoLinear) and layer.weight.dim() == 2:
+            h = F.linear(h, layer.weight, layer.bias)
+        elif kind is nn.ELU:
+            h = F.elu(h, layer.alpha, layer.inplace)
+        else:
+            h = layer(h)
+    return h
+
+
+def _coupling_inverse(t: GeneralCouplingTransform, context: Tensor, y: Tensor) -> Tensor:
+    """``t(context).inv(y)`` as zuko computes it (the same operations), without
+    building its transform objects at every call."""
+    mask = t.mask
+    idx_a, idx_b = mask.nonzero().squeeze(-1), (~mask).nonzero().squeeze(-1)
+    y_a, y_b = y[..., idx_a], y[..., idx_b]
+    h = run_mlp(t.hyper, torch.cat(broadcast(y_a, context, ignore=1), dim=-1))
+    phi = unpack(h.unflatten(-1, (-1, t.total)), t.shapes)
+    x_b = t.univariate(*phi).inv(y_b)
+    x = y_a.new_empty(y.shape)
+    x[..., idx_a] = y_a
+    x[..., idx_b] = x_b
+    return x
 
 
 def _masked_weights(block: MaskedAutoregressiveTransform) -> list[Tensor | None]:
@@ -211,6 +279,11 @@ def sample_flow(flow: Flow | AffineCouplingFlow, context: Tensor, z: Tensor) -> 
     """Data-space samples of ``flow`` given ``context`` for standard-normal noise ``z``."""
     if isinstance(flow, AffineCouplingFlow):
         return flow.sample_from(z, context)
+    blocks = flow.transform.transforms
+    if not torch.is_grad_enabled() and all(type(t) is GeneralCouplingTransform for t in blocks):
+        for t in reversed(blocks):
+            z = _coupling_inverse(t, context, z)
+        return z
     if not torch.is_grad_enabled() and all(
             isinstance(t, MaskedAutoregressiveTransform) for t in flow.transform.transforms):
         return sample_maf(flow, context, z)

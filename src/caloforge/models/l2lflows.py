@@ -30,6 +30,7 @@ training showers.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -42,7 +43,12 @@ from caloforge.models import calibration as calib
 from caloforge.models.axis_calibration import AxisCalibration
 from caloforge.models.base import GenerativeModel, StepContext, TrainBatch, register
 from caloforge.models.config import ModelConfig, positive
-from caloforge.models.flows import AffineCouplingFlow, sample_flow, spline_coupling_flow
+from caloforge.models.flows import (
+    AffineCouplingFlow,
+    run_mlp,
+    sample_flow,
+    spline_coupling_flow,
+)
 from caloforge.models.noise import ShowerNoise, Source, randn
 from caloforge.models.transforms import Standardize
 
@@ -404,7 +410,7 @@ class L2LFlows(GenerativeModel):
                     prev.append(c.new_zeros(b, n))
             prev = torch.cat(prev, 1)
             net = self.context_nets["shared"] if "shared" in self.context_nets else None
-            parts.append(net(prev) if net is not None else prev)
+            parts.append(run_mlp(net, prev) if net is not None else prev)
         parts.append(self.layer_onehot[i].expand(b, self.n_mod))
         parts.append(e_feat[:, self.active.index(self.modelled[i])].unsqueeze(1))
         parts.append(c)
@@ -423,7 +429,12 @@ class L2LFlows(GenerativeModel):
 
     def generate(self, e_inc: Tensor, noise: ShowerNoise,
                  conditions: Conditions | None = None) -> Tensor:
-        return self._generate(e_inc, noise, angles=self.angle_tensor(conditions, len(e_inc)))[0]
+        # inference_mode costs less per operation than no_grad (same numbers); a trace
+        # (the exporters) records the plain operations
+        mode = contextlib.nullcontext() if torch.jit.is_tracing() else torch.inference_mode()
+        with mode:
+            return self._generate(e_inc, noise,
+                                  angles=self.angle_tensor(conditions, len(e_inc)))[0]
 
     @torch.no_grad()
     def finalize(self, x: Tensor, e_inc: Tensor, generator: torch.Generator,
@@ -512,11 +523,8 @@ class L2LFlows(GenerativeModel):
                 y_k = self._sample_flow(flow, ctx, self.cells[k], generator).clamp(-20, 20)
                 images[k] = y_k
                 if self._log_thr:
-                    f = y_k * self.voxel_std.std[s] + self.voxel_std.mean[s]
-                    layer_feats.append(f)
-                    group = None if axis is None else axis.groups(angles, s)
-                    layers.append(self._read_out_layer(f, s, el[:, i:i + 1], calibrated,
-                                                       group))
+                    layer_feats.append(y_k * self.voxel_std.std[s] + self.voxel_std.mean[s])
+                    layers.append(None)  # read out below, all modelled layers at once
                     continue
                 logit = y_k * self.voxel_std.std[s] + self.voxel_std.mean[s]
                 u = ((torch.sigmoid(logit) - a) / (1 - 2 * a)).clamp_min(0)
@@ -529,38 +537,99 @@ class L2LFlows(GenerativeModel):
                     layer_feats.append(c.new_zeros(b, self.cells[k]))
                 u = torch.ones(b, self.cells[k], device=c.device)
             layers.append(u * el[:, i:i + 1])
+        if self._log_thr:
+            axis_groups = None if axis is None else torch.cat(
+                [axis.groups(angles, self._slice(k)) for k in self.modelled], 1)
+            read = iter(self._read_out([f for k, f in zip(self.active, layer_feats)
+                                        if k in self.modelled], el, calibrated, axis_groups))
+            layers = [next(read) if t is None else t for t in layers]
         x = torch.cat(layers, 1)
         feats = torch.cat(layer_feats, 1) if self._log_thr else None
         return x, feats
 
-    def _read_out_layer(self, f: Tensor, s: slice, target: Tensor, calibrated: bool,
-                        group: Tensor | None = None) -> Tensor:
-        """log_threshold mode: one layer's cell energies (MeV) from its log features
-        ``f``, cut, hit-energy calibrated and rescaled to the layer energy ``target``
-        (``group``: each cell's axis-calibration group, for direction-conditioned models)."""
+    def _modelled_columns(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Column in the voxel vector and calibration group of every modelled cell;
+        column in the layer energies of every modelled layer, and the modelled layer
+        (0, 1, ...) of every modelled cell.  Built once per device."""
+        dev = self.voxel_group.device
+        cached = self.__dict__.get("_modelled_columns_cache")
+        if cached is None or cached[0] != dev:
+            with torch.inference_mode(False):  # plain tensors, usable with autograd on
+                cols = torch.cat([torch.arange(self._slice(k).start, self._slice(k).stop)
+                                  for k in self.modelled]).to(dev)
+                energy_cols = torch.tensor([self.active.index(k) for k in self.modelled],
+                                           device=dev)
+                layer_of = torch.repeat_interleave(
+                    torch.arange(len(self.modelled), device=dev),
+                    torch.tensor([self.cells[k] for k in self.modelled], device=dev))
+                groups = self.voxel_group.index_select(0, cols)
+            cached = (dev, (cols, groups, energy_cols, layer_of))
+            self.__dict__["_modelled_columns_cache"] = cached
+        return cached[1]
+
+    def _mapped_hits(self, f: Tensor, cut: Tensor, groups: Tensor) -> Tensor:
+        """The calibrated hit features of ``f`` (B, cells) as :func:`calib.map_hits`
+        computes them, as a (B, cells) view of a (cells, B) tensor (its layout).  Cells
+        below their ``cut`` are not read out and their values are left at 0: when few
+        cells are hit (batch 1) only the hits are mapped, with the knots of their group
+        (the same operations per cell); a trace (the exporters) maps every cell."""
+        h = (f - cut).clamp_min(0)
+        hit = f >= cut
+        if torch.jit.is_tracing() or int(hit.sum()) > f.shape[1]:
+            return calib.map_hits(h, groups, self.hit_q_gen, self.hit_q_ref)
+        rows, cols = hit.nonzero(as_tuple=True)
+        grp = groups.index_select(0, cols)
+        mapped = calib.map_cell_hits(h[rows, cols][None], self.hit_q_gen.index_select(0, grp),
+                                     self.hit_q_ref.index_select(0, grp))[0]
+        g = f.new_zeros(f.shape[1], f.shape[0])
+        g[cols, rows] = mapped
+        return g.t()
+
+    def _read_out(self, feats: list[Tensor], el: Tensor, calibrated: bool,
+                  axis_groups: Tensor | None = None) -> list[Tensor]:
+        """log_threshold mode: the cell energies (MeV) of every modelled layer from its
+        log features (``feats``: (B, cells) per modelled layer), cut, hit-energy
+        calibrated and rescaled to its sampled energy (``el``: (B, active layers));
+        ``axis_groups`` (B, modelled cells): each cell's axis-calibration group, for
+        direction-conditioned models.
+
+        One layer's operations, run on all layers at once where they round exactly
+        (element-wise arithmetic, comparisons, copies: the same bits in any shape); exp
+        and the sums stay per layer, on tensors laid out as before, since their
+        vectorised loops round by position (a model generates bit-identical showers).
+        """
         thr = self.geometry.readout_threshold_mev
+        cols, groups, energy_cols, layer_of = self._modelled_columns()
+        cut = self.cell_cut.index_select(0, cols)
+        f = torch.cat(feats, 1)
         # Below the cut (0 = the readout threshold): not read out.
-        if group is not None:
-            g, cut = self.axis_cal.read_out(f, group)
-        elif calibrated:
-            cut = self.cell_cut[s]
-            g = calib.map_hits((f - cut).clamp_min(0), self.voxel_group[s],
-                               self.hit_q_gen, self.hit_q_ref)
+        widths = [x.shape[1] for x in feats]
+        if axis_groups is not None:  # direction-conditioned: per shower and cell
+            g, cut = self.axis_cal.read_out(f, axis_groups)
+            g_layers = g.clamp(0, 20).split(widths, 1)
+        elif calibrated:  # exp per layer in the (cells, B) layout of map_hits
+            g_layers = self._mapped_hits(f, cut, groups).clamp(0, 20).split(widths, 1)
         else:
-            cut, g = torch.zeros_like(f[0]), f
-        cell = torch.where(f >= cut, thr * torch.exp(g.clamp(0, 20)), torch.zeros_like(f))
+            cut, g_layers = torch.zeros_like(cut), [x.clamp(0, 20) for x in feats]
+        e = torch.cat([torch.exp(part) for part in g_layers], 1)
+        cell = torch.where(f >= cut, thr * e, torch.zeros_like(f))
         # Rescale the hits to the sampled layer energy (the energy flow knows the
         # correlations between layers, which fix the resolution).  Scale only the energy
         # above threshold where the layer energy allows it, so that rescaling keeps every
         # hit (a plain factor < 1 would push the many hits near threshold below it and
         # lose them).
         hit = cell > 0
-        n_hit = hit.sum(1, keepdim=True)
-        tot = cell.sum(1, keepdim=True)
+        parts = cell.split(widths, 1)
+        n_hit = torch.cat([h.sum(1, keepdim=True) for h in hit.split(widths, 1)], 1)
+        tot = torch.cat([p.sum(1, keepdim=True) for p in parts], 1)
+        target = el.index_select(1, energy_cols)
         above = tot - n_hit * thr
         ok = (target > n_hit * thr) & (above > 0)
         s_above = (target - n_hit * thr) / above.clamp_min(1e-30)
+        scale = target / tot.clamp_min(1e-30)
+        # per-layer factors spread over each layer's cells
+        s_above, scale, ok, filled = (v.index_select(1, layer_of)
+                                      for v in (s_above, scale, ok, tot > 0))
         shifted = torch.where(hit, thr + (cell - thr) * s_above, cell)
-        scaled = cell * (target / tot.clamp_min(1e-30))
-        return torch.where(ok, shifted, torch.where(tot > 0, scaled, torch.zeros_like(cell)))
-
+        out = torch.where(ok, shifted, torch.where(filled, cell * scale, torch.zeros_like(cell)))
+        return list(out.split(widths, 1))

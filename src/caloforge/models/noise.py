@@ -80,9 +80,9 @@ class ShowerNoise:
     def reserve(self, k: int) -> None:
         """Make sure ``k`` normals per shower are drawn ahead, in one generator call per
         shower (a model that knows its needs calls this once per batch)."""
-        left = self._normals[:, self._used:]
-        if left.shape[1] >= k:
+        if self._normals.shape[1] - self._used >= k:
             return
+        left = self._normals[:, self._used:]
         size = max(k - left.shape[1], NORMAL_BLOCK)
         buf = torch.empty((len(self), left.shape[1] + size), device=self.device)
         buf[:, :left.shape[1]] = left

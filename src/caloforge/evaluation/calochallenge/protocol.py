@@ -152,7 +152,7 @@ class _Sample:
             self.reader.close()
 
 
-def _scan(sample: _Sample, layout: LayerLayout, rows: int, low: LowLevelInputs | None,
+def _scan(sample: _Sample, layout: LayerLayout, rows: int,
           voxel_edges: np.ndarray | None) -> tuple[HighLevelFeatures, float, np.ndarray | None]:
     # The features go straight into arrays for the whole sample (a list of parts and its
     # concatenation would hold them twice).
@@ -165,11 +165,37 @@ def _scan(sample: _Sample, layout: LayerLayout, rows: int, low: LowLevelInputs |
                 whole[key] = np.empty((sample.n,) + part.shape[1:], part.dtype)
             whole[key][lo:lo + len(part)] = part
         vmax = max(vmax, float(e.max(initial=0.0)))
-        if low is not None:
-            low.fill(lo, e, e_inc)
         if hist is not None:
             hist += counts(e[e > 0], voxel_edges)  # zeros lie below the first edge anyway
     return HighLevelFeatures(**whole), vmax, hist
+
+
+def _release_freed_memory() -> None:
+    """Hand the memory freed by the earlier steps back to the system before the largest
+    allocation: glibc keeps freed heap pages (the classifier's many batch-sized arrays
+    fragment it), which would count again on top of the low-level inputs.  A no-op
+    where the C library has no ``malloc_trim``."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _low_level_inputs(source: str | Path | ShowerBatch, spec: DatasetSpec, role: str,
+                      rows: int, layout: LayerLayout) -> LowLevelInputs:
+    """The low-level classifier inputs of one input (thresholded, file convention)."""
+    sample = _Sample(source, spec, role)
+    try:
+        low = LowLevelInputs(sample.n, layout.n_voxels)
+        for lo, e, e_inc in sample.chunks(rows):
+            low.fill(lo, e, e_inc)
+    finally:
+        sample.close()
+    return low
 
 
 def _histogram_metrics(spec: DatasetSpec, layout: LayerLayout, ref: HighLevelFeatures,
@@ -294,15 +320,12 @@ def run_calochallenge_protocol(reference: str | Path | ShowerBatch,
                     f"final splits (0.6 / 0.2 / 0.2) need at least {MIN_SHOWERS_PROTOCOL} "
                     f"per sample", s.name)
         rows = max(1, 2 ** 25 // layout.n_voxels)
-        want_low = "low_level" in classifiers
-        low_r = LowLevelInputs(ref_s.n, layout.n_voxels) if want_low else None
-        low_g = LowLevelInputs(gen_s.n, layout.n_voxels) if want_low else None
         say("reference: features")
-        ref_f, vmax, _ = _scan(ref_s, layout, rows, low_r, None)
+        ref_f, vmax, _ = _scan(ref_s, layout, rows, None)
         _check_convention(ref_f.e_tot, ref_f.e_inc, spec, ref_s.name)
         voxel_edges, why = log_edges(spec.threshold_mev, vmax, 50)
         say("generated: features")
-        gen_f, _, vox_g = _scan(gen_s, layout, rows, low_g, voxel_edges)
+        gen_f, _, vox_g = _scan(gen_s, layout, rows, voxel_edges)
         _check_convention(gen_f.e_tot, gen_f.e_inc, spec, gen_s.name)
         hist = _histogram_metrics(spec, layout, ref_f, gen_f)
         if voxel_edges is None:
@@ -329,8 +352,11 @@ def run_calochallenge_protocol(reference: str | Path | ShowerBatch,
         "reference": ref_s.name, "generated": gen_s.name,
         "deviations_from_official": list(DEVIATIONS), "histograms": hist,
     }
-    x_ref, x_gen = ref_f.vector(), gen_f.vector()
-    del ref_f, gen_f  # 0.3 GB per 100k dataset-2 showers; the vectors hold the same
+    # 0.3 GB per 100k dataset-2 showers; each vector holds the same as its features
+    x_ref = ref_f.vector()
+    del ref_f
+    x_gen = gen_f.vector()
+    del gen_f
     if fpd_kpd:
         say("FPD / KPD")
         for name, fn in (("fpd", fpd_official), ("kpd", kpd_official)):
@@ -346,20 +372,30 @@ def run_calochallenge_protocol(reference: str | Path | ShowerBatch,
     # log10 energy columns of the feature vector: E_layer per layer and E_tot.
     energy_cols = np.r_[1:1 + n_lay, 1 + n_lay + 4 * len(layout.alpha_layers)]
     # float32 classifier inputs; the float64 vectors and each classifier's inputs are
-    # dropped as soon as they are no longer needed (100k + 100k dataset-2 showers: the
-    # low-level inputs alone are 2.6 GB).
+    # dropped as soon as they are no longer needed.  The low-level inputs (2.6 GB for
+    # 100k + 100k dataset-2 showers) are read in a second pass over the inputs when
+    # their classifier runs, not held next to the features, vectors and FPD / KPD.
     inputs = {"high_level": (DenseInputs(x_ref), DenseInputs(x_gen), energy_cols)
-              if "high_level" in classifiers else None, "low_level": (low_r, low_g, None)}
-    del x_ref, x_gen, low_r, low_g
+              if "high_level" in classifiers else None}
+    del x_ref, x_gen
     result["classifiers"] = {}
     for name in classifiers:
-        xr, xg, cols = inputs.pop(name)
+        if name == "low_level":
+            say("low-level inputs")
+            _release_freed_memory()
+            xr, xg, cols = (_low_level_inputs(reference, spec, "reference", rows, layout),
+                            _low_level_inputs(generated, spec, "generated", rows, layout),
+                            None)
+        else:
+            xr, xg, cols = inputs.pop(name)
         try:
             ctl = None
             if control:
                 say(f"{name} classifier: power control")
+                _release_freed_memory()
                 ctl = power_control(xr, cfg, CONTROL_FACTOR, cols)
             say(f"{name} classifier")
+            _release_freed_memory()
             result["classifiers"][name] = train_official_classifier(xr, xg, cfg, control=ctl)
         except CaloforgeError as exc:
             result["classifiers"][name] = {"status": "not computed", "reason": str(exc)}
