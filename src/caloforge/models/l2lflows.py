@@ -53,6 +53,10 @@ from caloforge.models.noise import ShowerNoise, Source, randn
 from caloforge.models.transforms import Standardize
 
 
+# Values per batched read-out (see L2LFlows._read_out): 2^21 floats, 8 MB temporaries.
+READ_OUT_ELEMENTS = 1 << 21
+
+
 @dataclass
 class L2LFlowsConfig(ModelConfig):
     context_layers: int = 5  # previous layers in a layer flow's context (seed 000)
@@ -587,7 +591,28 @@ class L2LFlows(GenerativeModel):
 
     def _read_out(self, feats: list[Tensor], el: Tensor, calibrated: bool,
                   axis_groups: Tensor | None = None) -> list[Tensor]:
-        """log_threshold mode: the cell energies (MeV) of every modelled layer from its
+        """:meth:`_read_out_layers` on groups of consecutive layers of at most
+        ``READ_OUT_ELEMENTS`` values: one group at batch 1, a few layers each at batch
+        1000, where whole-shower temporaries (100 MB each) cost more in page faults than
+        the batching saves.  Every layer is read out with the same operations either way."""
+        out: list[Tensor] = []
+        first, col, batch = 0, 0, feats[0].shape[0] if feats else 0
+        while first < len(feats):
+            n, width = 1, feats[first].shape[1]
+            while first + n < len(feats) and \
+                    (width + feats[first + n].shape[1]) * batch <= READ_OUT_ELEMENTS:
+                width += feats[first + n].shape[1]
+                n += 1
+            part = None if axis_groups is None else axis_groups[:, col:col + width]
+            out += self._read_out_layers(feats[first:first + n], el, calibrated, part,
+                                         first, col)
+            first, col = first + n, col + width
+        return out
+
+    def _read_out_layers(self, feats: list[Tensor], el: Tensor, calibrated: bool,
+                         axis_groups: Tensor | None, first: int, col: int) -> list[Tensor]:
+        """log_threshold mode: the cell energies (MeV) of modelled layers ``first``, ...
+        (their cells start at column ``col`` of the modelled cells) from their
         log features (``feats``: (B, cells) per modelled layer), cut, hit-energy
         calibrated and rescaled to its sampled energy (``el``: (B, active layers));
         ``axis_groups`` (B, modelled cells): each cell's axis-calibration group, for
@@ -600,6 +625,9 @@ class L2LFlows(GenerativeModel):
         """
         thr = self.geometry.readout_threshold_mev
         cols, groups, energy_cols, layer_of = self._modelled_columns()
+        end = col + sum(x.shape[1] for x in feats)
+        cols, groups, layer_of = cols[col:end], groups[col:end], layer_of[col:end] - first
+        energy_cols = energy_cols[first:first + len(feats)]
         cut = self.cell_cut.index_select(0, cols)
         f = torch.cat(feats, 1)
         # Below the cut (0 = the readout threshold): not read out.
