@@ -52,7 +52,6 @@ from caloforge.models.flows import (
 from caloforge.models.noise import ShowerNoise, Source, randn
 from caloforge.models.transforms import Standardize
 
-
 # Values per batched read-out (see L2LFlows._read_out): 2^21 floats, 8 MB temporaries.
 READ_OUT_ELEMENTS = 1 << 21
 
