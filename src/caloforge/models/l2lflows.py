@@ -591,15 +591,18 @@ class L2LFlows(GenerativeModel):
     def _read_out(self, feats: list[Tensor], el: Tensor, calibrated: bool,
                   axis_groups: Tensor | None = None) -> list[Tensor]:
         """:meth:`_read_out_layers` on groups of consecutive layers of at most
-        ``READ_OUT_ELEMENTS`` values: one group at batch 1, a few layers each at batch
-        1000, where whole-shower temporaries (100 MB each) cost more in page faults than
+        ``READ_OUT_ELEMENTS`` values (one layer per group when traced for export): one
+        group at batch 1, a few layers each at batch 1000, where whole-shower temporaries (100 MB each) cost more in page faults than
         the batching saves.  Every layer is read out with the same operations either way."""
         out: list[Tensor] = []
         first, col, batch = 0, 0, feats[0].shape[0] if feats else 0
+        # A traced graph (the exporters) runs at any batch size: one layer per group,
+        # whatever the batch it was traced with.
+        limit = 0 if torch.jit.is_tracing() else READ_OUT_ELEMENTS
         while first < len(feats):
             n, width = 1, feats[first].shape[1]
             while first + n < len(feats) and \
-                    (width + feats[first + n].shape[1]) * batch <= READ_OUT_ELEMENTS:
+                    (width + feats[first + n].shape[1]) * batch <= limit:
                 width += feats[first + n].shape[1]
                 n += 1
             part = None if axis_groups is None else axis_groups[:, col:col + width]
