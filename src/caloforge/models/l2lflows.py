@@ -592,8 +592,9 @@ class L2LFlows(GenerativeModel):
                   axis_groups: Tensor | None = None) -> list[Tensor]:
         """:meth:`_read_out_layers` on groups of consecutive layers of at most
         ``READ_OUT_ELEMENTS`` values (one layer per group when traced for export): one
-        group at batch 1, a few layers each at batch 1000, where whole-shower temporaries (100 MB each) cost more in page faults than
-        the batching saves.  Every layer is read out with the same operations either way."""
+        group at batch 1, a few layers each at batch 1000, where whole-shower temporaries
+        (100 MB each) cost more in page faults than the batching saves.  Every layer is
+        read out with the same operations either way."""
         out: list[Tensor] = []
         first, col, batch = 0, 0, feats[0].shape[0] if feats else 0
         # A traced graph (the exporters) runs at any batch size: one layer per group,
