@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_evaluation import write_toy  # noqa: E402
 
 CHILD = """
-import json, resource, sys, time
+import json, os, resource, sys, threading, time
 from caloforge.evaluation.calochallenge import run_calochallenge_protocol
 from caloforge.evaluation.calochallenge.classifier import OfficialClassifierConfig
 ref, gen, out, epochs, control = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), \\
@@ -44,9 +44,22 @@ classifiers = tuple(c for c in sys.argv[6].split(",") if c)
 fpd_kpd = sys.argv[7] == "1"
 t0 = time.perf_counter()
 stamps = []
+# Resident memory sampled every 50 ms: the peak of each stage, to see which one sets it.
+stage, stage_peak, page = ["start"], {}, resource.getpagesize()
+def sample_rss():
+    while True:
+        with open("/proc/self/statm") as f:
+            rss = int(f.read().split()[1]) * page
+        stage_peak[stage[0]] = max(stage_peak.get(stage[0], 0), rss)
+        time.sleep(0.05)
+if os.path.exists("/proc/self/statm"):
+    threading.Thread(target=sample_rss, daemon=True).start()
 def log(msg):
     stamps.append((msg, time.perf_counter() - t0))
-    print(f"  {time.perf_counter() - t0:7.1f} s  {msg}", flush=True)
+    rss = max(stage_peak.values(), default=0)
+    print(f"  {time.perf_counter() - t0:7.1f} s  {msg:<40s} (peak of the stage before: "
+          f"{stage_peak.get(stage[0], 0) / 2**30:.2f} GiB)", flush=True)
+    stage[0] = msg
 cfg = OfficialClassifierConfig(epochs=epochs, seed=0)
 res = run_calochallenge_protocol(ref, gen, "2", out, seed=0, classifier_config=cfg,
                                  classifiers=classifiers, fpd_kpd=fpd_kpd, control=control,

@@ -150,10 +150,10 @@ def test_missing_or_changed_teacher_is_one_clear_error(runs, tmp_path, capsys):
     weights = copy / "model.safetensors"
     good = weights.read_bytes()
     weights.write_bytes(good[:-1] + bytes([good[-1] ^ 1]))
-    with pytest.raises(CaloforgeError, match="teacher model .* changed"):
+    with pytest.raises(CaloforgeError, match="frozen teacher model changed since the student was distilled"):
         load(student)
     shutil.rmtree(copy)
-    with pytest.raises(CaloforgeError, match="teacher model folder .* is missing"):
+    with pytest.raises(CaloforgeError, match="frozen teacher model is missing"):
         load(student)
     out = tmp_path / "g.h5"
     rc = main(["generate", "--model", str(student), "--energy", "5", "-n", "2",
@@ -221,3 +221,18 @@ def test_shipped_teacher_is_recorded_by_name(runs, tmp_path, monkeypatch):
     meta = yaml.safe_load((tmp_path / "s" / "model" / "model.yaml").read_text())
     assert meta["teacher"]["path"] == "points-teacher"
     assert len(load(tmp_path / "s" / "model").sample(np.array([5e3]), 0)) == 1
+
+
+def test_a_relative_teacher_path_is_taken_from_the_zoo(tmp_path, monkeypatch):
+    # Shipped students record their teacher by its name in the zoo, not by a path on
+    # the machine that trained them; it must not be looked up in the working directory.
+    from caloforge.errors import InputError
+    from caloforge.models import folder
+
+    monkeypatch.setattr(folder, "zoo_dir", lambda: tmp_path / "zoo")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "some-teacher").mkdir()
+    with pytest.raises(InputError, match="frozen teacher model is missing") as info:
+        folder.load_referenced({"path": "some-teacher", "sha256": "0" * 64}, "teacher",
+                               relative_to=folder.zoo_dir())
+    assert str(tmp_path / "zoo" / "some-teacher") in str(info.value)

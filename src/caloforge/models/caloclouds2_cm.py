@@ -41,7 +41,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from caloforge.errors import CaloforgeError, ConfigError, InputError
+from caloforge.errors import ConfigError, InputError
 from caloforge.geometry import Geometry
 from caloforge.models.base import GenerativeModel, StepContext, register
 from caloforge.models.caloclouds2 import CaloClouds2, CaloClouds2Config, EDMSampling, karras_sigmas
@@ -152,25 +152,17 @@ class CaloClouds2CM(EDMSampling, PointDiffusionModel):
 
     def load_metadata(self, meta: dict[str, Any]) -> None:
         super().load_metadata(meta)
-        from caloforge.models.folder import folder_hash, load_model_dir, zoo_dir
+        from caloforge.models.folder import load_referenced, zoo_dir
 
         ref = meta.get("teacher")
         if not isinstance(ref, dict) or "path" not in ref or "sha256" not in ref:
             raise InputError("the model records no teacher (caloclouds2-cm needs its "
                              "caloclouds2 teacher folder)")
-        path = Path(ref["path"])
-        if not path.is_absolute():  # a shipped teacher, recorded by name
-            path = zoo_dir() / path
-        if not path.is_dir():
-            raise InputError(f"the teacher model folder {path} is missing (caloclouds2-cm "
-                             "uses its ShowerFlow; restore it there)")
-        if folder_hash(path) != ref["sha256"]:
-            raise InputError(f"the teacher model in {path} changed since the student was "
-                             "distilled from it (sha256 differs)")
-        try:
-            teacher = load_model_dir(path)
-        except CaloforgeError as exc:
-            raise InputError(f"cannot load the teacher: {exc}") from None
+        # A shipped teacher is recorded by its name in the zoo.
+        teacher = load_referenced(
+            ref, "teacher", since="the student was distilled from it", relative_to=zoo_dir(),
+            consequence=": caloclouds2-cm samples with the teacher's ShowerFlow; restore "
+                        "that teacher or distil a new student")
         self._check_teacher(teacher)
         self._teacher = [teacher.requires_grad_(False)]
         self.teacher_ref = ref

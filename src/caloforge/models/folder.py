@@ -117,13 +117,17 @@ def folder_hash(directory: Path) -> str:
 
 def load_referenced(ref: dict[str, str], role: str, device: str | torch.device = "cpu",
                     copy: Path | None = None, since: str = "the run started",
-                    consequence: str = "") -> GenerativeModel:
+                    consequence: str = "", relative_to: Path | None = None
+                    ) -> GenerativeModel:
     """Load the model folder recorded as ``{"path", "sha256"}`` (a frozen teacher, a
     constrainer), frozen and in eval mode, after checking that its files are the ones
-    recorded ``since`` then; ``copy`` is used when the original folder is gone.  A
-    missing or changed folder is one :class:`InputError` (``consequence`` says why it
-    matters)."""
+    recorded ``since`` then; ``copy`` is used when the original folder is gone; a relative
+    path is taken relative to ``relative_to`` (e.g. the zoo for a shipped model).  A
+    missing, changed or unreadable folder is one :class:`InputError` (``consequence``
+    says why it matters)."""
     path = Path(ref["path"])
+    if relative_to is not None and not path.is_absolute():
+        path = relative_to / path
     if not (path / META_FILE).is_file():
         if copy is not None and (copy / META_FILE).is_file():
             path = copy
@@ -134,7 +138,10 @@ def load_referenced(ref: dict[str, str], role: str, device: str | torch.device =
     if found != ref["sha256"]:
         raise InputError(f"frozen {role} model changed since {since} (sha256 {found[:12]}... "
                          f"instead of {ref['sha256'][:12]}...){consequence}", path)
-    model = load_model_dir(path, device)
+    try:
+        model = load_model_dir(path, device)
+    except CaloforgeError as exc:
+        raise InputError(f"cannot load the frozen {role} model: {exc}", path) from None
     model.requires_grad_(False)
     return model.eval()
 
