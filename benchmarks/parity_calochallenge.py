@@ -242,7 +242,8 @@ def official_histograms(official: Path, ref: Path, gen: Path, dataset: str,
     if not (REUSE and done.is_file()):
         done.unlink(missing_ok=True)
         ref.with_suffix(".pkl").unlink(missing_ok=True)  # its feature cache of the reference
-        _official_hist(official, ref, gen, dataset, out)
+        _run([sys.executable, "-c", NO_TEX, "-i", str(gen), "-r", str(ref), "-m", "hist-chi",
+              "-d", dataset, "--output_dir", str(out)], cwd=official)
     return parse_separation_powers(done.read_text())
 
 
@@ -251,11 +252,6 @@ def parse_separation_powers(text: str) -> dict[str, float]:
     its separation power (despite the file name, no chi2 is written there)."""
     return {m.group(1).strip(): float(m.group(2))
             for m in re.finditer(r"^([^\n:]+): \n([-+0-9.eE]+)\n", text, re.M)}
-
-
-def _official_hist(official: Path, ref: Path, gen: Path, dataset: str, out: Path) -> None:
-    _run([sys.executable, "-c", NO_TEX, "-i", str(gen), "-r", str(ref), "-m", "hist-chi",
-          "-d", dataset, "--output_dir", str(out)], cwd=official)
 
 
 def official_fpd_kpd(official: Path, ref: Path, gen: Path, dataset: str, out: Path,
