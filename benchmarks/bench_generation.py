@@ -12,10 +12,12 @@ With ``--model`` (a model folder or a shipped model name) it times a trained mod
 users run it instead: the marginal cost of ``caloforge generate`` per shower, the wall
 time of N=10000 minus that of N=100 (``--n``) divided by the 9900 extra showers, which
 removes start-up, model loading and file opening, at each batch size on ``--threads``
-threads (issue 13's target: at most 5 ms per shower on 2 threads at the best batch):
+threads (issues 9 and 13: at most 5 ms per shower on 2 threads at the best batch);
+``--theta`` / ``--phi`` (degrees) for a model trained on several directions:
 
     python benchmarks/bench_generation.py --model ild-ahcal-pions --energy 10:100 \
         --threads 2 --batch-sizes 100 1000
+    python benchmarks/bench_generation.py --model ild-ecal-photons --theta 0:40 --phi 0:360
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import NamedTuple
 
@@ -63,17 +66,19 @@ class Timing(NamedTuple):
 
 
 def generate_command(model: str, energy: str, n: int, batch_size: int, threads: int,
-                     out: Path, seed: int = 0) -> list[str]:
-    """The ``caloforge generate`` process a user runs (this interpreter, this caloforge)."""
+                     out: Path, seed: int = 0, extra: Sequence[str] = ()) -> list[str]:
+    """The ``caloforge generate`` process a user runs (this interpreter, this caloforge);
+    ``extra``: more options (e.g. ``--theta 0:40``)."""
     return [sys.executable, "-m", "caloforge.cli", "generate", "--model", model,
             "--energy", energy, "-n", str(n), "-o", str(out), "--batch-size", str(batch_size),
-            "--threads", str(threads), "--seed", str(seed), "--no-progress", "--overwrite"]
+            "--threads", str(threads), "--seed", str(seed), "--no-progress", "--overwrite",
+            *extra]
 
 
 def generate_seconds(model: str, energy: str, n: int, batch_size: int, threads: int,
-                     out: Path, seed: int = 0) -> Timing:
+                     out: Path, seed: int = 0, extra: Sequence[str] = ()) -> Timing:
     """Wall and CPU time of one ``caloforge generate`` process writing ``n`` showers."""
-    cmd = generate_command(model, energy, n, batch_size, threads, out, seed)
+    cmd = generate_command(model, energy, n, batch_size, threads, out, seed, extra)
     cpu0, t0 = _children_cpu(), time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     timing = Timing(time.perf_counter() - t0, _children_cpu() - cpu0)
@@ -113,13 +118,16 @@ def marginal_cli_ms(model: str, energy: str, batch_sizes: Sequence[int], threads
 def cli_main(args: argparse.Namespace) -> int:
     """The ``--model`` mode: prints the marginal CLI cost per batch size and the best."""
     n_small, n_large = args.n
-    print(f"caloforge generate --model {args.model} --energy {args.energy}, "
+    extra = [opt for name in ("theta", "phi") if getattr(args, name) is not None
+             for opt in (f"--{name}", getattr(args, name))]
+    print(f"caloforge generate --model {args.model} --energy {args.energy} {' '.join(extra)}, "
           f"{args.threads} threads: marginal ms per shower = (t(N={n_large}) - "
           f"t(N={n_small})) / {n_large - n_small}, fastest of {args.repeats} run(s) each")
     try:
         results = marginal_cli_ms(args.model, args.energy, args.batch_sizes, args.threads,
                                   n_small, n_large, args.repeats,
-                                  run=_printing(generate_seconds))
+                                  run=_printing(partial(generate_seconds, extra=extra)
+                                                if extra else generate_seconds))
     except (GenerateFailed, ValueError) as exc:
         print(f"bench_generation: error: {exc}", file=sys.stderr)
         return 1
@@ -157,6 +165,8 @@ def main() -> int:
                                    "marginal cost of 'caloforge generate' instead")
     p.add_argument("--energy", default="10:100",
                    help="with --model: E or EMIN:EMAX in GeV (default 10:100)")
+    p.add_argument("--theta", help="with --model: theta in degrees, value or LO:HI")
+    p.add_argument("--phi", help="with --model: phi in degrees, value or LO:HI")
     p.add_argument("--n", type=int, nargs=2, default=[100, 10000], metavar=("SMALL", "LARGE"),
                    help="with --model: the two shower counts (default 100 10000)")
     p.add_argument("--repeats", type=int, default=1,

@@ -62,6 +62,24 @@ def test_the_timed_command_is_a_valid_generate_call(bench, tmp_path):
         ("ild-ecal-photons", "10:100", 10000, 1000, 2)
 
 
+def test_directions_reach_the_timed_command(bench, monkeypatch, tmp_path):
+    """--theta / --phi (degrees) are passed to every timed generate call unchanged."""
+    seen = []
+
+    def run(model, energy, n, batch_size, threads, out, extra=()):
+        seen.append(bench.generate_command(model, energy, n, batch_size, threads, out,
+                                           extra=extra))
+        return bench.Timing(1.0 + 1e-3 * n, 1.0)
+    monkeypatch.setattr(bench, "generate_seconds", run)
+    monkeypatch.setattr(sys, "argv", ["bench_generation.py", "--model", "m", "--theta",
+                                      "0:40", "--phi", "0:360", "--batch-sizes", "100"])
+    assert bench.main() == 0
+    assert len(seen) == 2
+    for cmd in seen:
+        args = build_parser().parse_args(cmd[3:])
+        assert (args.theta, args.phi) == ("0:40", "0:360")
+
+
 def test_a_refused_generate_is_one_error_line_and_exit_1(bench, monkeypatch, capsys):
     def refuse(*args):
         raise bench.GenerateFailed("caloforge generate: error: 2 requested incident_energy "

@@ -7,11 +7,14 @@ chain (every metric computed) in seconds.
 
 import json
 
+import numpy as np
 import pytest
 
 from caloforge.cli import main
 from caloforge.cli.quickstart import minimum_showers
+from caloforge.data.io import read_showers
 from caloforge.errors import InputError
+from caloforge.models import load
 
 
 @pytest.fixture
@@ -38,6 +41,18 @@ def test_quickstart_tiny(tmp_path, capsys, small_minimums):
     assert gen["status"] == "ok" and gen["n_showers"] == n
     assert "classifier" not in gen
     assert metrics["not_computed"] == []  # the up-front check sized the sample for all
+    # the reference covers the model's trained directions; generation reuses its conditions
+    ref, gen = read_showers(out / "reference.h5"), read_showers(out / "generated.h5")
+    np.testing.assert_array_equal(gen.conditions.incident_energy, ref.conditions.incident_energy)
+    ranges = load("ild-ecal-photons").condition_space.ranges
+    for name in ("theta", "phi"):
+        v = getattr(ref.conditions, name)
+        if name in ranges:
+            np.testing.assert_array_equal(getattr(gen.conditions, name), v)
+            lo, hi = ranges[name]
+            assert (v >= lo).all() and (v <= hi).all() and np.ptp(v) > 0.5 * (hi - lo)
+        else:
+            assert v is None or not v.any()
 
 
 def test_minimum_showers_follow_the_evaluation():

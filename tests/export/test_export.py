@@ -321,7 +321,10 @@ def test_shipped_default_reproduces_generate(fmt, tmp_path):
     ("wgan", {}), ("bibae", {}), ("l2lflows", {}),
     # the shipped default's cell features: the calibration per theta bin and per ring
     # around each shower's axis is part of the graph
-    ("l2lflows", {"cell_feature": "log_threshold", "calibration_theta_bins": 3})])
+    ("l2lflows", {"cell_feature": "log_threshold", "calibration_theta_bins": 3}),
+    # ... drawing its layers in the frame that follows the shower axis
+    ("l2lflows", {"cell_feature": "log_threshold", "shared_layer_flow": True,
+                  "axis_frame": True})])
 def test_angle_conditioned_model_takes_theta_phi_in_degrees(name, config, tmp_path):
     """The direction inputs reach the networks: runtime == generate at those angles."""
     from caloforge.data import Conditions
@@ -338,9 +341,9 @@ def test_angle_conditioned_model_takes_theta_phi_in_degrees(name, config, tmp_pa
     model.fit_conditions(data.conditions)
     x = torch.as_tensor(data.energies, dtype=torch.float32)
     e_t = torch.as_tensor(e, dtype=torch.float32)
-    model.fit_preprocessing(x, e_t)
-    model.finalize(x, e_t, torch.Generator().manual_seed(0),
-                   model.angle_tensor(data.conditions, n))
+    angles = model.angle_tensor(data.conditions, n)
+    model.fit_preprocessing(x, e_t, angles=angles)
+    model.finalize(x, e_t, torch.Generator().manual_seed(0), angles)
     model.eval()
     if config:
         assert model.axis_cal.is_fitted and (model.axis_cal.cut != 0).any()

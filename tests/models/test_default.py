@@ -65,26 +65,47 @@ def test_default_is_independent_of_batch_size(default_model):
         np.testing.assert_allclose(x.sum(1), ref.sum(1), rtol=1e-4)
 
 
-def test_default_refuses_angles_it_was_not_trained_on(default_model):
+def _layer_centroids_mm(showers, geometry):
+    """Mean energy-weighted (x, y) of each layer, (layers, 2)."""
+    xy = np.asarray(geometry.cell_centres)[:900, :2]
+    x = showers.reshape(len(showers), geometry.n_layers, 900)
+    w = x.sum((0, 2))
+    return np.einsum("blc,cd->ld", x, xy) / np.maximum(w, 1e-9)[:, None]
+
+
+def test_default_follows_the_requested_direction(default_model):
+    """Trained on theta 0-40 deg and any phi: at theta = 30 deg the showers lean along phi
+    (the centre of the deep layers moves away from the impact point by about
+    depth tan(theta)); beyond the trained theta it refuses."""
     from caloforge.data import Conditions
     from caloforge.errors import InputError
 
-    e = np.array([20e3, 50e3])
-    with pytest.raises(InputError, match=r"not trained on theta: it generates at theta = 0"):
-        default_model.sample(Conditions(e, theta=np.radians([0.0, 20.0])), 1)
+    n, geo = 40, default_model.geometry
+    e = np.full(n, 50e3)
+    for phi, axis in ((0.0, 0), (np.pi / 2, 1)):
+        c = Conditions(e, theta=np.full(n, np.radians(30.0)), phi=np.full(n, phi))
+        cog = _layer_centroids_mm(default_model.sample(c, 1).energies, geo)
+        lean = cog[20] - cog[5]  # layers about 40 mm apart in depth: ~23 mm at 30 deg
+        assert 12 < lean[axis] < 35 and abs(lean[1 - axis]) < 4, (phi, lean)
+    flat = _layer_centroids_mm(default_model.sample(Conditions(e), 1).energies, geo)
+    assert np.abs(flat[5:21]).max() < 4  # normal incidence when no direction is given
+    with pytest.raises(InputError, match=r"theta values lie outside the trained range"):
+        default_model.sample(Conditions(e[:2], theta=np.radians([0.0, 60.0])), 1)
+    e = e[:2]
     # At normal incidence the azimuth does not change the direction: any phi is fine.
     a = default_model.sample(Conditions(e, theta=np.zeros(2), phi=np.array([0.3, 2.0])), 1)
     b = default_model.sample(Conditions(e), 1)
     np.testing.assert_array_equal(a.energies, b.energies)
     with pytest.raises(InputError, match="not trained on impact"):
         default_model.sample(Conditions(e, impact=np.array([[5.0, 0.0], [0.0, 0.0]])), 1)
-    with pytest.raises(InputError, match=r"incident_energy .*10.01 GeV to 99.98 GeV"):
+    with pytest.raises(InputError, match=r"incident_energy .*10 GeV to 99.99 GeV"):
         default_model.sample(Conditions(np.array([150e3])), 1)
 
 
 def test_generated_showers_state_the_fixed_conditions(default_model):
-    """A model trained at normal incidence writes theta = 0 and the fixed impact point into
-    its output, so evaluation compares like with like (and never guesses)."""
+    """A request without a direction is generated at normal incidence, and the output says
+    so, with the fixed impact point, so evaluation compares like with like (and never
+    guesses)."""
     out = default_model.sample(np.array([20e3, 50e3]), seed=1)
     c = out.conditions
     assert c.theta is not None and np.all(c.theta == 0.0)

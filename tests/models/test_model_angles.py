@@ -57,6 +57,10 @@ def test_trains_and_generates_at_requested_angles(name, angled_file, tmp_path):
     # phi is irrelevant at normal incidence: the direction input is sin(theta) (cos, sin)
     zero = model.sample(Conditions(e, theta=np.zeros(20), phi=np.full(20, 2.5)), 5).energies
     np.testing.assert_allclose(zero, at[0], rtol=1e-5, atol=1e-6)
+    # a direction left out is normal incidence, and the output says so
+    unsaid = model.sample(Conditions(e), 5)
+    np.testing.assert_allclose(unsaid.energies, at[0], rtol=1e-5, atol=1e-6)
+    assert (unsaid.conditions.theta == 0).all() and (unsaid.conditions.phi == 0).all()
     with pytest.raises(InputError, match=r"theta values lie outside the trained range"):
         model.sample(Conditions(e[:1], theta=np.radians([60.0]), phi=[0.0]), 5)
     # the folder keeps the declared conditions and ranges

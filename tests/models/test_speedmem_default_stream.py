@@ -1,11 +1,13 @@
 """The shipped default generates the same showers, bit for bit, as when it was shipped.
 
 Speed-ups of the generation path (issue 9 item 8) must not change what a given seed
-generates.  The checksums below were computed with the code of the shipped model before
-any of them.  torch and MKL choose their kernels by CPU (AVX-512 / AVX2 / baseline loops
-and GEMMs round differently in the last bit), so the showers are hashed in a fresh
-process that pins the portable kernels (``ATEN_CPU_CAPABILITY=default``,
-``MKL_CBWR=COMPATIBLE``): the same bits on any x86-64 machine.
+generates.  The checksums below were computed when the direction-conditioned default was
+shipped, at five directions (theta 0-39.5 deg, several phi), so the axis frame, the
+calibration around each shower's axis and the read-out are all covered.  torch and MKL
+choose their kernels by CPU (AVX-512 / AVX2 / baseline loops and GEMMs round differently in
+the last bit), so the showers are hashed in a fresh process that pins the portable kernels
+(``ATEN_CPU_CAPABILITY=default``, ``MKL_CBWR=COMPATIBLE``): the same bits on any x86-64
+machine.
 """
 
 from __future__ import annotations
@@ -21,12 +23,15 @@ SCRIPT = """
 import hashlib
 import numpy as np, torch
 torch.set_num_threads(1)
+from caloforge.data import Conditions
 from caloforge.models import load
 model = load("ild-ecal-photons")
 e = np.array([10.5e3, 23.0e3, 50.0e3, 77.7e3, 99.0e3])
+c = Conditions(e, theta=np.radians([0.0, 12.0, 25.0, 33.0, 39.5]),
+               phi=np.radians([0.0, 80.0, 190.0, 275.0, 359.0]))
 out = []
 for seed, bs in ((2026, 5), (2026, 1), (7, 2)):
-    x = model.sample(e, seed=seed, batch_size=bs).energies
+    x = model.sample(c, seed=seed, batch_size=bs).energies
     assert x.dtype == np.float32 and x.shape == (5, 27000)
     out.append(hashlib.sha256(np.ascontiguousarray(x).tobytes()).hexdigest()[:16])
 print(" ".join(out))
@@ -34,8 +39,9 @@ print(" ".join(out))
 
 PORTABLE = {"ATEN_CPU_CAPABILITY": "default", "MKL_CBWR": "COMPATIBLE",
             "OMP_NUM_THREADS": "1", "CALOFORGE_NO_PROGRESS": "1"}
-# (seed 2026, batch 5), (seed 2026, batch 1), (seed 7, batch 2); computed at main b3ab3bf
-SHIPPED = "13a174fed74728cb c1424c783356202c 26f5a8c173affe93"
+# (seed 2026, batch 5), (seed 2026, batch 1), (seed 7, batch 2); computed with the model
+# and code of the commit that shipped it
+SHIPPED = "861a12c8c2cf62fa 932abc0f5da04df2 c611f7daf1898aa8"
 
 
 def test_default_showers_are_bit_identical_to_the_shipped_stream(tmp_path):

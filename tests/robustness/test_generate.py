@@ -9,7 +9,8 @@ import torch
 
 from caloforge.cli import main
 
-MODEL = "ild-ecal-photons"  # shipped: trained on 10-100 GeV photons at normal incidence
+MODEL = "ild-ecal-photons"  # shipped: 10-100 GeV photons, theta 0-40 deg, any phi
+NORMAL_MODEL = "ild-ahcal-pions"  # shipped: 10-100 GeV pions at normal incidence only
 
 
 def _table(tmp_path, text, name="cond.csv"):
@@ -35,8 +36,8 @@ CASES = {
     "unknown device": (["--energy", "50", "-n", "2", "--device", "tpu9"], "device 'tpu9'"),
     "unknown format": (["--energy", "50", "-n", "2", "--format", "root"], "--format 'root'"),
     "theta NaN": (["--energy", "50", "-n", "2", "--theta", "nan"], "--theta 'nan'"),
-    "theta not trained": (["--energy", "50", "-n", "2", "--theta", "20"],
-                          "not trained on theta"),
+    "theta beyond trained": (["--energy", "50", "-n", "2", "--theta", "60"],
+                             "theta values lie outside the trained range"),
     "theta beyond 90": (["--energy", "50", "-n", "2", "--theta", "95"], "--theta '95'"),
     "phi not a number": (["--energy", "50", "-n", "2", "--phi", "abc"], "--phi 'abc'"),
     "impact outside": (["--energy", "50", "-n", "2", "--impact", "1e6,0"],
@@ -74,10 +75,17 @@ def test_cuda_when_absent(tmp_path, capsys):
                     "no CUDA device", tmp_path)
 
 
+def test_angles_refused_by_a_model_trained_at_normal_incidence(tmp_path, capsys):
+    out = tmp_path / "gen.h5"
+    rc = main(["generate", "--model", NORMAL_MODEL, "-o", str(out), "--no-progress",
+               "--energy", "50", "-n", "2", "--theta", "20"])
+    _assert_refused(rc, capsys.readouterr().err.strip(), out, "not trained on theta", tmp_path)
+
+
 @pytest.mark.parametrize("text, extra, needle", [
     ("energy_gev\n20\n30\n40\n", ["-n", "5"], "-n 5 does not match the 3 showers"),
     ("energy_gev,theta_deg\n20,0\n30,nan\n", [], "line 3, column theta_deg: value is NaN"),
-    ("energy_gev,theta_deg\n20,0\n30,25\n", [], "not trained on theta"),
+    ("energy_gev,theta_deg\n20,0\n30,55\n", [], "theta values lie outside the trained range"),
     ("energy_gev,height\n20,1\n", [], "unknown column 'height'"),
     ("energy_gev\n20\n-3\n", [], "incident energies are <= 0"),
     ("energy_gev\n20\n", ["--theta", "10"], "--theta cannot be combined with --conditions"),

@@ -125,9 +125,9 @@ def test_preprocessing_sees_a_bounded_random_subsample(toy_data, tmp_path, monke
     seen = {}
     real = WGAN.fit_preprocessing
 
-    def spy(self, x, e_inc):
+    def spy(self, x, e_inc, angles=None):
         seen["x"], seen["e"] = x.clone(), e_inc.clone()
-        return real(self, x, e_inc)
+        return real(self, x, e_inc, angles=angles)
 
     monkeypatch.setattr(WGAN, "fit_preprocessing", spy)
     # All training showers when they fit: the fit equals the whole-set fit (up to order).

@@ -23,8 +23,8 @@ cells are classified at its own phi; a per-cell table per theta bin would instea
 to pool over phi and smear each ring around the impact point.  The tables are:
 occupancy cuts (one per group: the fraction of the group's cells read out matches the
 training showers), hit-energy maps (one monotone piecewise-linear map of log(E / threshold)
-per group, tabulated on a uniform grid so that generation needs no search) and the
-mu90 / sigma90 response in log-energy bins, one table per theta bin.
+per group, tabulated on a uniform grid over the group's own range, so that generation needs
+no search) and the mu90 / sigma90 response in log-energy bins, one table per theta bin.
 
 >>> from caloforge.models.toy import toy_geometry
 >>> cal = AxisCalibration(toy_geometry(), n_theta_bins=2, inner_rings=1, n_knots=5, n_energy_bins=3)
@@ -82,7 +82,9 @@ class AxisCalibration(nn.Module):
         self.register_buffer("ready", torch.zeros(()))
         self.register_buffer("theta_edges", torch.full((max(t - 1, 1),), math.inf))
         self.register_buffer("cut", torch.zeros(t, g))
-        self.register_buffer("hit_step", torch.tensor(10.0 / (m - 1)))
+        # grid step of each group's table: its own range, so that the soft hits of the
+        # halo keep a fine map when the core's features reach far higher
+        self.register_buffer("hit_step", torch.full((t * g,), 10.0 / (m - 1)))
         self.register_buffer("hit_map", (torch.arange(m) * (10.0 / (m - 1))).expand(t * g, m)
                              .clone())
         self.register_buffer("resp_log_e", torch.linspace(0.0, 1.0, nb).expand(t, nb).clone())
@@ -98,6 +100,9 @@ class AxisCalibration(nn.Module):
         if prefix + "ready" not in state_dict:
             self.is_fitted = False
             return
+        step = state_dict.get(prefix + "hit_step")
+        if step is not None and step.dim() == 0:  # one step for every group (before)
+            state_dict = {**state_dict, prefix + "hit_step": step.expand(self.hit_step.shape)}
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         self.is_fitted = bool(self.ready > 0)
 
@@ -128,14 +133,15 @@ class AxisCalibration(nn.Module):
         cut = self.cut.reshape(-1)[group]
         h = (f - cut).clamp_min(0)
         m = self.hit_map.shape[1]
-        u = h / self.hit_step
+        step = self.hit_step[group]
+        u = h / step
         j = torch.floor(u).clamp(max=m - 2)
         at = group * m + j.long()
         flat = self.hit_map.reshape(-1)
         y0, y1 = flat[at], flat[at + 1]
         out = y0 + (u - j) * (y1 - y0)
         # beyond the last grid point: unit slope (rare, very energetic hits)
-        return torch.where(u > m - 1, y1 + (u - (m - 1)) * self.hit_step, out), cut
+        return torch.where(u > m - 1, y1 + (u - (m - 1)) * step, out), cut
 
     def calibrate_response(self, el: Tensor, e_inc: Tensor, theta: Tensor) -> Tensor:
         """Layer energies rescaled with the response table of each shower's theta bin."""
@@ -227,11 +233,11 @@ class AxisCalibration(nn.Module):
         identity = torch.linspace(0.0, 10.0, m).expand(n_grp, m)
         q_gen = torch.where(ok[:, None], q_gen, identity) + torch.arange(m) * 1e-6
         q_ref = torch.where(ok[:, None], q_ref, identity)
-        top = float(q_gen[ok, -1].max()) if ok.any() else 10.0
-        step = max(top, 1.0) / (m - 1)
-        grid = (torch.arange(m, dtype=torch.float32) * step)[:, None].expand(m, n_grp)
+        # each group's table spans its own generated features (at least 0..1)
+        step = q_gen[:, -1].clamp_min(1.0) / (m - 1)
+        grid = torch.arange(m, dtype=torch.float32)[:, None] * step[None, :]
         table = calib.map_hits(grid, torch.arange(n_grp), q_gen, q_ref).t()
-        self.hit_step.fill_(step)
+        self.hit_step.copy_(step)
         self.hit_map.copy_(table)
 
     def _fit_response(self, x: Tensor, e_inc: Tensor, angles: Tensor, gen_ratio: Tensor,

@@ -6,7 +6,7 @@ lifecycle, mixed precision, gradient synchronisation across processes, checkpoin
 RNG state; the model only says *what* to update:
 
 - ``Config``: a :class:`~caloforge.models.config.Config` dataclass with ``presets``;
-- ``fit_preprocessing(x, e_inc)``: fit its invertible transforms on training showers;
+- ``fit_preprocessing(x, e_inc, angles)``: fit its invertible transforms on training showers;
 - ``configure_optimizers()`` / ``phases()``: named optimisers and training phases
   (e.g. WGAN: pre-train the energy constrainer, then the GAN);
 - ``training_step(batch, phase, ctx) -> dict of losses``: the update logic, calling
@@ -230,9 +230,11 @@ class GenerativeModel(nn.Module):
         return self.fitted.device
 
     # ---- training-side API (overridden by architectures) -------------------------------
-    def fit_preprocessing(self, x: Tensor, e_inc: Tensor) -> None:
+    def fit_preprocessing(self, x: Tensor, e_inc: Tensor, angles: Tensor | None = None) -> None:
         """Fit transforms on training showers (MeV); the base fits the energy range.
-        Point-cloud models are called as ``fit_preprocessing(points, e_inc, mask=mask)``
+        ``angles``: the showers' (theta, phi) in rad for models that take them (as in
+        :class:`TrainBatch`).  Point-cloud models are called as
+        ``fit_preprocessing(points, e_inc, mask=mask, angles=angles)``
         with padded clouds as in :class:`TrainBatch` (also ``finalize``, with ``mask=``)."""
         self.energy.fit(e_inc)
         self.fitted.fill_(True)

@@ -197,7 +197,7 @@ class BIBAE(GenerativeModel):
                                                     8, tuple(c.latent_flow_hidden))
 
     # ---- pieces ----------------------------------------------------------------------------
-    def fit_preprocessing(self, x: Tensor, e_inc: Tensor) -> None:
+    def fit_preprocessing(self, x: Tensor, e_inc: Tensor, angles: Tensor | None = None) -> None:
         super().fit_preprocessing(x, e_inc)
         self.transform.fit(x, e_inc)
 

@@ -130,7 +130,8 @@ class CaloClouds2CM(EDMSampling, PointDiffusionModel):
             ref["path"] = Path(ref["path"]).name
         self.teacher_ref = {**ref, "model": teacher.name, "config": teacher.config.to_dict()}
 
-    def fit_preprocessing(self, x: Tensor, e_inc: Tensor, mask: Tensor | None = None) -> None:
+    def fit_preprocessing(self, x: Tensor, e_inc: Tensor, mask: Tensor | None = None,
+                          angles: Tensor | None = None) -> None:
         """A fresh student starts from its teacher: after the usual checks of the data, the
         teacher's standardisation, conditions and weights replace the fitted ones."""
         super().fit_preprocessing(x, e_inc, mask=mask)

@@ -207,7 +207,7 @@ class CaloFlow(GenerativeModel):
         return cond, u, self.shower_context(cond, el), y
 
     # ---- training ------------------------------------------------------------------------
-    def fit_preprocessing(self, x: Tensor, e_inc: Tensor) -> None:
+    def fit_preprocessing(self, x: Tensor, e_inc: Tensor, angles: Tensor | None = None) -> None:
         super().fit_preprocessing(x, e_inc)
         gen = torch.Generator().manual_seed(0)
         el = torch.cat([self.layer_energies(self._dequantised(x[i:i + 1000].float(), gen))

@@ -171,7 +171,7 @@ class CaloFlowStudent(GenerativeModel):
                               "trained caloflow model; training.frozen_models.teacher)")
         self.bind_teacher(models["teacher"], references["teacher"])
 
-    def fit_preprocessing(self, x: Tensor, e_inc: Tensor) -> None:
+    def fit_preprocessing(self, x: Tensor, e_inc: Tensor, angles: Tensor | None = None) -> None:
         super().fit_preprocessing(x, e_inc)  # the energy range the student will accept
         lo, hi = self.energy_range_mev
         t_lo, t_hi = self.teacher.energy_range_mev

@@ -303,7 +303,7 @@ class CaloGAN(GenerativeModel):
         return self.has_overflow
 
     # ---- preprocessing -----------------------------------------------------------------
-    def fit_preprocessing(self, x: Tensor, e_inc: Tensor) -> None:
+    def fit_preprocessing(self, x: Tensor, e_inc: Tensor, angles: Tensor | None = None) -> None:
         super().fit_preprocessing(x, e_inc)
         self.transform.fit(x, e_inc)
         self.response.fill_(float(self.transform.steps[0].fraction))

@@ -154,6 +154,8 @@ class ConditionSpace:
         for name in ("theta", "phi"):
             if getattr(conditions, name) is None and name in self.fixed:
                 filled[name] = np.full(n, float(self.fixed[name]))
+            elif getattr(conditions, name) is None and name in self.ranges:
+                filled[name] = np.zeros(n)  # what a model fed angles gets for one left out
         if conditions.impact is None and "impact" in self.fixed:
             filled["impact"] = np.tile(np.asarray(self.fixed["impact"], dtype=np.float64),
                                        (n, 1))

@@ -21,7 +21,8 @@ The ``compact`` preset (the shipped CPU default) shares one lean affine layer fl
 layers (layer one-hot in the context), models log(cell / readout threshold) with the
 cells below threshold dequantised under 0, and in :meth:`L2LFlows.finalize` calibrates
 per-cell occupancy cuts, hit-energy quantile maps and the mu90/sigma90 response on the
-training showers.
+training showers.  Models conditioned on the direction draw each layer in a frame that
+follows the shower axis (``axis_frame``, :mod:`caloforge.models.axis_frame`).
 
 >>> model = L2LFlows.from_config(None, "calogan", preset="tiny")
 >>> len(model.layer_flows)
@@ -41,6 +42,7 @@ from caloforge.data.batch import Conditions
 from caloforge.geometry import Geometry
 from caloforge.models import calibration as calib
 from caloforge.models.axis_calibration import AxisCalibration
+from caloforge.models.axis_frame import AxisFrame
 from caloforge.models.base import GenerativeModel, StepContext, TrainBatch, register
 from caloforge.models.config import ModelConfig, positive
 from caloforge.models.flows import (
@@ -100,6 +102,11 @@ class L2LFlowsConfig(ModelConfig):
     calibration_theta_bins: int = 4
     # Shared layer flow only: use AffineCouplingFlow (needs bins = 0), the fast sampler.
     lean_affine: bool = False
+    # Models conditioned on the direction (shared flow, log_threshold): the layer flow
+    # models every layer moved by whole cells so that the shower axis sits at the window
+    # centre, and is moved back onto the detector grid when generated
+    # (:mod:`caloforge.models.axis_frame`).  Off: the fixed detector grid.
+    axis_frame: bool = False
 
     def validate(self) -> None:
         super().validate()
@@ -128,6 +135,11 @@ class L2LFlowsConfig(ModelConfig):
         if self.calibration_theta_bins < 1:
             from caloforge.errors import ConfigError
             raise ConfigError("config key 'calibration_theta_bins' must be >= 1")
+        if self.axis_frame and not (self.shared_layer_flow
+                                    and self.cell_feature == "log_threshold"):
+            from caloforge.errors import ConfigError
+            raise ConfigError("config key 'axis_frame' needs shared_layer_flow = true and "
+                              "cell_feature = log_threshold (e.g. preset 'compact')")
 
 
 @register("l2lflows")
@@ -145,8 +157,9 @@ class L2LFlows(GenerativeModel):
                  "lr": 3e-3},
         # The shipped CPU default: one shared affine layer flow on threshold-relative log
         # energies (a few hundred thousand weights, a few ms per 30x30x30 shower on CPU).
+        # Trained on several directions it draws its layers in the axis frame.
         "compact": {"shared_layer_flow": True, "cell_feature": "log_threshold", "bins": 0,
-                    "lean_affine": True,
+                    "lean_affine": True, "axis_frame": True,
                     "hidden": [96], "context_embedding": 32, "transforms": 6,
                     "lr": 1e-3, "lr_decay": 0.05},
     }
@@ -190,6 +203,7 @@ class L2LFlows(GenerativeModel):
                 self.axis_cal = AxisCalibration(geometry, c.calibration_theta_bins,
                                                 c.calibration_cell_rings, k, nb)
         self.shared = bool(c.shared_layer_flow)
+        self.frame: AxisFrame | None = None  # the axis frame, where the config asks for it
         if self.shared:
             self._build_shared(geometry)
             return
@@ -226,6 +240,9 @@ class L2LFlows(GenerativeModel):
             emb = raw
         self.register_buffer("layer_onehot", torch.eye(self.n_mod), persistent=False)
         ctx = emb + self.n_mod + 1 + self.n_conditions
+        if c.axis_frame and self.takes_angles:
+            self.frame = AxisFrame(geometry, self.modelled)
+            ctx += 2  # where the axis crosses the layer within the central cell
         if c.lean_affine:
             self.layer_flows["shared"] = AffineCouplingFlow(
                 self.n_cells, ctx, c.transforms, tuple(c.hidden))
@@ -302,7 +319,7 @@ class L2LFlows(GenerativeModel):
             noise = torch.rand(x.shape, generator=gen, device=x.device) * self.config.dequantize
         return self._fractions(x, el, noise)
 
-    def fit_preprocessing(self, x: Tensor, e_inc: Tensor) -> None:
+    def fit_preprocessing(self, x: Tensor, e_inc: Tensor, angles: Tensor | None = None) -> None:
         super().fit_preprocessing(x, e_inc)
         if self._log_thr:
             x = torch.cat([self._threshold(x[i:i + 1000].float())
@@ -312,10 +329,16 @@ class L2LFlows(GenerativeModel):
         # Fit on the same dequantised fractions that training sees: a cell that is always
         # empty would otherwise get a zero width and blow its noise up to huge values.
         gen = torch.Generator().manual_seed(0)
+        if self.frame is not None and angles is not None:
+            self._fit_frame_depths(x, angles)
 
         def chunks():  # bounded memory: 1000 showers at a time
             for i in range(0, len(x), 1000):
-                yield self._cell_features(x[i:i + 1000].float(), el[i:i + 1000], gen)
+                xi = x[i:i + 1000].float()
+                if self.frame is not None:
+                    a = None if angles is None else angles[i:i + 1000]
+                    xi = self._to_axis_frame(xi, self._axis_offsets(a, len(xi))[0])
+                yield self._cell_features(xi, el[i:i + 1000], gen)
 
         self.voxel_std.fit_chunks(chunks())
 
@@ -349,12 +372,16 @@ class L2LFlows(GenerativeModel):
         c = self.condition_features(e_inc, batch.angles)
         el = self._layer_energies(x)
         e_feat = self.energy_std(self._energy_features(el, e_inc), e_inc)
+        remainder = None
+        if self.frame is not None:
+            shift, remainder = self._axis_offsets(batch.angles, len(x))
+            x = self._to_axis_frame(x, shift)
         y = self.voxel_std(self._cell_features(x, el, ctx.generator), e_inc)
         # No autocast: spline log-densities and their Jacobians overflow in bf16/fp16, so
         # the flows train in float32 even when the loop enables mixed precision.
         nll_e = -self.energy_flow(c).log_prob(e_feat).mean() / e_feat.shape[1]
         if self.shared:
-            nll_l = self._shared_nll(y, el, e_feat, c)
+            nll_l = self._shared_nll(y, el, e_feat, c, remainder)
             loss = nll_e + nll_l
             ctx.step("flows", loss)
             return {"nll_energy": nll_e.item(), "nll_layers": nll_l.item()}
@@ -371,8 +398,10 @@ class L2LFlows(GenerativeModel):
         ctx.step("flows", loss)
         return {"nll_energy": nll_e.item(), "nll_layers": nll_l.item()}
 
-    def _shared_context_all(self, y: Tensor, e_feat: Tensor, c: Tensor) -> Tensor:
-        """Context of every modelled layer at once, ``(B * n_mod, ctx)``."""
+    def _shared_context_all(self, y: Tensor, e_feat: Tensor, c: Tensor,
+                            remainder: Tensor | None = None) -> Tensor:
+        """Context of every modelled layer at once, ``(B * n_mod, ctx)`` (``remainder``:
+        the axis frame's sub-cell axis position, (B, n_mod, 2))."""
         b, m, n, p = len(y), self.n_mod, self.n_cells, self.config.context_layers
         img = y[:, self.mod_index].view(b, m, n)
         parts = []
@@ -386,11 +415,14 @@ class L2LFlows(GenerativeModel):
         parts.append(self.layer_onehot.expand(b, m, m).reshape(b * m, m))
         parts.append(e_feat[:, self.mod_energy_index].reshape(b * m, 1))
         parts.append(c.repeat_interleave(m, 0))
+        if remainder is not None:
+            parts.append(remainder.reshape(b * m, 2))
         return torch.cat(parts, 1)
 
-    def _shared_nll(self, y: Tensor, el: Tensor, e_feat: Tensor, c: Tensor) -> Tensor:
+    def _shared_nll(self, y: Tensor, el: Tensor, e_feat: Tensor, c: Tensor,
+                    remainder: Tensor | None = None) -> Tensor:
         b, m, n = len(y), self.n_mod, self.n_cells
-        ctx = self._shared_context_all(y, e_feat, c)
+        ctx = self._shared_context_all(y, e_feat, c, remainder)
         target = y[:, self.mod_index].view(b * m, n)
         flow = self.layer_flows["shared"]
         lp = flow.log_prob(target, ctx) if isinstance(flow, AffineCouplingFlow) \
@@ -399,9 +431,10 @@ class L2LFlows(GenerativeModel):
         return -(lp * mask).sum() / mask.sum().clamp_min(1) / n
 
     def _shared_layer_context(self, i: int, images: dict[int, Tensor], e_feat: Tensor,
-                              c: Tensor) -> Tensor:
+                              c: Tensor, remainder: Tensor | None = None) -> Tensor:
         """Context of modelled layer number ``i`` during generation (``images``: the
-        layers generated so far, by layer number)."""
+        layers generated so far, by layer number; ``remainder``: as in
+        :meth:`_shared_context_all`)."""
         b, n, p = c.shape[0], self.n_cells, self.config.context_layers
         parts = []
         if p:
@@ -417,12 +450,56 @@ class L2LFlows(GenerativeModel):
         parts.append(self.layer_onehot[i].expand(b, self.n_mod))
         parts.append(e_feat[:, self.active.index(self.modelled[i])].unsqueeze(1))
         parts.append(c)
+        if remainder is not None:
+            parts.append(remainder[:, i])
         return torch.cat(parts, 1)
 
     def _impact(self) -> tuple[float, float]:
         """The fixed impact point (mm) of the training showers: where shower axes start."""
         x, y = self.condition_space.fixed.get("impact", (0.0, 0.0))
         return float(x), float(y)
+
+    def _axis_offsets(self, angles: Tensor | None, n: int) -> tuple[Tensor, Tensor]:
+        """Axis frame: whole-cell shift and remainder of every modelled layer (B, m, 2)."""
+        if angles is None:
+            angles = self.layer_onehot.new_zeros(n, 2)
+        return self.frame.offsets(angles, self._impact())
+
+    def _fit_frame_depths(self, x: Tensor, angles: Tensor) -> None:
+        """Where the axis frame crosses each layer, from the read-out showers ``x``."""
+        sums = None
+        for i in range(0, len(x), 1000):
+            xi = x[i:i + 1000].float()
+            part = self.frame.depth_sums(
+                xi[:, self.mod_index].view(len(xi), self.n_mod, self.n_cells),
+                angles[i:i + 1000], self._impact())
+            sums = part if sums is None else (sums[0] + part[0], sums[1] + part[1])
+        self.frame.fit_depths(*sums)
+        self._sync_axis_depths()
+
+    def _sync_axis_depths(self) -> None:
+        """The axis calibration's rings go around the frame's line too: each modelled
+        cell at its layer's fitted depth."""
+        if self.frame is None or self.axis_cal is None:
+            return
+        z = self.axis_cal.cell_z
+        z[self.mod_index] = self.frame.depth.repeat_interleave(self.n_cells).to(z)
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):  # noqa: ANN001, ANN201
+        result = super().load_state_dict(state_dict, strict=strict, assign=assign)
+        self._sync_axis_depths()
+        return result
+
+    def _to_axis_frame(self, x: Tensor, shift: Tensor) -> Tensor:
+        """Showers ``x`` (B, n_voxels) with every modelled layer moved into the axis frame
+        (cells from outside the window empty)."""
+        b = len(x)
+        moved = self.frame.move(x[:, self.mod_index].view(b, self.n_mod, self.n_cells), shift, 0.0)
+        if len(self.mod_index) == x.shape[1]:
+            return moved.reshape(b, -1)
+        out = x.clone()
+        out[:, self.mod_index] = moved.reshape(b, -1)
+        return out
 
     # ---- generation ------------------------------------------------------------------------
     def _sample_flow(self, flow: Flow, context: Tensor, features: int,
@@ -510,6 +587,10 @@ class L2LFlows(GenerativeModel):
         # concatenation at the end: writing layers into slices of a preallocated tensor
         # would export as one ONNX ScatterND per layer (issue 12), copying the whole vector.
         b = c.shape[0]
+        back = remainder = None
+        if self.frame is not None:  # where each layer's cells go back on the detector grid
+            shift, remainder = self._axis_offsets(angles, b)
+            back = self.frame.index(-shift)
         images: dict[int, Tensor] = {}  # flow-space image of each layer generated so far
         layers: list[Tensor] = []  # cell energies (MeV) of each active layer, in order
         layer_feats: list[Tensor] = []  # log_threshold: raw log features of each layer
@@ -518,7 +599,8 @@ class L2LFlows(GenerativeModel):
             s = self._slice(k)
             if k in self.modelled:
                 if self.shared:
-                    ctx = self._shared_layer_context(self.modelled.index(k), images, e_feat, c)
+                    ctx = self._shared_layer_context(self.modelled.index(k), images, e_feat, c,
+                                                     remainder)
                     flow = self.layer_flows["shared"]
                 else:
                     ctx = self._context(k, images, e_feat, c)
@@ -526,7 +608,13 @@ class L2LFlows(GenerativeModel):
                 y_k = self._sample_flow(flow, ctx, self.cells[k], generator).clamp(-20, 20)
                 images[k] = y_k
                 if self._log_thr:
-                    layer_feats.append(y_k * self.voxel_std.std[s] + self.voxel_std.mean[s])
+                    f_k = y_k * self.voxel_std.std[s] + self.voxel_std.mean[s]
+                    if back is not None:  # back onto the detector grid; outside: empty
+                        j = self.modelled.index(k)
+                        f_k = self.frame.take(f_k[:, None], (back[0][:, j:j + 1],
+                                                             back[1][:, j:j + 1]),
+                                              -3.0 * self.config.zero_width)[:, 0]
+                    layer_feats.append(f_k)
                     layers.append(None)  # read out below, all modelled layers at once
                     continue
                 logit = y_k * self.voxel_std.std[s] + self.voxel_std.mean[s]

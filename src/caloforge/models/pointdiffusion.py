@@ -126,7 +126,8 @@ class PointDiffusionModel(GenerativeModel):
         mean, std = self.count_stats
         return ((torch.log(n_points.float()) - mean) / std)[:, None]
 
-    def fit_preprocessing(self, x: Tensor, e_inc: Tensor, mask: Tensor | None = None) -> None:
+    def fit_preprocessing(self, x: Tensor, e_inc: Tensor, mask: Tensor | None = None,
+                          angles: Tensor | None = None) -> None:
         """Standardisation of point and shower features from training clouds ``x``
         (padded, as in :class:`TrainBatch`) and their ``mask``."""
         super().fit_preprocessing(x, e_inc)

@@ -83,7 +83,7 @@ class WGAN(GenerativeModel):
         self.critic = Critic3d(grid, 1, config.critic_channels, config.critic_hidden, cond=n_c)
         self.constrainer = mlp([geometry.n_voxels, *config.constrainer_hidden, 1])
 
-    def fit_preprocessing(self, x: Tensor, e_inc: Tensor) -> None:
+    def fit_preprocessing(self, x: Tensor, e_inc: Tensor, angles: Tensor | None = None) -> None:
         super().fit_preprocessing(x, e_inc)
         self.transform.fit(x, e_inc)
 

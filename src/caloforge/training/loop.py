@@ -277,7 +277,7 @@ class Trainer:
         if state is None:
             fit = self._fit_subset()
             if self.points:
-                model.fit_preprocessing(fit.points, fit.e_inc, mask=fit.mask)
+                model.fit_preprocessing(fit.points, fit.e_inc, mask=fit.mask, angles=fit.angles)
             else:
                 if model.requires_overflow and fit.overflow is None:
                     raise InputError(
@@ -285,7 +285,7 @@ class Trainer:
                         f"model {model.name!r} needs on geometry {model.geometry.name!r} (a "
                         f"CaloGAN file must have the 'overflow' dataset)",
                         self.data_source or None)
-                model.fit_preprocessing(fit.x, fit.e_inc)
+                model.fit_preprocessing(fit.x, fit.e_inc, angles=fit.angles)
                 model.fit_overflow(fit.overflow, fit.e_inc)
         self.model.to(self.device)
         broadcast_state(self.model, self.dist)
