@@ -151,8 +151,8 @@ def test_normal_incidence_models_keep_their_per_cell_tables():
     sums = [220.20050048828125, 589.974365234375, 1006.9737548828125, 1035.84130859375,
             1671.0601806640625, 296.5234375]
     hits = [106, 223, 349, 275, 364, 145]
-    np.testing.assert_allclose(x.sum(1), sums, rtol=1e-4)
-    # a cell rounding across the threshold on another CPU may flip one hit
+    # a cell rounding across the threshold on another CPU may flip a hit (~0.1 MeV)
+    np.testing.assert_allclose(x.sum(1), sums, rtol=1e-3)
     assert np.abs((x > 0).sum(1) - np.array(hits)).max() <= 2
 
 
