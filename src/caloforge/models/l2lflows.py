@@ -629,8 +629,12 @@ class L2LFlows(GenerativeModel):
                 u = torch.ones(b, self.cells[k], device=c.device)
             layers.append(u * el[:, i:i + 1])
         if self._log_thr:
-            axis_groups = None if axis is None else torch.cat(
-                [axis.groups(angles, self._slice(k)) for k in self.modelled], 1)
+            axis_groups = None
+            if axis is not None:  # one call for all cells (element-wise: the same values)
+                axis_groups = axis.groups(angles, slice(None))
+                cols = self._modelled_columns()[0]
+                if len(cols) != axis_groups.shape[1]:
+                    axis_groups = axis_groups.index_select(1, cols)
             read = iter(self._read_out([f for k, f in zip(self.active, layer_feats)
                                         if k in self.modelled], el, calibrated, axis_groups))
             layers = [next(read) if t is None else t for t in layers]
