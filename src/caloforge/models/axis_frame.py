@@ -13,7 +13,10 @@ crossing point, so that the layer model sees (and draws) every layer with its ax
 half a cell of the window centre, as the Geant4 fast-simulation hooks (Par04, DDML) place
 their readout grid along the particle direction.  The displacement is applied exactly
 and for free; the model learns the rest: the sub-cell remainder (given to it as context,
-in cells), the elongation of oblique showers and their longitudinal profile.
+in cells), the elongation of oblique showers and their longitudinal profile.  The line
+the frame follows is the axis with a fitted depth per layer (:meth:`AxisFrame.fit_depths`):
+where the energy centroid of oblique training showers crosses each layer, which is not
+quite the geometric axis.
 
 Cells moved in from outside the window are empty (``fill``); cells moved out are dropped.
 At generation the layer is moved back onto the detector grid, so what a model draws
@@ -23,7 +26,7 @@ more than 15 cells (76 mm, ~4 Moliere radii) from the axis are lost that way.
 >>> from caloforge.models.toy import toy_geometry
 >>> frame = AxisFrame(toy_geometry(), [0, 1, 2])
 >>> frame.grid
-(4, 4)
+(6, 6)
 """
 
 from __future__ import annotations
