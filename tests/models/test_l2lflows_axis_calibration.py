@@ -15,6 +15,7 @@ from caloforge.data import Conditions
 from caloforge.errors import ConfigError
 from caloforge.models import build, load
 from caloforge.models.axis_calibration import AxisCalibration
+from caloforge.models.axis_calibration_fit import fit_hit_maps
 from caloforge.models.toy import toy_geometry, toy_showers
 from caloforge.training import TrainConfig, train
 
@@ -156,16 +157,33 @@ def test_normal_incidence_models_keep_their_per_cell_tables():
     assert np.abs((x > 0).sum(1) - np.array(hits)).max() <= 2
 
 
-def test_hit_map_interpolates_its_table_and_continues_with_unit_slope():
+def test_hit_map_interpolates_its_table_and_stops_at_the_hottest_hit():
     cal = AxisCalibration(toy_geometry(), n_theta_bins=1, inner_rings=1, n_knots=5,
                           n_energy_bins=2)
-    cal.hit_step.fill_(1.0)  # grid 0, 1, 2, 3, 4
+    cal.hit_step.fill_(1.0)  # grid uniform in sqrt(h): h = 0, 1, 4, 9, 16
     cal.hit_map[3] = torch.tensor([0.0, 2.0, 3.0, 3.5, 6.0])
     cal.cut[0, 3] = 0.5
-    f = torch.tensor([[0.0, 0.5, 1.0, 2.75, 4.5, 7.5]])
+    f = torch.tensor([[0.0, 0.5, 1.0, 2.75, 4.5, 7.5, 20.5]])
     out, cut = cal.read_out(f, torch.full_like(f, 3, dtype=torch.long))
     assert torch.allclose(cut, torch.full_like(f, 0.5))
-    # h = f - cut, clamped at 0: 0, 0, 0.5, 2.25, 4.0, 7.0
+    # h = f - cut, clamped at 0: 0, 0, 0.5, 2.25, 4, 7, 20; sqrt(h) is the table position
+    # beyond the table (h = 20 > 16): its last value, the group's hottest training hit
+    want = [0.0, 0.0, 2.0 * 0.5 ** 0.5, 2.5, 3.0, 3.0 + 0.5 * (7 ** 0.5 - 2), 6.0]
+    assert torch.allclose(out, torch.tensor([want]))
+
+
+def test_tables_saved_uniform_in_h_still_load_and_map_as_before():
+    cal = AxisCalibration(toy_geometry(), n_theta_bins=1, inner_rings=1, n_knots=5,
+                          n_energy_bins=2)
+    state = {k: v.clone() for k, v in cal.state_dict().items()}
+    del state["hit_grid_sqrt"]  # a folder from before the sqrt grid
+    state["ready"].fill_(1.0)
+    state["hit_step"].fill_(1.0)  # grid 0, 1, 2, 3, 4
+    state["hit_map"][3] = torch.tensor([0.0, 2.0, 3.0, 3.5, 6.0])
+    state["cut"][0, 3] = 0.5
+    cal.load_state_dict(state)
+    f = torch.tensor([[0.0, 0.5, 1.0, 2.75, 4.5, 7.5]])
+    out, _ = cal.read_out(f, torch.full_like(f, 3, dtype=torch.long))
     assert torch.allclose(out, torch.tensor([[0.0, 0.0, 1.0, 3.125, 6.0, 9.0]]))
 
 
@@ -181,8 +199,10 @@ def test_hit_maps_keep_their_resolution_for_soft_groups():
     hard = torch.rand(4000, generator=gen) * 60.0
     g_soft, g_hard = 5, 9
     groups = torch.cat([torch.full((4000,), g_soft), torch.full((4000,), g_hard)])
-    cal._fit_hit_maps(torch.cat([soft_ref, hard]), groups, torch.cat([soft_gen, hard]),
-                      groups, min_hits=50)
+    step, table = fit_hit_maps(torch.cat([soft_ref, hard]), groups, torch.cat([soft_gen, hard]),
+                               groups, n_grp=cal.hit_map.shape[0], m=65, min_hits=50)
+    cal.hit_step.copy_(step)
+    cal.hit_map.copy_(table)
     h = torch.tensor([[0.1, 0.3, 0.8, 1.5]])
     out, _ = cal.read_out(h, torch.full_like(h, g_soft, dtype=torch.long))
     torch.testing.assert_close(out, (2.0 * h).sqrt(), atol=0.03, rtol=0.0)

@@ -12,11 +12,18 @@ Here every table is indexed by the cell's position *relative to the shower axis*
 - the axis of a shower with direction (theta, phi) crosses layer k at
   ``impact + z_k tan(theta) (cos phi, sin phi)`` (geometry frame: front face at z = 0);
 - a cell's group is its layer and its *ring* around that point: rings half a cell pitch
-  wide inside ``inner_rings`` pitches (the core, where most energy lies), one pitch wide
-  outside, the last ring open-ended;
+  (``1 / core_divisions``) wide inside ``inner_rings`` pitches (the core, where most
+  energy lies), one pitch wide outside, the last ring open-ended;
 - tables are fitted per *theta bin* (equal numbers of calibration showers per bin,
   edges saved with the model), since the lateral spread of a ring's hits still grows
-  with the angle.
+  with the angle;
+- optionally the occupancy cuts and hit-energy maps are also fitted per *energy bin*
+  (``n_hit_energy_bins``, equal counts in log E) and interpolated linearly in log E
+  between the bins' median energies, so that they follow the incident energy smoothly:
+  a flow whose number of hits grows too slowly with the energy (too many hits at 10 GeV,
+  too few at 100 GeV) is corrected at every energy, not on average, and no cut jumps at
+  a bin edge.  A group with fewer than ``min_hits`` training hits in an energy bin takes
+  its theta bin's table pooled over energies.
 
 Rings are symmetric around the axis, so no table depends on phi, while every shower's
 cells are classified at its own phi; a per-cell table per theta bin would instead have
@@ -30,6 +37,8 @@ no search) and the mu90 / sigma90 response in log-energy bins, one table per the
 >>> cal = AxisCalibration(toy_geometry(), n_theta_bins=2, inner_rings=1, n_knots=5, n_energy_bins=3)
 >>> cal.ring_count, tuple(cal.cut.shape)
 (11, (2, 66))
+>>> AxisCalibration(toy_geometry(), 2, 1, 5, 3, n_hit_energy_bins=4).cut.shape[0]
+8
 """
 
 from __future__ import annotations
@@ -50,6 +59,13 @@ _HIST_TOP = 20.0  # features above this (log(E / threshold) = 20) share the top 
 _CHUNK = 250  # showers per chunk while fitting: (chunk, voxels) int64 group indices
 
 
+def _identity_maps(n_groups: int, m: int) -> tuple[Tensor, Tensor]:
+    """Steps and tables of hit maps out = in over 0..10, on the grid uniform in sqrt(h)."""
+    step = math.sqrt(10.0) / (m - 1)
+    return torch.full((n_groups,), step), ((torch.arange(m) * step) ** 2).expand(n_groups, m) \
+        .clone()
+
+
 def _pitch(xy: np.ndarray) -> float:
     ux = np.unique(np.round(xy[:, 0], 3))
     return float(np.min(np.diff(ux))) if len(ux) > 1 else 1.0
@@ -59,18 +75,24 @@ class AxisCalibration(nn.Module):
     """Calibration tables in (theta bin, layer, ring around the shower axis) groups."""
 
     def __init__(self, geometry: Geometry, n_theta_bins: int, inner_rings: int,
-                 n_knots: int, n_energy_bins: int) -> None:
+                 n_knots: int, n_energy_bins: int, n_hit_energy_bins: int = 1,
+                 layer_shares: bool = False, core_divisions: int = 2) -> None:
         super().__init__()
+        self.fit_layer_shares = bool(layer_shares)  # fit :attr:`hit_weight` (else all 1)
         centres = np.array(geometry.cell_centres, dtype=np.float64)  # a writable copy
         self.pitch = _pitch(centres[:, :2])
         self.inner_rings = int(inner_rings)
+        # rings 1 / core_divisions of a pitch wide inside ``inner_rings`` pitches: finer
+        # rings tell the cell on the axis from one whose edge the axis crosses
+        self.core_divisions = max(int(core_divisions), 1)
         extent = np.hypot(np.ptp(centres[:, 0]), np.ptp(centres[:, 1])) / self.pitch
         # axes outside the window still see every cell within the window's diagonal
-        self.ring_count = 2 * self.inner_rings + int(math.ceil(extent)) + 1
+        self.ring_count = self.core_divisions * self.inner_rings + int(math.ceil(extent)) + 1
         layer = np.asarray(geometry.layer_of_voxel, dtype=np.int64)
         self.n_layers = int(geometry.n_layers)
         self.n_groups = self.n_layers * self.ring_count  # per theta bin
         self.n_bins = int(n_theta_bins)
+        self.n_e = max(int(n_hit_energy_bins), 1)  # energy bins of the cuts and hit maps
         self.register_buffer("cell_xy", torch.as_tensor(centres[:, :2], dtype=torch.float32),
                              persistent=False)
         self.register_buffer("cell_z", torch.as_tensor(centres[:, 2], dtype=torch.float32),
@@ -78,15 +100,33 @@ class AxisCalibration(nn.Module):
         self.register_buffer("cell_offset", torch.as_tensor(layer * self.ring_count),
                              persistent=False)
         t, g, m, nb = self.n_bins, self.n_groups, max(n_knots, 2), max(n_energy_bins, 1)
+        # cuts and hit maps: one table per (theta bin, energy bin), theta-major
+        n_tab = t * self.n_e
         # Identity until fitted: cut at the threshold, hit maps out = in.
         self.register_buffer("ready", torch.zeros(()))
         self.register_buffer("theta_edges", torch.full((max(t - 1, 1),), math.inf))
-        self.register_buffer("cut", torch.zeros(t, g))
-        # grid step of each group's table: its own range, so that the soft hits of the
-        # halo keep a fine map when the core's features reach far higher
-        self.register_buffer("hit_step", torch.full((t * g,), 10.0 / (m - 1)))
-        self.register_buffer("hit_map", (torch.arange(m) * (10.0 / (m - 1))).expand(t * g, m)
-                             .clone())
+        # log(E / MeV) at which each energy bin's tables apply (the bin's median)
+        self.register_buffer("energy_knots", torch.linspace(0.0, 1.0, self.n_e))
+        self.register_buffer("cut", torch.zeros(n_tab, g))
+        # Hit maps are tabulated at h_j = (j step)^2, j = 0 .. m-1: uniform in sqrt(h), so
+        # that the many hits just above the cut (a tenth of a group's hits within
+        # h < 0.1, where the map is steepest) get a fine map.  The step is each group's own
+        # (its largest h at the last point), so that the soft hits of the halo keep a
+        # fine map when the core's features reach far higher.  Folders saved before this
+        # have tables uniform in h (``hit_grid_sqrt`` = 0).
+        self.register_buffer("hit_grid_sqrt", torch.ones(()))
+        self.sqrt_grid = True  # python mirror of ``hit_grid_sqrt``
+        step, table = _identity_maps(n_tab * g, m)
+        self.register_buffer("hit_step", step)
+        self.register_buffer("hit_map", table)
+        # Per group, a factor on the hits' energy above threshold that makes the mean share
+        # of its layer's energy that the group carries in a shower the training showers'
+        # (the widths of the layers see these shares; the hit maps alone match the
+        # energies per hit, and the layer flow's halo grows with its layer total more than
+        # the training showers' do, so that after rescaling to the sampled layer energy
+        # the halo came out 5-15 % short).  1 everywhere: off.
+        self.register_buffer("hit_weight", torch.ones(n_tab, g))
+        self.weighted = False  # python mirror: any weight != 1
         self.register_buffer("resp_log_e", torch.linspace(0.0, 1.0, nb).expand(t, nb).clone())
         self.register_buffer("resp_mu_gen", torch.ones(t, nb))
         self.register_buffer("resp_mu_ref", torch.ones(t, nb))
@@ -103,8 +143,16 @@ class AxisCalibration(nn.Module):
         step = state_dict.get(prefix + "hit_step")
         if step is not None and step.dim() == 0:  # one step for every group (before)
             state_dict = {**state_dict, prefix + "hit_step": step.expand(self.hit_step.shape)}
+        if prefix + "energy_knots" not in state_dict and self.n_e == 1:  # before energy bins
+            state_dict = {**state_dict, prefix + "energy_knots": self.energy_knots.clone()}
+        if prefix + "hit_grid_sqrt" not in state_dict:  # tables uniform in h (before)
+            state_dict = {**state_dict, prefix + "hit_grid_sqrt": torch.zeros(())}
+        if prefix + "hit_weight" not in state_dict:  # before the layer-share weights
+            state_dict = {**state_dict, prefix + "hit_weight": torch.ones_like(self.hit_weight)}
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         self.is_fitted = bool(self.ready > 0)
+        self.sqrt_grid = bool(self.hit_grid_sqrt > 0)
+        self.weighted = bool((self.hit_weight != 1).any())
 
     # ---- groups ------------------------------------------------------------------------------
     def theta_bin(self, theta: Tensor) -> Tensor:
@@ -113,7 +161,27 @@ class AxisCalibration(nn.Module):
 
     def groups(self, angles: Tensor, cells: slice) -> Tensor:
         """(B, cells) flat group index (theta bin, layer, ring around the axis) of the
-        voxels ``cells`` for showers of direction ``angles`` (B, 2) in rad."""
+        voxels ``cells`` for showers of direction ``angles`` (B, 2) in rad, in the tables
+        of the first energy bin (:meth:`energy_offsets` gives the others)."""
+        local, tbin = self._local(angles, cells)
+        return (tbin * (self.n_e * self.n_groups))[:, None] + local
+
+    def energy_offsets(self, e_inc: Tensor) -> tuple[Tensor, Tensor, Tensor] | None:
+        """Where each shower's energy falls between the energy bins' tables: offsets (B, 1)
+        of the lower and upper bin's tables from :meth:`groups` and the weight (B, 1) of
+        the upper one (linear in log E, constant beyond the outer bins); None with one
+        energy bin."""
+        if self.n_e == 1:
+            return None
+        knots, log_e = self.energy_knots, torch.log(e_inc).to(self.energy_knots)
+        j = torch.searchsorted(knots, log_e.contiguous()).clamp(1, self.n_e - 1) - 1
+        x0, x1 = knots[j], knots[j + 1]
+        w = ((log_e - x0) / (x1 - x0).clamp_min(1e-9)).clamp(0, 1)
+        return (j * self.n_groups)[:, None], ((j + 1) * self.n_groups)[:, None], w[:, None]
+
+    def _local(self, angles: Tensor, cells: slice) -> tuple[Tensor, Tensor]:
+        """(B, cells) group within a table (layer, ring around the axis) and (B,) theta
+        bin."""
         theta, phi = angles[:, 0], angles[:, 1]
         tan = torch.tan(theta)
         z = self.cell_z[cells]
@@ -121,27 +189,55 @@ class AxisCalibration(nn.Module):
         dx = (self.cell_xy[cells, 0] - self.impact[0]) - z * (tan * torch.cos(phi))[:, None]
         dy = (self.cell_xy[cells, 1] - self.impact[1]) - z * (tan * torch.sin(phi))[:, None]
         d = torch.sqrt(dx * dx + dy * dy) * (1.0 / self.pitch)
-        c = self.inner_rings  # half-pitch rings below c pitches, then 2c + floor(d - c)
-        ring = torch.floor(torch.where(d < c, 2 * d, d + c)).clamp(max=self.ring_count - 1)
-        return (self.theta_bin(theta) * self.n_groups)[:, None] + self.cell_offset[cells][None] \
-            + ring.long()
+        # fine rings below c pitches, then one pitch wide: k c + floor(d - c)
+        c, k = self.inner_rings, self.core_divisions
+        ring = torch.floor(torch.where(d < c, k * d, d + (k - 1) * c)) \
+            .clamp(max=self.ring_count - 1)
+        return self.cell_offset[cells][None] + ring.long(), self.theta_bin(theta)
 
     # ---- generation ----------------------------------------------------------------------------
-    def read_out(self, f: Tensor, group: Tensor) -> tuple[Tensor, Tensor]:
+    def read_out(self, f: Tensor, group: Tensor,
+                 energy: tuple[Tensor, Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:
         """Per-element cut and hit-energy map: (mapped log feature, cut) of features
-        ``f`` of cells in ``group`` (both (B, cells))."""
-        cut = self.cut.reshape(-1)[group]
+        ``f`` of cells in ``group`` (both (B, cells)); ``energy``: the showers'
+        :meth:`energy_offsets` (cut and mapped feature interpolated between the two
+        energy bins' tables)."""
+        flat_cut, weight = self.cut.reshape(-1), self.hit_weight.reshape(-1)
+        if energy is None:
+            cut = flat_cut[group]
+            g = self._map(group, (f - cut).clamp_min(0))
+            return (self._weigh(g, weight[group]) if self.weighted else g), cut
+        g0, g1 = group + energy[0], group + energy[1]
+        w = energy[2]
+        cut = torch.lerp(flat_cut[g0], flat_cut[g1], w)
         h = (f - cut).clamp_min(0)
+        g = torch.lerp(self._map(g0, h), self._map(g1, h), w)
+        if self.weighted:
+            g = self._weigh(g, torch.lerp(weight[g0], weight[g1], w))
+        return g, cut
+
+    @staticmethod
+    def _weigh(g: Tensor, weight: Tensor) -> Tensor:
+        """Log feature of a hit whose energy above the threshold is scaled by ``weight``
+        (E / thr = 1 + (e^g - 1) w: a hit stays a hit)."""
+        return torch.log1p(torch.expm1(g.clamp(0, 20)) * weight)
+
+    def _map(self, group: Tensor, h: Tensor) -> Tensor:
+        """The hit-energy map of each element's ``group`` at its excess ``h`` over the cut."""
         m = self.hit_map.shape[1]
         step = self.hit_step[group]
-        u = h / step
+        u = (torch.sqrt(h) if self.sqrt_grid else h) / step
         j = torch.floor(u).clamp(max=m - 2)
         at = group * m + j.long()
         flat = self.hit_map.reshape(-1)
         y0, y1 = flat[at], flat[at + 1]
         out = y0 + (u - j) * (y1 - y0)
-        # beyond the last grid point: unit slope (rare, very energetic hits)
-        return torch.where(u > m - 1, y1 + (u - (m - 1)) * step, out), cut
+        # Beyond the last grid point (the group's hottest calibration hit): the hottest
+        # training hit of the group.  A far tail of the flow would otherwise map to a hit
+        # that takes most of its layer's energy.  (Tables uniform in h: unit slope.)
+        if self.sqrt_grid:
+            return torch.where(u > m - 1, y1, out)
+        return torch.where(u > m - 1, y1 + (h - (m - 1) * step), out)
 
     def calibrate_response(self, el: Tensor, e_inc: Tensor, theta: Tensor) -> Tensor:
         """Layer energies rescaled with the response table of each shower's theta bin."""
@@ -149,11 +245,7 @@ class AxisCalibration(nn.Module):
         return calib.calibrate_response(el, e_inc, self.resp_log_e[b], self.resp_mu_gen[b],
                                         self.resp_mu_ref[b], self.resp_k[b])
 
-    # ---- fitting --------------------------------------------------------------------------------
-    def _all_groups(self, angles: Tensor) -> Tensor:
-        return self.groups(angles.to(self.cell_xy), slice(None))
-
-    @torch.no_grad()
+    # ---- fitting (models/axis_calibration_fit.py) ------------------------------------------------
     def fit(self, x: Tensor, e_inc: Tensor, angles: Tensor, feats: Tensor, gen_ratio: Tensor,
             threshold_mev: float, zero_width: float, hit_maps: bool = True,
             min_hits: int = 50) -> None:
@@ -161,115 +253,7 @@ class AxisCalibration(nn.Module):
         (N, 2); generated raw log features ``feats`` (n, voxels) and visible-energy ratios
         ``gen_ratio`` (n,) at the conditions of the first n training showers.  Without
         ``hit_maps`` the hit energies keep the identity map."""
-        n = len(feats)
-        self._fit_edges(angles[:n, 0].double().cpu())
-        t, g = self.n_bins, self.n_groups
-        total, ref_hits, ref_v, ref_g = torch.zeros(t * g), torch.zeros(t * g), [], []
-        for i in range(0, len(x), _CHUNK):
-            xs, grp = x[i:i + _CHUNK].cpu(), self._all_groups(angles[i:i + _CHUNK]).cpu()
-            hit = xs >= threshold_mev
-            total += torch.bincount(grp.reshape(-1), minlength=t * g)
-            ref_hits += torch.bincount(grp[hit], minlength=t * g)
-            ref_v.append(torch.log(xs[hit] / threshold_mev))
-            ref_g.append(grp[hit])
-        occ = ref_hits / total.clamp_min(1)
-        cut = self._occupancy_cuts(feats, angles[:n], occ, zero_width)
-        gen_v, gen_g = [], []
-        for i in range(0, n if hit_maps else 0, _CHUNK):
-            fs, grp = feats[i:i + _CHUNK], self._all_groups(angles[i:i + _CHUNK]).cpu()
-            c = cut[grp]
-            hit = fs >= c
-            gen_v.append((fs - c)[hit])
-            gen_g.append(grp[hit])
-        if hit_maps:
-            self._fit_hit_maps(torch.cat(ref_v), torch.cat(ref_g), torch.cat(gen_v),
-                               torch.cat(gen_g), min_hits)
-        self.cut.copy_(cut.view(t, g))
-        self._fit_response(x, e_inc, angles, gen_ratio, threshold_mev)
-        self._fill_empty_bins(angles[:n, 0])
-        self.ready.fill_(1.0)
-        self.is_fitted = True
+        from caloforge.models.axis_calibration_fit import fit
 
-    def _fit_edges(self, theta: Tensor) -> None:
-        """Inner bin edges at the theta quantiles of the calibration showers (a theta that
-        takes few values gives fewer, unique edges; the rest are +inf: empty bins)."""
-        q = torch.quantile(theta, torch.linspace(0, 1, self.n_bins + 1, dtype=torch.float64))
-        inner = torch.unique(q[1:-1])
-        inner = inner[(inner > q[0]) & (inner < q[-1])] if self.n_bins > 1 else inner[:0]
-        edges = torch.full_like(self.theta_edges, math.inf)
-        edges[:len(inner)] = inner.to(edges)
-        self.theta_edges.copy_(edges)
-
-    def _occupancy_cuts(self, feats: Tensor, angles: Tensor, occ: Tensor,
-                        zero_width: float) -> Tensor:
-        """Per-group cut keeping the training fraction ``occ`` of the group's generated
-        features above it (from a fine histogram, linear within a bin)."""
-        lo, h = -_CUT_FLOOR * zero_width, _HIST_BINS
-        width = (_HIST_TOP - lo) / h
-        n_grp = self.n_bins * self.n_groups
-        hist = torch.zeros(n_grp * h, dtype=torch.float64)
-        for i in range(0, len(feats), _CHUNK):
-            grp = self._all_groups(angles[i:i + _CHUNK]).cpu()
-            k = ((feats[i:i + _CHUNK] - lo) / width).floor().clamp(0, h - 1).long()
-            hist += torch.bincount((grp * h + k).reshape(-1), minlength=n_grp * h)
-        hist = hist.view(n_grp, h)
-        above = hist.flip(1).cumsum(1).flip(1)  # elements in bins j.. (feature >= edge j)
-        count = above[:, 0]
-        want = occ.double() * count
-        j = ((above >= want[:, None]).sum(1) - 1).clamp(0, h - 1)
-        nxt = torch.cat([above[:, 1:], above.new_zeros(n_grp, 1)], 1).gather(1, j[:, None])[:, 0]
-        in_bin = hist.gather(1, j[:, None])[:, 0]
-        frac = ((want - nxt) / in_bin.clamp_min(1e-12)).clamp(0, 1)
-        cut = lo + (j + 1 - frac) * width
-        cut = torch.where((occ > 0) & (count > 0), cut, torch.full_like(cut, _CUT_NEVER))
-        return cut.float().clamp(lo, _CUT_NEVER)
-
-    def _fit_hit_maps(self, ref_v: Tensor, ref_g: Tensor, gen_v: Tensor, gen_g: Tensor,
-                      min_hits: int) -> None:
-        n_grp, m = self.hit_map.shape
-        q_ref, n_ref = calib.group_quantiles(ref_v, ref_g, n_grp, m)
-        q_gen, n_gen = calib.group_quantiles(gen_v, gen_g, n_grp, m)
-        ok = (n_ref >= min_hits) & (n_gen >= min_hits)
-        identity = torch.linspace(0.0, 10.0, m).expand(n_grp, m)
-        q_gen = torch.where(ok[:, None], q_gen, identity) + torch.arange(m) * 1e-6
-        q_ref = torch.where(ok[:, None], q_ref, identity)
-        # each group's table spans its own generated features (at least 0..1)
-        step = q_gen[:, -1].clamp_min(1.0) / (m - 1)
-        grid = torch.arange(m, dtype=torch.float32)[:, None] * step[None, :]
-        table = calib.map_hits(grid, torch.arange(n_grp), q_gen, q_ref).t()
-        self.hit_step.copy_(step)
-        self.hit_map.copy_(table)
-
-    def _fit_response(self, x: Tensor, e_inc: Tensor, angles: Tensor, gen_ratio: Tensor,
-                      threshold_mev: float) -> None:
-        n = len(gen_ratio)
-        real = torch.cat([(x[i:i + 1000].double() * (x[i:i + 1000] >= threshold_mev)).sum(1)
-                          .cpu() for i in range(0, len(x), 1000)]) / e_inc.double().cpu()
-        b_real = self.theta_bin(angles[:, 0].to(self.theta_edges)).cpu()
-        b_gen = b_real[:n]
-        e = e_inc.cpu()
-        for b in range(self.n_bins):
-            sr, sg = b_real == b, b_gen == b
-            table = calib.response_table(e[sr], real[sr], e[:n][sg], gen_ratio[sg],
-                                         self.resp_log_e.shape[1]) if sg.any() else None
-            if table is None:
-                continue  # too few showers: filled from a neighbour (_fill_empty_bins)
-            for buf, val in zip((self.resp_log_e, self.resp_mu_ref, self.resp_mu_gen,
-                                 self.resp_k), table):
-                buf[b].copy_(val.to(buf))
-
-    def _fill_empty_bins(self, theta: Tensor) -> None:
-        """Theta bins without calibration showers take the tables of the nearest bin that
-        has some (a request can still land there, e.g. below the lowest trained theta)."""
-        counts = torch.bincount(self.theta_bin(theta.to(self.theta_edges)).cpu(),
-                                minlength=self.n_bins)
-        filled = torch.nonzero(counts > 0)[:, 0]
-        g = self.n_groups
-        for b in range(self.n_bins):
-            if counts[b] > 0:
-                continue
-            src = int(filled[(filled - b).abs().argmin()])
-            self.cut[b] = self.cut[src]
-            self.hit_map[b * g:(b + 1) * g] = self.hit_map[src * g:(src + 1) * g]
-            for buf in (self.resp_log_e, self.resp_mu_gen, self.resp_mu_ref, self.resp_k):
-                buf[b] = buf[src]
+        fit(self, x, e_inc, angles, feats, gen_ratio, threshold_mev, zero_width, hit_maps,
+            min_hits)

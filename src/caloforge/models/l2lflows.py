@@ -100,6 +100,20 @@ class L2LFlowsConfig(ModelConfig):
     # (equal numbers of calibration showers) and per ring around each shower's own axis
     # instead of per fixed cell (:mod:`caloforge.models.axis_calibration`).
     calibration_theta_bins: int = 4
+    # ... and the occupancy cuts and hit-energy maps also per bin of the incident energy
+    # (equal counts in log E), interpolated in log E between the bins: the energy
+    # dependence of the number of hits and of the shower width is then the training
+    # data's, not the flow's.  1 = pooled over energies.
+    calibration_hit_energy_bins: int = 1
+    # ... and weigh each (layer, ring) group's hit energies so that its mean share of the
+    # layer energy is the training showers' (the layers' widths).
+    calibration_layer_shares: bool = False
+    # Models without angles: fit the tables per ring around the (fixed) shower axis like
+    # direction-conditioned models do (one theta bin), which is what the two options above
+    # need, instead of per cell.  Direction-conditioned models always do.
+    calibration_axis_tables: bool = False
+    # Rings of the axis tables inside calibration_cell_rings pitches: 1/N of a pitch wide.
+    calibration_core_divisions: int = 2
     # Shared layer flow only: use AffineCouplingFlow (needs bins = 0), the fast sampler.
     lean_affine: bool = False
     # Models conditioned on the direction (shared flow, log_threshold): the layer flow
@@ -132,6 +146,12 @@ class L2LFlowsConfig(ModelConfig):
         if self.calibration_showers < 0:
             from caloforge.errors import ConfigError
             raise ConfigError("config key 'calibration_showers' must be >= 0")
+        if self.calibration_core_divisions < 1:
+            from caloforge.errors import ConfigError
+            raise ConfigError("config key 'calibration_core_divisions' must be >= 1")
+        if self.calibration_hit_energy_bins < 1:
+            from caloforge.errors import ConfigError
+            raise ConfigError("config key 'calibration_hit_energy_bins' must be >= 1")
         if self.calibration_theta_bins < 1:
             from caloforge.errors import ConfigError
             raise ConfigError("config key 'calibration_theta_bins' must be >= 1")
@@ -199,9 +219,13 @@ class L2LFlows(GenerativeModel):
             self.register_buffer("resp_mu_gen", torch.ones(nb))
             self.register_buffer("resp_mu_ref", torch.ones(nb))
             self.register_buffer("resp_k", torch.ones(nb))
-            if self.takes_angles:
-                self.axis_cal = AxisCalibration(geometry, c.calibration_theta_bins,
-                                                c.calibration_cell_rings, k, nb)
+            if self.takes_angles or c.calibration_axis_tables:
+                self.axis_cal = AxisCalibration(geometry, c.calibration_theta_bins
+                                                if self.takes_angles else 1,
+                                                c.calibration_cell_rings, k, nb,
+                                                c.calibration_hit_energy_bins,
+                                                c.calibration_layer_shares,
+                                                c.calibration_core_divisions)
         self.shared = bool(c.shared_layer_flow)
         self.frame: AxisFrame | None = None  # the axis frame, where the config asks for it
         if self.shared:
@@ -538,7 +562,9 @@ class L2LFlows(GenerativeModel):
         gen_r = torch.cat([p[0].sum(1).double().cpu() for p in parts]) / e_inc[:n].double().cpu()
         del parts
         self.train(was_training)
-        if self.axis_cal is not None and angles is not None:
+        if self.axis_cal is not None and (angles is not None or not self.takes_angles):
+            if angles is None:  # a model without angles: every shower at normal incidence
+                angles = torch.zeros(len(x), 2)
             self.axis_cal.impact = self._impact()
             self.axis_cal.fit(x, e_inc, angles, feats, gen_r, thr, self.config.zero_width,
                               hit_maps=bool(self.config.calibration_quantiles))
@@ -636,7 +662,8 @@ class L2LFlows(GenerativeModel):
                 if len(cols) != axis_groups.shape[1]:
                     axis_groups = axis_groups.index_select(1, cols)
             read = iter(self._read_out([f for k, f in zip(self.active, layer_feats)
-                                        if k in self.modelled], el, calibrated, axis_groups))
+                                        if k in self.modelled], el, calibrated, axis_groups,
+                                       None if axis is None else axis.energy_offsets(e_inc)))
             layers = [next(read) if t is None else t for t in layers]
         x = torch.cat(layers, 1)
         feats = torch.cat(layer_feats, 1) if self._log_thr else None
@@ -681,7 +708,8 @@ class L2LFlows(GenerativeModel):
         return g.t()
 
     def _read_out(self, feats: list[Tensor], el: Tensor, calibrated: bool,
-                  axis_groups: Tensor | None = None) -> list[Tensor]:
+                  axis_groups: Tensor | None = None,
+                  axis_energy: tuple[Tensor, Tensor, Tensor] | None = None) -> list[Tensor]:
         """:meth:`_read_out_layers` on groups of consecutive layers of at most
         ``READ_OUT_ELEMENTS`` values (one layer per group when traced for export): one
         group at batch 1, a few layers each at batch 1000, where whole-shower temporaries
@@ -700,18 +728,21 @@ class L2LFlows(GenerativeModel):
                 n += 1
             part = None if axis_groups is None else axis_groups[:, col:col + width]
             out += self._read_out_layers(feats[first:first + n], el, calibrated, part,
-                                         first, col)
+                                         first, col, axis_energy)
             first, col = first + n, col + width
         return out
 
     def _read_out_layers(self, feats: list[Tensor], el: Tensor, calibrated: bool,
-                         axis_groups: Tensor | None, first: int, col: int) -> list[Tensor]:
+                         axis_groups: Tensor | None, first: int, col: int,
+                         axis_energy: tuple[Tensor, Tensor, Tensor] | None = None
+                         ) -> list[Tensor]:
         """log_threshold mode: the cell energies (MeV) of modelled layers ``first``, ...
         (their cells start at column ``col`` of the modelled cells) from their
         log features (``feats``: (B, cells) per modelled layer), cut, hit-energy
         calibrated and rescaled to its sampled energy (``el``: (B, active layers));
         ``axis_groups`` (B, modelled cells): each cell's axis-calibration group, for
-        direction-conditioned models.
+        direction-conditioned models (``axis_energy``: where each shower's energy falls
+        between the calibration's energy bins).
 
         One layer's operations, run on all layers at once where they round exactly
         (element-wise arithmetic, comparisons, copies: the same bits in any shape); exp
@@ -728,7 +759,7 @@ class L2LFlows(GenerativeModel):
         # Below the cut (0 = the readout threshold): not read out.
         widths = [x.shape[1] for x in feats]
         if axis_groups is not None:  # direction-conditioned: per shower and cell
-            g, cut = self.axis_cal.read_out(f, axis_groups)
+            g, cut = self.axis_cal.read_out(f, axis_groups, axis_energy)
             g_layers = g.clamp(0, 20).split(widths, 1)
         elif calibrated:  # exp per layer in the (cells, B) layout of map_hits
             g_layers = self._mapped_hits(f, cut, groups).clamp(0, 20).split(widths, 1)

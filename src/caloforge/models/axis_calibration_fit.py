@@ -1,0 +1,309 @@
+"""Fitting the tables of :class:`~caloforge.models.axis_calibration.AxisCalibration`
+after training: occupancy cuts, hit-energy maps (per theta bin, optionally per energy bin
+with a pooled fallback), the layer-share weights and the response table.  Called through
+:meth:`AxisCalibration.fit`; nothing here runs at generation."""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+from caloforge.models import calibration as calib
+from caloforge.models.axis_calibration import (
+    _CHUNK,
+    _CUT_FLOOR,
+    _CUT_NEVER,
+    _HIST_BINS,
+    _HIST_TOP,
+    _identity_maps,
+)
+
+if TYPE_CHECKING:
+    from caloforge.models.axis_calibration import AxisCalibration
+
+
+def _fit_groups(cal: AxisCalibration, angles: Tensor, e_bin: Tensor | None) -> Tensor:
+    """(B, voxels) table row of every cell during fitting: in the pooled tables of the
+    showers' theta bins (``e_bin`` None) or in those of their (theta, energy) bins."""
+    local, tbin = cal._local(angles.to(cal.cell_xy), slice(None))
+    table = tbin if e_bin is None else tbin * cal.n_e + e_bin.to(tbin)
+    return (table * cal.n_groups)[:, None].cpu() + local.cpu()
+
+
+@torch.no_grad()
+def fit(cal: AxisCalibration, x: Tensor, e_inc: Tensor, angles: Tensor, feats: Tensor,
+        gen_ratio: Tensor, threshold_mev: float, zero_width: float, hit_maps: bool = True,
+        min_hits: int = 50) -> None:
+    """Fit every table: training showers ``x`` (N, voxels) at ``e_inc``, ``angles``
+    (N, 2); generated raw log features ``feats`` (n, voxels) and visible-energy ratios
+    ``gen_ratio`` (n,) at the conditions of the first n training showers.  Without
+    ``hit_maps`` the hit energies keep the identity map."""
+    n = len(feats)
+    _fit_edges(cal, angles[:n, 0].double().cpu())
+    t, g, ne = cal.n_bins, cal.n_groups, cal.n_e
+    pooled = _fit_tables(cal, x, angles, feats, None, t, threshold_mev, zero_width,
+                         hit_maps, min_hits)
+    e_bin = None
+    if ne == 1:
+        cut, step, table = pooled[:3]
+    else:
+        e_bin = _fit_energy_bins(cal, e_inc.double().cpu(), n)
+        cut, step, table, n_ref = _fit_tables(cal, x, angles, feats, e_bin, t * ne,
+                                              threshold_mev, zero_width, hit_maps, min_hits)
+        # groups with few training hits in an energy bin: their theta bin's pooled table
+        rows = torch.arange(t * ne * g)
+        src = (rows // (ne * g)) * g + rows % g
+        few = n_ref < min_hits
+        cut = torch.where(few, pooled[0][src], cut)
+        step = torch.where(few, pooled[1][src], step)
+        table = torch.where(few[:, None], pooled[2][src], table)
+    cal.cut.copy_(cut.view(t * ne, g))
+    cal.hit_step.copy_(step)
+    cal.hit_map.copy_(table)
+    cal.hit_weight.fill_(1.0)
+    cal.weighted = False
+    if cal.fit_layer_shares:
+        _fit_layer_shares(cal, x, angles, feats, e_bin, threshold_mev, min_hits)
+    _fit_response(cal, x, e_inc, angles, gen_ratio, threshold_mev)
+    _fill_empty_bins(cal, angles[:n, 0])
+    cal.ready.fill_(1.0)
+    cal.is_fitted = True
+
+
+def _fit_layer_shares(cal: AxisCalibration, x: Tensor, angles: Tensor, feats: Tensor,
+                      e_bin: Tensor | None, threshold_mev: float, min_hits: int,
+                      iterations: int = 3) -> None:
+    """:attr:`hit_weight`: per group, the ratio of the mean share of the layer energy
+    in the training showers to that of the calibrated generated ones, iterated
+    (weighting one group changes every share of its layer).  Groups with fewer than
+    ``min_hits`` training hits keep 1."""
+    n_tab = cal.cut.shape[0]
+
+    def rows(i: int, n: int) -> Tensor:
+        return _fit_groups(cal, angles[i:i + n], None if e_bin is None else e_bin[i:i + n])
+
+    def reference(i: int) -> tuple[Tensor, Tensor]:
+        xs = x[i:i + _CHUNK].cpu().float()
+        return torch.where(xs >= threshold_mev, xs, torch.zeros_like(xs)), rows(i, len(xs))
+
+    def generated(i: int) -> tuple[Tensor, Tensor]:
+        f, grp = feats[i:i + _CHUNK], rows(i, len(feats[i:i + _CHUNK]))
+        g, cut = cal.read_out(f, grp)
+        return torch.where(f >= cut, threshold_mev * torch.exp(g.clamp(0, 20)),
+                           torch.zeros_like(f)), grp
+
+    share_ref, hits = _mean_shares(cal, reference, len(x), n_tab, threshold_mev)
+    use = hits >= min_hits
+    weight = torch.ones(n_tab * cal.n_groups, dtype=torch.float64)
+    for _ in range(iterations):
+        cal.hit_weight.copy_(weight.view_as(cal.hit_weight))
+        cal.weighted = True
+        share_gen, _ = _mean_shares(cal, generated, len(feats), n_tab, threshold_mev)
+        ratio = (share_ref / share_gen.clamp_min(1e-12)).clamp(0.5, 2.0)
+        ok = use & (share_gen > 0) & (share_ref > 0)
+        weight = torch.where(ok, weight * ratio, weight).clamp(0.25, 4.0)
+    cal.hit_weight.copy_(weight.view_as(cal.hit_weight))
+    cal.weighted = bool((cal.hit_weight != 1).any())
+
+
+def _mean_shares(cal: AxisCalibration, energies, n: int, n_tab: int,  # noqa: ANN001
+                 threshold_mev: float) -> tuple[Tensor, Tensor]:
+    """Per group: the mean over showers of the share of its layer's energy in the
+    group (layers with at least 20 thresholds of energy), and its number of hits.
+    ``energies(i)``: read-out energies (B, voxels) of the showers from ``i`` and
+    their table rows."""
+    g, n_l, r = cal.n_groups, cal.n_layers, cal.ring_count
+    layer = (cal.cell_offset // r).cpu()
+    shares = torch.zeros(n_tab * g, dtype=torch.float64)
+    hits = torch.zeros(n_tab * g, dtype=torch.float64)
+    valid = torch.zeros(n_tab * n_l, dtype=torch.float64)
+    for i in range(0, n, _CHUNK):
+        e, grp = energies(i)
+        e = e.double()
+        sums = e.new_zeros(len(e), n_l).index_add_(1, layer, e)
+        ok = sums > 20 * threshold_mev
+        share = e / sums.clamp_min(1e-30)[:, layer] * ok[:, layer]
+        shares += torch.bincount(grp.reshape(-1), share.reshape(-1), minlength=n_tab * g)
+        hits += torch.bincount(grp[e > 0], minlength=n_tab * g).double()
+        table = grp[:, :1] // g  # every cell of a shower is in its shower's table
+        valid += torch.bincount((table * n_l + torch.arange(n_l)).reshape(-1),
+                                ok.double().reshape(-1), minlength=n_tab * n_l)
+    rows = torch.arange(n_tab * g)
+    per_row = valid[(rows // g) * n_l + (rows % g) // r]
+    return shares / per_row.clamp_min(1.0), hits
+
+
+def _fit_energy_bins(cal: AxisCalibration, e_inc: Tensor, n: int) -> Tensor:
+    """Equal-count log-energy bins of the first ``n`` (calibration) showers; sets the
+    knots (each bin's median log E) and returns every shower's bin."""
+    log_e = torch.log(e_inc)
+    q = torch.quantile(log_e[:n], torch.linspace(0, 1, cal.n_e + 1, dtype=torch.float64))
+    e_bin = (torch.searchsorted(q[1:-1].contiguous(), log_e.contiguous(), right=True))
+    knots = torch.stack([log_e[:n][e_bin[:n] == k].median() if (e_bin[:n] == k).any()
+                         else (q[k] + q[k + 1]) / 2 for k in range(cal.n_e)])
+    # strictly increasing even for a sample of few energies
+    knots = torch.maximum(knots, torch.cat([knots[:1], knots[:-1] + 1e-6]))
+    cal.energy_knots.copy_(knots.to(cal.energy_knots))
+    return e_bin
+
+
+def _fit_tables(cal: AxisCalibration, x: Tensor, angles: Tensor, feats: Tensor,
+                e_bin: Tensor | None, n_tables: int, threshold_mev: float, zero_width: float,
+                hit_maps: bool, min_hits: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Occupancy cuts, hit-map steps and tables (flat over ``n_tables`` tables of
+    :attr:`n_groups` groups) and the number of training hits per group."""
+    n, n_grp = len(feats), n_tables * cal.n_groups
+
+    def rows(i: int) -> Tensor:
+        return _fit_groups(cal, angles[i:i + _CHUNK],
+                                None if e_bin is None else e_bin[i:i + _CHUNK])
+
+    total, ref_hits, ref_v, ref_g = torch.zeros(n_grp), torch.zeros(n_grp), [], []
+    for i in range(0, len(x), _CHUNK):
+        xs, grp = x[i:i + _CHUNK].cpu(), rows(i)
+        hit = xs >= threshold_mev
+        total += torch.bincount(grp.reshape(-1), minlength=n_grp)
+        ref_hits += torch.bincount(grp[hit], minlength=n_grp)
+        ref_v.append(torch.log(xs[hit] / threshold_mev))
+        ref_g.append(grp[hit])
+    occ = ref_hits / total.clamp_min(1)
+    cut = _occupancy_cuts(cal, feats, rows, occ, zero_width)
+    gen_v, gen_g = [], []
+    for i in range(0, n if hit_maps else 0, _CHUNK):
+        fs, grp = feats[i:i + _CHUNK], rows(i)
+        c = cut[grp]
+        hit = fs >= c
+        gen_v.append((fs - c)[hit])
+        gen_g.append(grp[hit])
+    m = cal.hit_map.shape[1]
+    if hit_maps:
+        step, table = fit_hit_maps(torch.cat(ref_v), torch.cat(ref_g),
+                                         torch.cat(gen_v), torch.cat(gen_g), n_grp, m,
+                                         min_hits)
+    else:
+        step, table = _identity_maps(n_grp, m)
+    return cut, step, table, ref_hits
+
+
+def _fit_edges(cal: AxisCalibration, theta: Tensor) -> None:
+    """Inner bin edges at the theta quantiles of the calibration showers (a theta that
+    takes few values gives fewer, unique edges; the rest are +inf: empty bins)."""
+    q = torch.quantile(theta, torch.linspace(0, 1, cal.n_bins + 1, dtype=torch.float64))
+    inner = torch.unique(q[1:-1])
+    inner = inner[(inner > q[0]) & (inner < q[-1])] if cal.n_bins > 1 else inner[:0]
+    edges = torch.full_like(cal.theta_edges, math.inf)
+    edges[:len(inner)] = inner.to(edges)
+    cal.theta_edges.copy_(edges)
+
+
+def _occupancy_cuts(cal: AxisCalibration, feats: Tensor, rows, occ: Tensor,  # noqa: ANN001
+                    zero_width: float) -> Tensor:
+    """Per-group cut keeping the training fraction ``occ`` of the group's generated
+    features above it (from a fine histogram, linear within a bin); ``rows(i)``: the
+    groups of the cells of the chunk of showers starting at ``i``."""
+    lo, h = -_CUT_FLOOR * zero_width, _HIST_BINS
+    width = (_HIST_TOP - lo) / h
+    n_grp = len(occ)
+    hist = torch.zeros(n_grp * h, dtype=torch.float64)
+    for i in range(0, len(feats), _CHUNK):
+        grp = rows(i)
+        k = ((feats[i:i + _CHUNK] - lo) / width).floor().clamp(0, h - 1).long()
+        hist += torch.bincount((grp * h + k).reshape(-1), minlength=n_grp * h)
+    hist = hist.view(n_grp, h)
+    above = hist.flip(1).cumsum(1).flip(1)  # elements in bins j.. (feature >= edge j)
+    count = above[:, 0]
+    want = occ.double() * count
+    j = ((above >= want[:, None]).sum(1) - 1).clamp(0, h - 1)
+    nxt = torch.cat([above[:, 1:], above.new_zeros(n_grp, 1)], 1).gather(1, j[:, None])[:, 0]
+    in_bin = hist.gather(1, j[:, None])[:, 0]
+    frac = ((want - nxt) / in_bin.clamp_min(1e-12)).clamp(0, 1)
+    cut = lo + (j + 1 - frac) * width
+    cut = torch.where((occ > 0) & (count > 0), cut, torch.full_like(cut, _CUT_NEVER))
+    return cut.float().clamp(lo, _CUT_NEVER)
+
+
+def fit_hit_maps(ref_v: Tensor, ref_g: Tensor, gen_v: Tensor, gen_g: Tensor, n_grp: int,
+                 m: int, min_hits: int) -> tuple[Tensor, Tensor]:
+    """(step, table) of the monotone quantile maps of ``n_grp`` groups with ``m`` points,
+    from training hit values ``ref_v`` in groups ``ref_g`` and generated excesses ``gen_v``
+    in ``gen_g``; groups with fewer than ``min_hits`` hits on either side: identity."""
+    q_ref, n_ref = calib.group_quantiles(ref_v, ref_g, n_grp, m)
+    q_gen, n_gen = calib.group_quantiles(gen_v, gen_g, n_grp, m)
+    ok = (n_ref >= min_hits) & (n_gen >= min_hits)
+    identity = torch.linspace(0.0, 10.0, m).expand(n_grp, m)
+    q_gen = torch.where(ok[:, None], q_gen, identity) + torch.arange(m) * 1e-6
+    q_ref = torch.where(ok[:, None], q_ref, identity)
+    # each group's table spans its own generated features (at least 0..1), uniform in
+    # sqrt(h)
+    step = q_gen[:, -1].clamp_min(1.0).sqrt() / (m - 1)
+    grid = (torch.arange(m, dtype=torch.float32)[:, None] * step[None, :]) ** 2
+    return step, calib.map_hits(grid, torch.arange(n_grp), q_gen, q_ref).t()
+
+
+def _fit_response(cal: AxisCalibration, x: Tensor, e_inc: Tensor, angles: Tensor,
+                  gen_ratio: Tensor, threshold_mev: float) -> None:
+    n = len(gen_ratio)
+    real = torch.cat([(x[i:i + 1000].double() * (x[i:i + 1000] >= threshold_mev)).sum(1)
+                      .cpu() for i in range(0, len(x), 1000)]) / e_inc.double().cpu()
+    theta = angles[:, 0].to(cal.theta_edges)
+    b_real = cal.theta_bin(theta).cpu()
+    b_gen = b_real[:n]
+    e = e_inc.cpu()
+    centres = torch.full((cal.n_bins,), math.nan, dtype=torch.float64)
+    for b in range(cal.n_bins):
+        sr, sg = b_real == b, b_gen == b
+        table = calib.response_table(e[sr], real[sr], e[:n][sg], gen_ratio[sg],
+                                     cal.resp_log_e.shape[1]) if sg.any() else None
+        if table is None:
+            continue  # too few showers: filled from a neighbour (_fill_empty_bins)
+        for buf, val in zip((cal.resp_log_e, cal.resp_mu_ref, cal.resp_mu_gen,
+                             cal.resp_k), table):
+            buf[b].copy_(val.to(buf))
+        centres[b] = theta[:n][sg].double().median().cpu()
+    smooth_resolution(cal, centres)
+
+
+def smooth_resolution(cal: AxisCalibration, theta_centres: Tensor) -> None:
+    """Replace the width ratios ``resp_k`` of the filled (theta, energy) bins by a
+    least-squares surface quadratic in log E and linear in theta.  Each bin's ratio of
+    two sigma90 from a few hundred showers scatters by about 5 %, and that scatter went
+    straight into the generated resolution (a bin at k = 1.11 made the width at
+    50 GeV, theta 30 deg, 17 % too large); the true ratio changes slowly with E and
+    theta."""
+    filled = torch.isfinite(theta_centres)
+    if int(filled.sum()) == 0:
+        return
+    log_e = cal.resp_log_e[filled].double()
+    th = theta_centres[filled][:, None].expand_as(log_e)
+    u = (log_e - log_e.mean()) / log_e.std().clamp_min(1e-6)
+    v = (th - th.mean()) / th.std().clamp_min(1e-6) if int(filled.sum()) > 1 \
+        else torch.zeros_like(th)
+    design = torch.stack([torch.ones_like(u), u, u * u, v, u * v], -1).reshape(-1, 5)
+    k = cal.resp_k[filled].double().reshape(-1)
+    coef = torch.linalg.lstsq(design, torch.log(k)[:, None]).solution
+    smooth = torch.exp(design @ coef)[:, 0].reshape(log_e.shape)
+    cal.resp_k[filled] = smooth.clamp(0.5, 2.0).to(cal.resp_k)
+
+
+def _fill_empty_bins(cal: AxisCalibration, theta: Tensor) -> None:
+    """Theta bins without calibration showers take the tables of the nearest bin that
+    has some (a request can still land there, e.g. below the lowest trained theta)."""
+    counts = torch.bincount(cal.theta_bin(theta.to(cal.theta_edges)).cpu(),
+                            minlength=cal.n_bins)
+    filled = torch.nonzero(counts > 0)[:, 0]
+    ne, g = cal.n_e, cal.n_groups
+    for b in range(cal.n_bins):
+        if counts[b] > 0:
+            continue
+        src = int(filled[(filled - b).abs().argmin()])
+        cal.cut[b * ne:(b + 1) * ne] = cal.cut[src * ne:(src + 1) * ne]
+        rows, src_rows = slice(b * ne * g, (b + 1) * ne * g), slice(src * ne * g,
+                                                                     (src + 1) * ne * g)
+        cal.hit_map[rows] = cal.hit_map[src_rows]
+        cal.hit_step[rows] = cal.hit_step[src_rows]
+        cal.hit_weight[b * ne:(b + 1) * ne] = cal.hit_weight[src * ne:(src + 1) * ne]
+        for buf in (cal.resp_log_e, cal.resp_mu_gen, cal.resp_mu_ref, cal.resp_k):
+            buf[b] = buf[src]
