@@ -18,6 +18,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +36,8 @@ from zuko.nn import Linear as ZukoLinear
 from zuko.nn import MaskedLinear
 from zuko.transforms import DependentTransform, MonotonicAffineTransform, MonotonicRQSTransform
 from zuko.utils import broadcast, unpack
+
+T = TypeVar("T")
 
 
 def spline_coupling_flow(features: int, context: int, transforms: int, bins: int,
@@ -163,7 +167,38 @@ class AffineCouplingFlow(nn.Module):
     def _sample_no_grad(self, x: Tensor, context: Tensor) -> Tensor:
         """:meth:`sample_from` without autograd: the same operations, on weights looked
         up once and in place on temporaries.  At batch 1 the module calls, parameter
-        look-ups and allocations cost more than the products."""
+        look-ups and allocations cost more than the products.  Each net's input
+        ``[half | context]`` is one buffer per half, the context written into it once
+        and each coupling writing its output straight into it (instead of a
+        concatenation per coupling); the values are the same, element by element."""
+        if torch.jit.is_tracing():  # the exporters: plain operations, no out= views
+            return self._sample_traceable(x, context)
+        h, nets, c = self.half, self._linear_weights(), self.scale_clamp
+        inv_a, inv_b = self._inverse_halves()
+        n, n_b, width = x.shape[0], self.features - self.half, context.shape[1]
+        in_a, in_b = x.new_empty(n, h + width), x.new_empty(n, n_b + width)
+        in_a[:, h:], in_b[:, n_b:] = context, context
+        a_out, b = in_a[:, :h], in_b[:, :n_b]  # the halves, where the nets read them
+        a = x[:, :h]
+        b.copy_(x[:, h:])
+        for blk in range(len(nets) // 2 - 1, -1, -1):
+            # a <- a exp(s) + t given b, then b <- b exp(s) + t given the new a
+            for net, inp, scaled, out in ((nets[2 * blk + 1], in_b, a, a_out),
+                                          (nets[2 * blk], in_a, b, b)):
+                y = inp
+                for w, bias in net[:-1]:
+                    y = F.elu_(F.linear(y, w, bias))
+                t, raw = F.linear(y, *net[-1]).chunk(2, 1)
+                torch.add(raw.div(c).tanh_().mul_(c).exp_().mul_(scaled), t, out=out)
+            merged = torch.cat([a_out, b], 1)
+            if blk:  # the next block's halves, permuted
+                a = merged.index_select(1, inv_a[blk])
+                torch.index_select(merged, 1, inv_b[blk], out=b)
+        return merged.index_select(1, self.inv_perms[0])
+
+    def _sample_traceable(self, x: Tensor, context: Tensor) -> Tensor:
+        """:meth:`_sample_no_grad` as plain operations on fresh tensors (the same values),
+        for a trace."""
         h, nets, inv = self.half, self._linear_weights(), self.inv_perms
         for blk in reversed(range(len(inv))):
             a, b = x[:, :h], x[:, h:]
@@ -181,6 +216,13 @@ class AffineCouplingFlow(nn.Module):
         t, raw = F.linear(y, *layers[-1]).chunk(2, 1)
         c = self.scale_clamp
         return torch.exp(raw.div(c).tanh_().mul_(c)).mul_(x).add_(t)
+
+    def _inverse_halves(self) -> tuple[Tensor, Tensor]:
+        """Each block's inverse permutation split where the next block splits its input:
+        ``(inv_perms[:, :half], inv_perms[:, half:])``, contiguous (built once)."""
+        inv, h = self.inv_perms, self.half
+        return cached_from(self, "_halves_cache", inv,
+                        lambda: (inv[:, :h].contiguous(), inv[:, h:].contiguous()))
 
     def _linear_weights(self) -> list[list[tuple[Tensor, Tensor]]]:
         """(weight, bias) of every linear layer of every net (ELUs between them),
@@ -212,18 +254,59 @@ def run_mlp(net: nn.Sequential, h: Tensor) -> Tensor:
 
 
 def _coupling_inverse(t: GeneralCouplingTransform, context: Tensor, y: Tensor) -> Tensor:
-    """``t(context).inv(y)`` as zuko computes it (the same operations), without
-    building its transform objects at every call."""
-    mask = t.mask
+    """``t(context).inv(y)`` as zuko computes it (the same operations on the same values),
+    without building its coupling objects, splitting by mask and broadcasting at every
+    call: at batch 1 zuko's shape arithmetic costs more than the hyper network."""
+    idx_a, idx_b, order = cached_from(t, "_split_cache", t.mask, lambda: _coupling_split(t.mask))
+    y_a, y_b = y.index_select(-1, idx_a), y.index_select(-1, idx_b)
+    if y_a.shape[:-1] == context.shape[:-1]:
+        h = torch.cat([y_a, context], -1)
+    else:
+        h = torch.cat(broadcast(y_a, context, ignore=1), dim=-1)
+    phi = unpack(run_mlp(t.hyper, h).unflatten(-1, (-1, t.total)), t.shapes)
+    if t.univariate is MonotonicRQSTransform and not torch.jit.is_tracing():
+        x_b = _SamplingSpline(*phi)._inverse(y_b)
+    else:  # (a trace: the exporters swap in their own spline inverse)
+        x_b = t.univariate(*phi).inv(y_b)
+    return torch.cat([y_a, x_b], -1).index_select(-1, order)
+
+
+def _coupling_split(mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Indices of the kept (``mask``) and transformed features, and the order that puts
+    ``[kept, transformed]`` back in place."""
     idx_a, idx_b = mask.nonzero().squeeze(-1), (~mask).nonzero().squeeze(-1)
-    y_a, y_b = y[..., idx_a], y[..., idx_b]
-    h = run_mlp(t.hyper, torch.cat(broadcast(y_a, context, ignore=1), dim=-1))
-    phi = unpack(h.unflatten(-1, (-1, t.total)), t.shapes)
-    x_b = t.univariate(*phi).inv(y_b)
-    x = y_a.new_empty(y.shape)
-    x[..., idx_a] = y_a
-    x[..., idx_b] = x_b
-    return x
+    return idx_a, idx_b, torch.argsort(torch.cat([idx_a, idx_b]))
+
+
+class _SamplingSpline(MonotonicRQSTransform):
+    """zuko's rational-quadratic spline, the knots around each value looked up without
+    zuko's general broadcast: here the knot tables and the bin indices share their batch
+    shape, and ``torch.broadcast_shapes`` costs more than the spline at batch 1.  The
+    same values as zuko's lookup; zuko's arithmetic otherwise."""
+
+    def bin(self, k: Tensor) -> tuple[Tensor, ...]:
+        if k.shape != self.horizontal.shape[:-1]:
+            return super().bin(k)
+        n = self.bins
+        inside = (k >= 0) & (k < n)
+        k = k % n
+        pair = torch.stack((k, k + 1), -1)
+        x0, x1 = self.horizontal.gather(-1, pair).unbind(-1)
+        y0, y1 = self.vertical.gather(-1, pair).unbind(-1)
+        d0, d1 = self.derivatives.gather(-1, pair).unbind(-1)
+        return inside, x0, x1, y0, y1, d0, d1, (y1 - y0) / (x1 - x0)
+
+
+def cached_from(owner: nn.Module, name: str, source: Tensor, build: Callable[[], T]) -> T:
+    """``build()``, cached on ``owner`` under ``name`` while ``source`` stays the same
+    tensor at the same version (``to()`` makes a new tensor, ``load_state_dict`` a new
+    version); built as plain tensors, usable with autograd on."""
+    cached = owner.__dict__.get(name)
+    if cached is None or cached[0] is not source or cached[1] != source._version:
+        with torch.inference_mode(False):
+            cached = (source, source._version, build())
+        owner.__dict__[name] = cached
+    return cached[2]
 
 
 def _masked_weights(block: MaskedAutoregressiveTransform) -> list[Tensor | None]:

@@ -47,6 +47,7 @@ from caloforge.models.base import GenerativeModel, StepContext, TrainBatch, regi
 from caloforge.models.config import ModelConfig, positive
 from caloforge.models.flows import (
     AffineCouplingFlow,
+    cached_from,
     run_mlp,
     sample_flow,
     spline_coupling_flow,
@@ -454,6 +455,51 @@ class L2LFlows(GenerativeModel):
             parts.append(remainder[:, i])
         return torch.cat(parts, 1)
 
+    def _draw_shared(self, e_feat: Tensor, c: Tensor, remainder: Tensor | None,
+                     generator: Source) -> Tensor:
+        """Flow-space images ``(B, n_mod, n_cells)`` of all modelled layers from the shared
+        flow, each given those before it in the context of :meth:`_shared_layer_context`
+        (the same values, with fewer operations per layer): the layers are drawn into one
+        tensor behind ``context_layers`` empty ones, so that a layer's previous images,
+        nearest first, are one gather, and the parts of the context that do not depend
+        on the images are built for all layers at once."""
+        b, m, n, p = c.shape[0], self.n_mod, self.n_cells, self.config.context_layers
+        drawn = c.new_zeros(b, (p + m) * n)  # layer i at block p + i
+        parts = [self.layer_onehot[:, None].expand(m, b, m),
+                 e_feat.index_select(1, self.mod_energy_index).t()[:, :, None],
+                 c.expand(m, *c.shape)]
+        if remainder is not None:
+            parts.append(remainder.transpose(0, 1))
+        fixed = torch.cat(parts, 2)  # (n_mod, B, .)
+        prev_cols = cached_from(self, "_prev_cols_cache", self.layer_onehot,
+                                lambda: self._previous_columns(self.layer_onehot.device))
+        net = self.context_nets["shared"] if "shared" in self.context_nets else None
+        flow = self.layer_flows["shared"]
+        for i in range(m):
+            ctx = fixed[i]
+            if p:
+                prev = drawn.index_select(1, prev_cols[i])
+                ctx = torch.cat([run_mlp(net, prev) if net is not None else prev, ctx], 1)
+            y = self._sample_flow(flow, ctx, n, generator)
+            torch.clamp(y, -20, 20, out=drawn[:, (p + i) * n:(p + i + 1) * n])
+        return drawn[:, p * n:].view(b, m, n)
+
+    def _previous_columns(self, device: torch.device) -> Tensor:
+        """(n_mod, context_layers * n_cells): the columns of :meth:`_draw_shared`'s
+        tensor that hold the previous layers of each modelled layer, nearest first."""
+        m, n, p = self.n_mod, self.n_cells, self.config.context_layers
+        block = torch.arange(m, device=device)[:, None] + p - torch.arange(1, p + 1, device=device)
+        return (block[:, :, None] * n + torch.arange(n, device=device)).reshape(m, p * n)
+
+    def _log_features_of(self, drawn: Tensor, back: tuple[Tensor, Tensor] | None) -> Tensor:
+        """log_threshold: the raw log features ``(B, n_mod, n_cells)`` of the flow-space
+        images ``drawn``, moved back onto the detector grid along ``back`` (axis frame;
+        cells from outside it empty)."""
+        shape = (self.n_mod, self.n_cells)
+        f = drawn * self.voxel_std.std[self.mod_index].view(shape) \
+            + self.voxel_std.mean[self.mod_index].view(shape)
+        return f if back is None else self.frame.take(f, back, -3.0 * self.config.zero_width)
+
     def _impact(self) -> tuple[float, float]:
         """The fixed impact point (mm) of the training showers: where shower axes start."""
         x, y = self.condition_space.fixed.get("impact", (0.0, 0.0))
@@ -595,22 +641,33 @@ class L2LFlows(GenerativeModel):
         layers: list[Tensor] = []  # cell energies (MeV) of each active layer, in order
         layer_feats: list[Tensor] = []  # log_threshold: raw log features of each layer
         a = self.config.alpha
+        drawn = mod_feats = None
+        if self.shared and not torch.jit.is_tracing():  # (a trace: the plain loop below)
+            drawn = self._draw_shared(e_feat, c, remainder, generator)
+            if self._log_thr:  # element-wise: all layers at once, the same values
+                mod_feats = self._log_features_of(drawn, back).unbind(1)
         for i, k in enumerate(self.active):
             s = self._slice(k)
             if k in self.modelled:
-                if self.shared:
-                    ctx = self._shared_layer_context(self.modelled.index(k), images, e_feat, c,
-                                                     remainder)
-                    flow = self.layer_flows["shared"]
+                j = self.modelled.index(k)
+                if mod_feats is not None:
+                    layer_feats.append(mod_feats[j])
+                    layers.append(None)  # read out below, all modelled layers at once
+                    continue
+                if drawn is not None:
+                    y_k = drawn[:, j]
                 else:
-                    ctx = self._context(k, images, e_feat, c)
-                    flow = self.layer_flows[str(k)]
-                y_k = self._sample_flow(flow, ctx, self.cells[k], generator).clamp(-20, 20)
-                images[k] = y_k
+                    if self.shared:
+                        ctx = self._shared_layer_context(j, images, e_feat, c, remainder)
+                        flow = self.layer_flows["shared"]
+                    else:
+                        ctx = self._context(k, images, e_feat, c)
+                        flow = self.layer_flows[str(k)]
+                    y_k = self._sample_flow(flow, ctx, self.cells[k], generator).clamp(-20, 20)
+                    images[k] = y_k
                 if self._log_thr:
                     f_k = y_k * self.voxel_std.std[s] + self.voxel_std.mean[s]
                     if back is not None:  # back onto the detector grid; outside: empty
-                        j = self.modelled.index(k)
                         f_k = self.frame.take(f_k[:, None], (back[0][:, j:j + 1],
                                                              back[1][:, j:j + 1]),
                                               -3.0 * self.config.zero_width)[:, 0]
