@@ -107,6 +107,7 @@ class AffineCouplingFlow(nn.Module):
                  hidden: tuple[int, ...], scale_clamp: float = 3.0) -> None:
         super().__init__()
         self.features = features
+        self.context_width = context
         self.half = features // 2
         self.scale_clamp = scale_clamp
         blocks = max(1, (transforms + 1) // 2)
@@ -166,35 +167,60 @@ class AffineCouplingFlow(nn.Module):
 
     def _sample_no_grad(self, x: Tensor, context: Tensor) -> Tensor:
         """:meth:`sample_from` without autograd: the same operations, on weights looked
-        up once and in place on temporaries.  At batch 1 the module calls, parameter
-        look-ups and allocations cost more than the products.  Each net's input
-        ``[half | context]`` is one buffer per half, the context written into it once
-        and each coupling writing its output straight into it (instead of a
-        concatenation per coupling); the values are the same, element by element."""
+        up once and in place on temporaries (:meth:`sample_with`).  At batch 1 the
+        module calls, parameter look-ups and allocations cost more than the products."""
         if torch.jit.is_tracing():  # the exporters: plain operations, no out= views
             return self._sample_traceable(x, context)
-        h, nets, c = self.half, self._linear_weights(), self.scale_clamp
-        inv_a, inv_b = self._inverse_halves()
-        n, n_b, width = x.shape[0], self.features - self.half, context.shape[1]
-        in_a, in_b = x.new_empty(n, h + width), x.new_empty(n, n_b + width)
-        in_a[:, h:], in_b[:, n_b:] = context, context
-        a_out, b = in_a[:, :h], in_b[:, :n_b]  # the halves, where the nets read them
+        inputs = CouplingInputs(self, x.shape[0], x)
+        inputs.context.copy_(context)
+        return self.sample_with(x, inputs)
+
+    def sample_with(self, x: Tensor, inputs: CouplingInputs) -> Tensor:
+        """:meth:`sample_from` without autograd for standard-normal ``x``, the context
+        already written into ``inputs.context``.  Each coupling writes its output straight
+        into the input of the next net (no concatenation per coupling); the values are
+        those of :meth:`sample_from`, element by element."""
+        h, c, linear, elu_ = self.half, self.scale_clamp, F.linear, F.elu_
+        inputs.context_b.copy_(inputs.context)
+        in_a, in_b, a_out, b = inputs.in_a, inputs.in_b, inputs.a, inputs.b
         a = x[:, :h]
         b.copy_(x[:, h:])
-        for blk in range(len(nets) // 2 - 1, -1, -1):
+        for hidden_a, (w_a, bias_a), hidden_b, (w_b, bias_b), next_a, next_b, last \
+                in self._sampling_plan():
             # a <- a exp(s) + t given b, then b <- b exp(s) + t given the new a
-            for net, inp, scaled, out in ((nets[2 * blk + 1], in_b, a, a_out),
-                                          (nets[2 * blk], in_a, b, b)):
-                y = inp
-                for w, bias in net[:-1]:
-                    y = F.elu_(F.linear(y, w, bias))
-                t, raw = F.linear(y, *net[-1]).chunk(2, 1)
-                torch.add(raw.div(c).tanh_().mul_(c).exp_().mul_(scaled), t, out=out)
+            y = in_b
+            for w, bias in hidden_a:
+                y = elu_(linear(y, w, bias))
+            t, raw = linear(y, w_a, bias_a).chunk(2, 1)
+            torch.add(raw.div(c).tanh_().mul_(c).exp_().mul_(a), t, out=a_out)
+            y = in_a
+            for w, bias in hidden_b:
+                y = elu_(linear(y, w, bias))
+            t, raw = linear(y, w_b, bias_b).chunk(2, 1)
+            torch.add(raw.div(c).tanh_().mul_(c).exp_().mul_(b), t, out=b)
             merged = torch.cat([a_out, b], 1)
-            if blk:  # the next block's halves, permuted
-                a = merged.index_select(1, inv_a[blk])
-                torch.index_select(merged, 1, inv_b[blk], out=b)
-        return merged.index_select(1, self.inv_perms[0])
+            if last is not None:
+                return merged.index_select(1, last)
+            a = merged.index_select(1, next_a)  # the next block's halves, permuted
+            torch.index_select(merged, 1, next_b, out=b)
+        raise AssertionError("unreachable: the plan ends with the last block")
+
+    def _sampling_plan(self) -> list[tuple]:
+        """Per block in sampling order: the hidden layers' and the last layer's weights
+        and biases of the net giving the first half, the same of the net giving the
+        second half, then the next block's halves of the inverse permutation, or the
+        whole one after the last block (built once)."""
+        inv, h = self.inv_perms, self.half
+
+        def build() -> list[tuple]:
+            nets, plan = self._linear_weights(), []
+            for blk in reversed(range(len(inv))):
+                net_a, net_b = nets[2 * blk + 1], nets[2 * blk]
+                nxt = (None, None, inv[0]) if blk == 0 else (inv[blk, :h], inv[blk, h:], None)
+                plan.append((tuple(net_a[:-1]), net_a[-1], tuple(net_b[:-1]), net_b[-1], *nxt))
+            return plan
+
+        return cached_from(self, "_plan_cache", inv, build)
 
     def _sample_traceable(self, x: Tensor, context: Tensor) -> Tensor:
         """:meth:`_sample_no_grad` as plain operations on fresh tensors (the same values),
@@ -217,13 +243,6 @@ class AffineCouplingFlow(nn.Module):
         c = self.scale_clamp
         return torch.exp(raw.div(c).tanh_().mul_(c)).mul_(x).add_(t)
 
-    def _inverse_halves(self) -> tuple[Tensor, Tensor]:
-        """Each block's inverse permutation split where the next block splits its input:
-        ``(inv_perms[:, :half], inv_perms[:, half:])``, contiguous (built once)."""
-        inv, h = self.inv_perms, self.half
-        return cached_from(self, "_halves_cache", inv,
-                        lambda: (inv[:, :h].contiguous(), inv[:, h:].contiguous()))
-
     def _linear_weights(self) -> list[list[tuple[Tensor, Tensor]]]:
         """(weight, bias) of every linear layer of every net (ELUs between them),
         gathered once: the parameters stay the same objects for the module's life
@@ -234,6 +253,20 @@ class AffineCouplingFlow(nn.Module):
                     for net in self.nets]
             self.__dict__["_weights_cache"] = nets
         return nets
+
+
+class CouplingInputs:
+    """Inputs ``[half | context]`` of the nets of an :class:`AffineCouplingFlow` for
+    ``batch`` samples: one buffer per half, where each coupling writes its output for
+    the next net to read.  Reusable from one :meth:`AffineCouplingFlow.sample_with` to
+    the next: write the context into :attr:`context` (a ``(batch, context)`` view)
+    before each.  ``like``: a tensor of the dtype and device to use."""
+
+    def __init__(self, flow: AffineCouplingFlow, batch: int, like: Tensor) -> None:
+        h, n_b, width = flow.half, flow.features - flow.half, flow.context_width
+        self.in_a, self.in_b = like.new_empty(batch, h + width), like.new_empty(batch, n_b + width)
+        self.a, self.b = self.in_a[:, :h], self.in_b[:, :n_b]
+        self.context, self.context_b = self.in_a[:, h:], self.in_b[:, n_b:]
 
 
 def run_mlp(net: nn.Sequential, h: Tensor) -> Tensor:

@@ -32,9 +32,11 @@ follows the shower axis (``axis_frame``, :mod:`caloforge.models.axis_frame`).
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from zuko.flows import Flow
 
@@ -47,6 +49,7 @@ from caloforge.models.base import GenerativeModel, StepContext, TrainBatch, regi
 from caloforge.models.config import ModelConfig, positive
 from caloforge.models.flows import (
     AffineCouplingFlow,
+    CouplingInputs,
     cached_from,
     run_mlp,
     sample_flow,
@@ -470,26 +473,48 @@ class L2LFlows(GenerativeModel):
                  c.expand(m, *c.shape)]
         if remainder is not None:
             parts.append(remainder.transpose(0, 1))
-        fixed = torch.cat(parts, 2)  # (n_mod, B, .)
+        fixed = torch.cat(parts, 2).unbind(0)  # per layer (B, .)
         prev_cols = cached_from(self, "_prev_cols_cache", self.layer_onehot,
                                 lambda: self._previous_columns(self.layer_onehot.device))
-        net = self.context_nets["shared"] if "shared" in self.context_nets else None
+        embed = self._context_embedding()
         flow = self.layer_flows["shared"]
+        inputs = None  # the lean flow's net inputs, the context written straight into them
+        if isinstance(flow, AffineCouplingFlow):
+            inputs = CouplingInputs(flow, b, c)
+        # A shower's normals are handed out in order: all layers' in one draw, the same
+        # numbers (a plain generator, while training, draws per layer as before).
+        noise = generator.randn(m, n) if isinstance(generator, ShowerNoise) else None
         for i in range(m):
-            ctx = fixed[i]
+            parts = [fixed[i]]
             if p:
                 prev = drawn.index_select(1, prev_cols[i])
-                ctx = torch.cat([run_mlp(net, prev) if net is not None else prev, ctx], 1)
-            y = self._sample_flow(flow, ctx, n, generator)
+                parts.insert(0, embed(prev) if embed is not None else prev)
+            z = noise[:, i] if noise is not None else randn(generator, b, n, device=c.device)
+            if inputs is not None:
+                torch.cat(parts, 1, out=inputs.context)
+                y = flow.sample_with(z, inputs)
+            else:
+                y = sample_flow(flow, torch.cat(parts, 1), z)
             torch.clamp(y, -20, 20, out=drawn[:, (p + i) * n:(p + i + 1) * n])
         return drawn[:, p * n:].view(b, m, n)
 
-    def _previous_columns(self, device: torch.device) -> Tensor:
-        """(n_mod, context_layers * n_cells): the columns of :meth:`_draw_shared`'s
-        tensor that hold the previous layers of each modelled layer, nearest first."""
+    def _context_embedding(self) -> Callable[[Tensor], Tensor] | None:
+        """The shared context net as a function (without gradients): its linear layer
+        and ELU as the functions the modules call, looked up once per generation."""
+        if "shared" not in self.context_nets:
+            return None
+        net = self.context_nets["shared"]
+        if len(net) != 2 or type(net[0]) is not nn.Linear or type(net[1]) is not nn.ELU:
+            return lambda h: run_mlp(net, h)
+        weight, bias, alpha = net[0].weight, net[0].bias, net[1].alpha
+        return lambda h: F.elu(F.linear(h, weight, bias), alpha)
+
+    def _previous_columns(self, device: torch.device) -> list[Tensor]:
+        """Per modelled layer, the columns of :meth:`_draw_shared`'s tensor that hold its
+        previous layers, nearest first (``context_layers * n_cells``)."""
         m, n, p = self.n_mod, self.n_cells, self.config.context_layers
         block = torch.arange(m, device=device)[:, None] + p - torch.arange(1, p + 1, device=device)
-        return (block[:, :, None] * n + torch.arange(n, device=device)).reshape(m, p * n)
+        return list((block[:, :, None] * n + torch.arange(n, device=device)).reshape(m, p * n))
 
     def _log_features_of(self, drawn: Tensor, back: tuple[Tensor, Tensor] | None) -> Tensor:
         """log_threshold: the raw log features ``(B, n_mod, n_cells)`` of the flow-space
