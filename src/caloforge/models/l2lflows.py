@@ -667,7 +667,8 @@ class L2LFlows(GenerativeModel):
         layer_feats: list[Tensor] = []  # log_threshold: raw log features of each layer
         a = self.config.alpha
         drawn = mod_feats = None
-        if self.shared and not torch.jit.is_tracing():  # (a trace: the plain loop below)
+        # without gradients, not traced (the exporters: the plain loop below)
+        if self.shared and not torch.is_grad_enabled() and not torch.jit.is_tracing():
             drawn = self._draw_shared(e_feat, c, remainder, generator)
             if self._log_thr:  # element-wise: all layers at once, the same values
                 mod_feats = self._log_features_of(drawn, back).unbind(1)
