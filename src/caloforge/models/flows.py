@@ -220,7 +220,7 @@ class AffineCouplingFlow(nn.Module):
                 plan.append((tuple(net_a[:-1]), net_a[-1], tuple(net_b[:-1]), net_b[-1], *nxt))
             return plan
 
-        return cached_from(self, "_plan_cache", inv, build)
+        return _cached_from(self, "_plan_cache", inv, build)
 
     def _sample_traceable(self, x: Tensor, context: Tensor) -> Tensor:
         """:meth:`_sample_no_grad` as plain operations on fresh tensors (the same values),
@@ -290,7 +290,7 @@ def _coupling_inverse(t: GeneralCouplingTransform, context: Tensor, y: Tensor) -
     """``t(context).inv(y)`` as zuko computes it (the same operations on the same values),
     without building its coupling objects, splitting by mask and broadcasting at every
     call: at batch 1 zuko's shape arithmetic costs more than the hyper network."""
-    idx_a, idx_b, order = cached_from(t, "_split_cache", t.mask, lambda: _coupling_split(t.mask))
+    idx_a, idx_b, order = _cached_from(t, "_split_cache", t.mask, lambda: _coupling_split(t.mask))
     y_a, y_b = y.index_select(-1, idx_a), y.index_select(-1, idx_b)
     if y_a.shape[:-1] == context.shape[:-1]:
         h = torch.cat([y_a, context], -1)
@@ -330,7 +330,7 @@ class _SamplingSpline(MonotonicRQSTransform):
         return inside, x0, x1, y0, y1, d0, d1, (y1 - y0) / (x1 - x0)
 
 
-def cached_from(owner: nn.Module, name: str, source: Tensor, build: Callable[[], T]) -> T:
+def _cached_from(owner: nn.Module, name: str, source: Tensor, build: Callable[[], T]) -> T:
     """``build()``, cached on ``owner`` under ``name`` while ``source`` stays the same
     tensor at the same version (``to()`` makes a new tensor, ``load_state_dict`` a new
     version); built as plain tensors, usable with autograd on."""

@@ -50,7 +50,6 @@ from caloforge.models.config import ModelConfig, positive
 from caloforge.models.flows import (
     AffineCouplingFlow,
     CouplingInputs,
-    cached_from,
     run_mlp,
     sample_flow,
     spline_coupling_flow,
@@ -464,18 +463,17 @@ class L2LFlows(GenerativeModel):
         flow, each given those before it in the context of :meth:`_shared_layer_context`
         (the same values, with fewer operations per layer): the layers are drawn into one
         tensor behind ``context_layers`` empty ones, so that a layer's previous images,
-        nearest first, are one gather, and the parts of the context that do not depend
+        nearest first, are one copy (``flip``), and the parts of the context that do not depend
         on the images are built for all layers at once."""
         b, m, n, p = c.shape[0], self.n_mod, self.n_cells, self.config.context_layers
-        drawn = c.new_zeros(b, (p + m) * n)  # layer i at block p + i
+        drawn = c.new_empty(b, (p + m) * n)  # layer i at block p + i
+        drawn[:, :p * n] = 0.0
         parts = [self.layer_onehot[:, None].expand(m, b, m),
                  e_feat.index_select(1, self.mod_energy_index).t()[:, :, None],
                  c.expand(m, *c.shape)]
         if remainder is not None:
             parts.append(remainder.transpose(0, 1))
         fixed = torch.cat(parts, 2).unbind(0)  # per layer (B, .)
-        prev_cols = cached_from(self, "_prev_cols_cache", self.layer_onehot,
-                                lambda: self._previous_columns(self.layer_onehot.device))
         embed = self._context_embedding()
         flow = self.layer_flows["shared"]
         inputs = None  # the lean flow's net inputs, the context written straight into them
@@ -486,8 +484,8 @@ class L2LFlows(GenerativeModel):
         noise = generator.randn(m, n) if isinstance(generator, ShowerNoise) else None
         for i in range(m):
             parts = [fixed[i]]
-            if p:
-                prev = drawn.index_select(1, prev_cols[i])
+            if p:  # the previous layers, nearest first
+                prev = drawn[:, i * n:(i + p) * n].view(b, p, n).flip(1).view(b, p * n)
                 parts.insert(0, embed(prev) if embed is not None else prev)
             z = noise[:, i] if noise is not None else randn(generator, b, n, device=c.device)
             if inputs is not None:
@@ -509,21 +507,25 @@ class L2LFlows(GenerativeModel):
         weight, bias, alpha = net[0].weight, net[0].bias, net[1].alpha
         return lambda h: F.elu(F.linear(h, weight, bias), alpha)
 
-    def _previous_columns(self, device: torch.device) -> list[Tensor]:
-        """Per modelled layer, the columns of :meth:`_draw_shared`'s tensor that hold its
-        previous layers, nearest first (``context_layers * n_cells``)."""
-        m, n, p = self.n_mod, self.n_cells, self.config.context_layers
-        block = torch.arange(m, device=device)[:, None] + p - torch.arange(1, p + 1, device=device)
-        return list((block[:, :, None] * n + torch.arange(n, device=device)).reshape(m, p * n))
-
-    def _log_features_of(self, drawn: Tensor, back: tuple[Tensor, Tensor] | None) -> Tensor:
-        """log_threshold: the raw log features ``(B, n_mod, n_cells)`` of the flow-space
-        images ``drawn``, moved back onto the detector grid along ``back`` (axis frame;
-        cells from outside it empty)."""
-        shape = (self.n_mod, self.n_cells)
-        f = drawn * self.voxel_std.std[self.mod_index].view(shape) \
-            + self.voxel_std.mean[self.mod_index].view(shape)
-        return f if back is None else self.frame.take(f, back, -3.0 * self.config.zero_width)
+    def _log_features_of(self, drawn: Tensor, back: tuple[Tensor, Tensor] | None
+                         ) -> list[Tensor]:
+        """log_threshold: the raw log features (B, n_cells) of each modelled layer from
+        the flow-space images ``drawn`` (B, n_mod, n_cells), moved back onto the
+        detector grid along ``back`` (axis frame; cells from outside it empty).  Groups
+        of layers of at most ``READ_OUT_ELEMENTS`` values (all layers at batch 1): at
+        batch 1000 whole-shower temporaries cost more in page faults than they save."""
+        b, m, n = drawn.shape
+        std = self.voxel_std.std[self.mod_index].view(m, n)
+        mean = self.voxel_std.mean[self.mod_index].view(m, n)
+        step = max(1, READ_OUT_ELEMENTS // max(b * n, 1))
+        out: list[Tensor] = []
+        for j in range(0, m, step):
+            f = drawn[:, j:j + step] * std[j:j + step] + mean[j:j + step]
+            if back is not None:
+                f = self.frame.take(f, (back[0][:, j:j + step], back[1][:, j:j + step]),
+                                    -3.0 * self.config.zero_width)
+            out += f.unbind(1)
+        return out
 
     def _impact(self) -> tuple[float, float]:
         """The fixed impact point (mm) of the training showers: where shower axes start."""
@@ -670,8 +672,8 @@ class L2LFlows(GenerativeModel):
         # without gradients, not traced (the exporters: the plain loop below)
         if self.shared and not torch.is_grad_enabled() and not torch.jit.is_tracing():
             drawn = self._draw_shared(e_feat, c, remainder, generator)
-            if self._log_thr:  # element-wise: all layers at once, the same values
-                mod_feats = self._log_features_of(drawn, back).unbind(1)
+            if self._log_thr:  # element-wise: many layers at once, the same values
+                mod_feats = self._log_features_of(drawn, back)
         for i, k in enumerate(self.active):
             s = self._slice(k)
             if k in self.modelled:
