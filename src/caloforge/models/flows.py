@@ -185,8 +185,8 @@ class AffineCouplingFlow(nn.Module):
         in_a, in_b, a_out, b = inputs.in_a, inputs.in_b, inputs.a, inputs.b
         a = x[:, :h]
         b.copy_(x[:, h:])
-        for hidden_a, (w_a, bias_a), hidden_b, (w_b, bias_b), next_a, next_b, last \
-                in self._sampling_plan():
+        blocks, last = self._sampling_plan()
+        for hidden_a, (w_a, bias_a), hidden_b, (w_b, bias_b), next_a, next_b in blocks:
             # a <- a exp(s) + t given b, then b <- b exp(s) + t given the new a
             y = in_b
             for w, bias in hidden_a:
@@ -199,26 +199,25 @@ class AffineCouplingFlow(nn.Module):
             t, raw = linear(y, w_b, bias_b).chunk(2, 1)
             torch.add(raw.div(c).tanh_().mul_(c).exp_().mul_(b), t, out=b)
             merged = torch.cat([a_out, b], 1)
-            if last is not None:
-                return merged.index_select(1, last)
-            a = merged.index_select(1, next_a)  # the next block's halves, permuted
-            torch.index_select(merged, 1, next_b, out=b)
-        raise AssertionError("unreachable: the plan ends with the last block")
+            if next_a is not None:  # the next block's halves, permuted
+                a = merged.index_select(1, next_a)
+                torch.index_select(merged, 1, next_b, out=b)
+        return merged.index_select(1, last)
 
-    def _sampling_plan(self) -> list[tuple]:
+    def _sampling_plan(self) -> tuple[list[tuple], Tensor]:
         """Per block in sampling order: the hidden layers' and the last layer's weights
         and biases of the net giving the first half, the same of the net giving the
-        second half, then the next block's halves of the inverse permutation, or the
-        whole one after the last block (built once)."""
+        second half, then the next block's halves of the inverse permutation (None after
+        the last block); and the last block's whole inverse permutation (built once)."""
         inv, h = self.inv_perms, self.half
 
-        def build() -> list[tuple]:
+        def build() -> tuple[list[tuple], Tensor]:
             nets, plan = self._linear_weights(), []
             for blk in reversed(range(len(inv))):
                 net_a, net_b = nets[2 * blk + 1], nets[2 * blk]
-                nxt = (None, None, inv[0]) if blk == 0 else (inv[blk, :h], inv[blk, h:], None)
+                nxt = (inv[blk, :h], inv[blk, h:]) if blk else (None, None)
                 plan.append((tuple(net_a[:-1]), net_a[-1], tuple(net_b[:-1]), net_b[-1], *nxt))
-            return plan
+            return plan, inv[0]
 
         return _cached_from(self, "_plan_cache", inv, build)
 
