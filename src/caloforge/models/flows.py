@@ -18,6 +18,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +36,8 @@ from zuko.nn import Linear as ZukoLinear
 from zuko.nn import MaskedLinear
 from zuko.transforms import DependentTransform, MonotonicAffineTransform, MonotonicRQSTransform
 from zuko.utils import broadcast, unpack
+
+T = TypeVar("T")
 
 
 def spline_coupling_flow(features: int, context: int, transforms: int, bins: int,
@@ -103,6 +107,7 @@ class AffineCouplingFlow(nn.Module):
                  hidden: tuple[int, ...], scale_clamp: float = 3.0) -> None:
         super().__init__()
         self.features = features
+        self.context_width = context
         self.half = features // 2
         self.scale_clamp = scale_clamp
         blocks = max(1, (transforms + 1) // 2)
@@ -162,8 +167,63 @@ class AffineCouplingFlow(nn.Module):
 
     def _sample_no_grad(self, x: Tensor, context: Tensor) -> Tensor:
         """:meth:`sample_from` without autograd: the same operations, on weights looked
-        up once and in place on temporaries.  At batch 1 the module calls, parameter
-        look-ups and allocations cost more than the products."""
+        up once and in place on temporaries (:meth:`sample_with`).  At batch 1 the
+        module calls, parameter look-ups and allocations cost more than the products."""
+        if torch.jit.is_tracing():  # the exporters: plain operations, no out= views
+            return self._sample_traceable(x, context)
+        inputs = CouplingInputs(self, x.shape[0], x)
+        inputs.context.copy_(context)
+        return self.sample_with(x, inputs)
+
+    def sample_with(self, x: Tensor, inputs: CouplingInputs) -> Tensor:
+        """:meth:`sample_from` without autograd for standard-normal ``x``, the context
+        already written into ``inputs.context``.  Each coupling writes its output straight
+        into the input of the next net (no concatenation per coupling); the values are
+        those of :meth:`sample_from`, element by element."""
+        h, c, linear, elu_ = self.half, self.scale_clamp, F.linear, F.elu_
+        inputs.context_b.copy_(inputs.context)
+        in_a, in_b, a_out, b = inputs.in_a, inputs.in_b, inputs.a, inputs.b
+        a = x[:, :h]
+        b.copy_(x[:, h:])
+        blocks, last = self._sampling_plan()
+        for hidden_a, (w_a, bias_a), hidden_b, (w_b, bias_b), next_a, next_b in blocks:
+            # a <- a exp(s) + t given b, then b <- b exp(s) + t given the new a
+            y = in_b
+            for w, bias in hidden_a:
+                y = elu_(linear(y, w, bias))
+            t, raw = linear(y, w_a, bias_a).chunk(2, 1)
+            torch.add(raw.div(c).tanh_().mul_(c).exp_().mul_(a), t, out=a_out)
+            y = in_a
+            for w, bias in hidden_b:
+                y = elu_(linear(y, w, bias))
+            t, raw = linear(y, w_b, bias_b).chunk(2, 1)
+            torch.add(raw.div(c).tanh_().mul_(c).exp_().mul_(b), t, out=b)
+            merged = torch.cat([a_out, b], 1)
+            if next_a is not None:  # the next block's halves, permuted
+                a = merged.index_select(1, next_a)
+                torch.index_select(merged, 1, next_b, out=b)
+        return merged.index_select(1, last)
+
+    def _sampling_plan(self) -> tuple[list[tuple], Tensor]:
+        """Per block in sampling order: the hidden layers' and the last layer's weights
+        and biases of the net giving the first half, the same of the net giving the
+        second half, then the next block's halves of the inverse permutation (None after
+        the last block); and the last block's whole inverse permutation (built once)."""
+        inv, h = self.inv_perms, self.half
+
+        def build() -> tuple[list[tuple], Tensor]:
+            nets, plan = self._linear_weights(), []
+            for blk in reversed(range(len(inv))):
+                net_a, net_b = nets[2 * blk + 1], nets[2 * blk]
+                nxt = (inv[blk, :h], inv[blk, h:]) if blk else (None, None)
+                plan.append((tuple(net_a[:-1]), net_a[-1], tuple(net_b[:-1]), net_b[-1], *nxt))
+            return plan, inv[0]
+
+        return _cached_from(self, "_plan_cache", inv, build)
+
+    def _sample_traceable(self, x: Tensor, context: Tensor) -> Tensor:
+        """:meth:`_sample_no_grad` as plain operations on fresh tensors (the same values),
+        for a trace."""
         h, nets, inv = self.half, self._linear_weights(), self.inv_perms
         for blk in reversed(range(len(inv))):
             a, b = x[:, :h], x[:, h:]
@@ -194,6 +254,20 @@ class AffineCouplingFlow(nn.Module):
         return nets
 
 
+class CouplingInputs:
+    """Inputs ``[half | context]`` of the nets of an :class:`AffineCouplingFlow` for
+    ``batch`` samples: one buffer per half, where each coupling writes its output for
+    the next net to read.  Reusable from one :meth:`AffineCouplingFlow.sample_with` to
+    the next: write the context into :attr:`context` (a ``(batch, context)`` view)
+    before each.  ``like``: a tensor of the dtype and device to use."""
+
+    def __init__(self, flow: AffineCouplingFlow, batch: int, like: Tensor) -> None:
+        h, n_b, width = flow.half, flow.features - flow.half, flow.context_width
+        self.in_a, self.in_b = like.new_empty(batch, h + width), like.new_empty(batch, n_b + width)
+        self.a, self.b = self.in_a[:, :h], self.in_b[:, :n_b]
+        self.context, self.context_b = self.in_a[:, h:], self.in_b[:, n_b:]
+
+
 def run_mlp(net: nn.Sequential, h: Tensor) -> Tensor:
     """``net(h)``; without gradients, its linear layers (torch's or zuko's, one weight
     matrix) and ELUs run as the functions their modules call, the same operations
@@ -212,18 +286,59 @@ def run_mlp(net: nn.Sequential, h: Tensor) -> Tensor:
 
 
 def _coupling_inverse(t: GeneralCouplingTransform, context: Tensor, y: Tensor) -> Tensor:
-    """``t(context).inv(y)`` as zuko computes it (the same operations), without
-    building its transform objects at every call."""
-    mask = t.mask
+    """``t(context).inv(y)`` as zuko computes it (the same operations on the same values),
+    without building its coupling objects, splitting by mask and broadcasting at every
+    call: at batch 1 zuko's shape arithmetic costs more than the hyper network."""
+    idx_a, idx_b, order = _cached_from(t, "_split_cache", t.mask, lambda: _coupling_split(t.mask))
+    y_a, y_b = y.index_select(-1, idx_a), y.index_select(-1, idx_b)
+    if y_a.shape[:-1] == context.shape[:-1]:
+        h = torch.cat([y_a, context], -1)
+    else:
+        h = torch.cat(broadcast(y_a, context, ignore=1), dim=-1)
+    phi = unpack(run_mlp(t.hyper, h).unflatten(-1, (-1, t.total)), t.shapes)
+    if t.univariate is MonotonicRQSTransform and not torch.jit.is_tracing():
+        x_b = _SamplingSpline(*phi)._inverse(y_b)
+    else:  # (a trace: the exporters swap in their own spline inverse)
+        x_b = t.univariate(*phi).inv(y_b)
+    return torch.cat([y_a, x_b], -1).index_select(-1, order)
+
+
+def _coupling_split(mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Indices of the kept (``mask``) and transformed features, and the order that puts
+    ``[kept, transformed]`` back in place."""
     idx_a, idx_b = mask.nonzero().squeeze(-1), (~mask).nonzero().squeeze(-1)
-    y_a, y_b = y[..., idx_a], y[..., idx_b]
-    h = run_mlp(t.hyper, torch.cat(broadcast(y_a, context, ignore=1), dim=-1))
-    phi = unpack(h.unflatten(-1, (-1, t.total)), t.shapes)
-    x_b = t.univariate(*phi).inv(y_b)
-    x = y_a.new_empty(y.shape)
-    x[..., idx_a] = y_a
-    x[..., idx_b] = x_b
-    return x
+    return idx_a, idx_b, torch.argsort(torch.cat([idx_a, idx_b]))
+
+
+class _SamplingSpline(MonotonicRQSTransform):
+    """zuko's rational-quadratic spline, the knots around each value looked up without
+    zuko's general broadcast: here the knot tables and the bin indices share their batch
+    shape, and ``torch.broadcast_shapes`` costs more than the spline at batch 1.  The
+    same values as zuko's lookup; zuko's arithmetic otherwise."""
+
+    def bin(self, k: Tensor) -> tuple[Tensor, ...]:
+        if k.shape != self.horizontal.shape[:-1]:
+            return super().bin(k)
+        n = self.bins
+        inside = (k >= 0) & (k < n)
+        k = k % n
+        pair = torch.stack((k, k + 1), -1)
+        x0, x1 = self.horizontal.gather(-1, pair).unbind(-1)
+        y0, y1 = self.vertical.gather(-1, pair).unbind(-1)
+        d0, d1 = self.derivatives.gather(-1, pair).unbind(-1)
+        return inside, x0, x1, y0, y1, d0, d1, (y1 - y0) / (x1 - x0)
+
+
+def _cached_from(owner: nn.Module, name: str, source: Tensor, build: Callable[[], T]) -> T:
+    """``build()``, cached on ``owner`` under ``name`` while ``source`` stays the same
+    tensor at the same version (``to()`` makes a new tensor, ``load_state_dict`` a new
+    version); built as plain tensors, usable with autograd on."""
+    cached = owner.__dict__.get(name)
+    if cached is None or cached[0] is not source or cached[1] != source._version:
+        with torch.inference_mode(False):
+            cached = (source, source._version, build())
+        owner.__dict__[name] = cached
+    return cached[2]
 
 
 def _masked_weights(block: MaskedAutoregressiveTransform) -> list[Tensor | None]:

@@ -32,9 +32,11 @@ follows the shower axis (``axis_frame``, :mod:`caloforge.models.axis_frame`).
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from zuko.flows import Flow
 
@@ -47,6 +49,7 @@ from caloforge.models.base import GenerativeModel, StepContext, TrainBatch, regi
 from caloforge.models.config import ModelConfig, positive
 from caloforge.models.flows import (
     AffineCouplingFlow,
+    CouplingInputs,
     run_mlp,
     sample_flow,
     spline_coupling_flow,
@@ -478,6 +481,76 @@ class L2LFlows(GenerativeModel):
             parts.append(remainder[:, i])
         return torch.cat(parts, 1)
 
+    def _draw_shared(self, e_feat: Tensor, c: Tensor, remainder: Tensor | None,
+                     generator: Source) -> Tensor:
+        """Flow-space images ``(B, n_mod, n_cells)`` of all modelled layers from the shared
+        flow, each given those before it in the context of :meth:`_shared_layer_context`
+        (the same values, with fewer operations per layer): the layers are drawn into one
+        tensor behind ``context_layers`` empty ones, so that a layer's previous images,
+        nearest first, are one copy (``flip``), and the parts of the context that do not depend
+        on the images are built for all layers at once."""
+        b, m, n, p = c.shape[0], self.n_mod, self.n_cells, self.config.context_layers
+        drawn = c.new_empty(b, (p + m) * n)  # layer i at block p + i
+        drawn[:, :p * n] = 0.0
+        parts = [self.layer_onehot[:, None].expand(m, b, m),
+                 e_feat.index_select(1, self.mod_energy_index).t()[:, :, None],
+                 c.expand(m, *c.shape)]
+        if remainder is not None:
+            parts.append(remainder.transpose(0, 1))
+        fixed = torch.cat(parts, 2).unbind(0)  # per layer (B, .)
+        embed = self._context_embedding()
+        flow = self.layer_flows["shared"]
+        inputs = None  # the lean flow's net inputs, the context written straight into them
+        if isinstance(flow, AffineCouplingFlow):
+            inputs = CouplingInputs(flow, b, c)
+        # A shower's normals are handed out in order: all layers' in one draw, the same
+        # numbers (a plain generator, while training, draws per layer as before).
+        noise = generator.randn(m, n) if isinstance(generator, ShowerNoise) else None
+        for i in range(m):
+            parts = [fixed[i]]
+            if p:  # the previous layers, nearest first
+                prev = drawn[:, i * n:(i + p) * n].view(b, p, n).flip(1).view(b, p * n)
+                parts.insert(0, embed(prev) if embed is not None else prev)
+            z = noise[:, i] if noise is not None else randn(generator, b, n, device=c.device)
+            if inputs is not None:
+                torch.cat(parts, 1, out=inputs.context)
+                y = flow.sample_with(z, inputs)
+            else:
+                y = sample_flow(flow, torch.cat(parts, 1), z)
+            torch.clamp(y, -20, 20, out=drawn[:, (p + i) * n:(p + i + 1) * n])
+        return drawn[:, p * n:].view(b, m, n)
+
+    def _context_embedding(self) -> Callable[[Tensor], Tensor] | None:
+        """The shared context net as a function (without gradients): its linear layer
+        and ELU as the functions the modules call, looked up once per generation."""
+        if "shared" not in self.context_nets:
+            return None
+        net = self.context_nets["shared"]
+        if len(net) != 2 or type(net[0]) is not nn.Linear or type(net[1]) is not nn.ELU:
+            return lambda h: run_mlp(net, h)
+        weight, bias, alpha = net[0].weight, net[0].bias, net[1].alpha
+        return lambda h: F.elu(F.linear(h, weight, bias), alpha)
+
+    def _log_features_of(self, drawn: Tensor, back: tuple[Tensor, Tensor] | None
+                         ) -> list[Tensor]:
+        """log_threshold: the raw log features (B, n_cells) of each modelled layer from
+        the flow-space images ``drawn`` (B, n_mod, n_cells), moved back onto the
+        detector grid along ``back`` (axis frame; cells from outside it empty).  Groups
+        of layers of at most ``READ_OUT_ELEMENTS`` values (all layers at batch 1): at
+        batch 1000 whole-shower temporaries cost more in page faults than they save."""
+        b, m, n = drawn.shape
+        std = self.voxel_std.std[self.mod_index].view(m, n)
+        mean = self.voxel_std.mean[self.mod_index].view(m, n)
+        step = max(1, READ_OUT_ELEMENTS // max(b * n, 1))
+        out: list[Tensor] = []
+        for j in range(0, m, step):
+            f = drawn[:, j:j + step] * std[j:j + step] + mean[j:j + step]
+            if back is not None:
+                f = self.frame.take(f, (back[0][:, j:j + step], back[1][:, j:j + step]),
+                                    -3.0 * self.config.zero_width)
+            out += f.unbind(1)
+        return out
+
     def _impact(self) -> tuple[float, float]:
         """The fixed impact point (mm) of the training showers: where shower axes start."""
         x, y = self.condition_space.fixed.get("impact", (0.0, 0.0))
@@ -621,22 +694,34 @@ class L2LFlows(GenerativeModel):
         layers: list[Tensor] = []  # cell energies (MeV) of each active layer, in order
         layer_feats: list[Tensor] = []  # log_threshold: raw log features of each layer
         a = self.config.alpha
+        drawn = mod_feats = None
+        # without gradients, not traced (the exporters: the plain loop below)
+        if self.shared and not torch.is_grad_enabled() and not torch.jit.is_tracing():
+            drawn = self._draw_shared(e_feat, c, remainder, generator)
+            if self._log_thr:  # element-wise: many layers at once, the same values
+                mod_feats = self._log_features_of(drawn, back)
         for i, k in enumerate(self.active):
             s = self._slice(k)
             if k in self.modelled:
-                if self.shared:
-                    ctx = self._shared_layer_context(self.modelled.index(k), images, e_feat, c,
-                                                     remainder)
-                    flow = self.layer_flows["shared"]
+                j = self.modelled.index(k)
+                if mod_feats is not None:
+                    layer_feats.append(mod_feats[j])
+                    layers.append(None)  # read out below, all modelled layers at once
+                    continue
+                if drawn is not None:
+                    y_k = drawn[:, j]
                 else:
-                    ctx = self._context(k, images, e_feat, c)
-                    flow = self.layer_flows[str(k)]
-                y_k = self._sample_flow(flow, ctx, self.cells[k], generator).clamp(-20, 20)
-                images[k] = y_k
+                    if self.shared:
+                        ctx = self._shared_layer_context(j, images, e_feat, c, remainder)
+                        flow = self.layer_flows["shared"]
+                    else:
+                        ctx = self._context(k, images, e_feat, c)
+                        flow = self.layer_flows[str(k)]
+                    y_k = self._sample_flow(flow, ctx, self.cells[k], generator).clamp(-20, 20)
+                    images[k] = y_k
                 if self._log_thr:
                     f_k = y_k * self.voxel_std.std[s] + self.voxel_std.mean[s]
                     if back is not None:  # back onto the detector grid; outside: empty
-                        j = self.modelled.index(k)
                         f_k = self.frame.take(f_k[:, None], (back[0][:, j:j + 1],
                                                              back[1][:, j:j + 1]),
                                               -3.0 * self.config.zero_width)[:, 0]
