@@ -9,6 +9,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from test_models import assert_same_showers  # same folder: on sys.path under pytest
 
 from caloforge.errors import ConfigError
 from caloforge.models import build
@@ -181,8 +182,68 @@ def test_an_empty_theta_bin_takes_every_table_of_its_neighbour():
                           n_energy_bins=2, n_hit_energy_bins=2)
     cal.theta_edges.fill_(0.3)  # calibration showers all at theta 0: bin 1 is empty
     rows = 2 * cal.n_groups  # two energy tables per theta bin
-    cal.cut[:2], cal.hit_weight[:2] = 1.5, 2.0
+    cal.cut[:2], cal.hit_log_weight[:2] = 1.5, 0.5
     cal.hit_step[:rows], cal.hit_map[:rows] = 0.25, 7.0
     _fill_empty_bins(cal, torch.zeros(10))
-    assert (cal.cut[2:] == 1.5).all() and (cal.hit_weight[2:] == 2.0).all()
+    assert (cal.cut[2:] == 1.5).all() and (cal.hit_log_weight[2:] == 0.5).all()
     assert (cal.hit_step[rows:] == 0.25).all() and (cal.hit_map[rows:] == 7.0).all()
+
+
+def test_few_hits_are_mapped_alone_with_the_same_bits():
+    """At batch 1 only the hits are mapped; they get the same values as when every cell
+    is (element-wise operations only)."""
+    rng = np.random.default_rng(4)
+    cal = _calibration(n_e=3, shares=True, knots=17)
+    cal.energy_knots.copy_(torch.log(torch.tensor([10e3, 30e3, 90e3])))
+    cal.cut.copy_(torch.as_tensor(rng.normal(1.0, 0.3, cal.cut.shape), dtype=torch.float32))
+    cal.hit_step.uniform_(0.1, 0.3)
+    cal.hit_map.copy_(torch.sort(torch.rand(cal.hit_map.shape) * 8, 1).values)
+    cal.hit_log_weight.uniform_(-0.3, 0.3)
+    cal.weighted = True
+    f = torch.as_tensor(rng.normal(-1.0, 1.2, (3, 216)), dtype=torch.float32)
+    group = cal.groups(torch.tensor([[0.1, 0.5], [0.3, 2.0], [0.6, 4.0]]), slice(None))
+    energy = cal.energy_offsets(torch.tensor([12e3, 41e3, 95e3]))
+    few, cut = cal.read_out(f, group, energy)
+    hit = f >= cut
+    assert 0 < int(hit.sum()) * 4 < hit.numel()  # the few-hits path was taken
+    every = cal._mapped(f, cut, group, energy)
+    assert torch.equal(few[hit], every[hit])
+
+
+@pytest.fixture(scope="module")
+def energy_calibrated_model(tmp_path_factory):
+    from caloforge.models.toy import toy_showers
+    from caloforge.training import TrainConfig, train
+
+    rng = np.random.default_rng(12)
+    n = 500
+    e = np.exp(rng.uniform(np.log(2e3), np.log(5e4), n))
+    data = toy_showers(toy_geometry(), e, rng, theta=np.radians(rng.uniform(0, 40, n)),
+                       phi=rng.uniform(0, 2 * np.pi, n))
+    torch.manual_seed(0)
+    config = {"conditions": ["theta", "phi"], "cell_feature": "log_threshold",
+              "hidden": [32], "context_embedding": 8, "transforms": 2,
+              "energy_transforms": 2, "energy_bins": 4, "energy_hidden": [32],
+              "calibration_showers": 500, "calibration_hit_energy_bins": 3,
+              "calibration_layer_shares": True, "calibration_core_divisions": 4}
+    return train("l2lflows", data, tmp_path_factory.mktemp("ecal") / "run", preset="tiny",
+                 model_config=config, progress=False,
+                 train_config=TrainConfig(steps=60, batch_size=64, validate_every=0))
+
+
+def test_energy_calibrated_model_generates_the_same_showers_at_any_batch_size(
+        energy_calibrated_model, tmp_path):
+    from caloforge.data import Conditions
+    from caloforge.models import load
+
+    model = energy_calibrated_model
+    cal = model.axis_cal
+    assert cal.is_fitted and cal.n_e == 3 and cal.core_divisions == 4
+    assert torch.all(torch.diff(cal.energy_knots) > 0)
+    cond = Conditions(np.geomspace(2.5e3, 4.5e4, 9), theta=np.radians(np.linspace(0, 39, 9)),
+                      phi=np.radians(np.linspace(0, 350, 9)))
+    one = model.sample(cond, seed=3, batch_size=1).energies
+    # equal up to the rounding of batched matrix products
+    assert_same_showers(one, model.sample(cond, seed=3, batch_size=7).energies)
+    model.save(tmp_path / "m")  # the tables survive a save and load
+    np.testing.assert_array_equal(one, load(tmp_path / "m").sample(cond, seed=3, batch_size=1).energies)

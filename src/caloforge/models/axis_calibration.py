@@ -78,7 +78,7 @@ class AxisCalibration(nn.Module):
                  n_knots: int, n_energy_bins: int, n_hit_energy_bins: int = 1,
                  layer_shares: bool = False, core_divisions: int = 2) -> None:
         super().__init__()
-        self.fit_layer_shares = bool(layer_shares)  # fit :attr:`hit_weight` (else all 1)
+        self.fit_layer_shares = bool(layer_shares)  # fit :attr:`hit_log_weight` (else 0)
         centres = np.array(geometry.cell_centres, dtype=np.float64)  # a writable copy
         self.pitch = _pitch(centres[:, :2])
         self.inner_rings = int(inner_rings)
@@ -119,14 +119,16 @@ class AxisCalibration(nn.Module):
         step, table = _identity_maps(n_tab * g, m)
         self.register_buffer("hit_step", step)
         self.register_buffer("hit_map", table)
-        # Per group, a factor on the hits' energy above threshold that makes the mean share
-        # of its layer's energy that the group carries in a shower the training showers'
-        # (the widths of the layers see these shares; the hit maps alone match the
-        # energies per hit, and the layer flow's halo grows with its layer total more than
-        # the training showers' do, so that after rescaling to the sampled layer energy
-        # the halo came out 5-15 % short).  1 everywhere: off.
-        self.register_buffer("hit_weight", torch.ones(n_tab, g))
-        self.weighted = False  # python mirror: any weight != 1
+        # Per group, the log of a factor on the hits' energies (a hit stays at least at the
+        # threshold) that makes the mean share of its layer's energy that the group
+        # carries in a shower the training showers' (the widths of the layers see these
+        # shares; the hit maps alone match the energies per hit, and the layer flow's halo
+        # grows with its layer total more than the training showers' do, so that after
+        # rescaling to the sampled layer energy the halo came out 5-15 % short).  Added
+        # to the log feature: no exp or log per cell, whose vectorised loops round by
+        # position.  0 everywhere: off.
+        self.register_buffer("hit_log_weight", torch.zeros(n_tab, g))
+        self.weighted = False  # python mirror: any weight != 0
         self.register_buffer("resp_log_e", torch.linspace(0.0, 1.0, nb).expand(t, nb).clone())
         self.register_buffer("resp_mu_gen", torch.ones(t, nb))
         self.register_buffer("resp_mu_ref", torch.ones(t, nb))
@@ -147,12 +149,13 @@ class AxisCalibration(nn.Module):
             state_dict = {**state_dict, prefix + "energy_knots": self.energy_knots.clone()}
         if prefix + "hit_grid_sqrt" not in state_dict:  # tables uniform in h (before)
             state_dict = {**state_dict, prefix + "hit_grid_sqrt": torch.zeros(())}
-        if prefix + "hit_weight" not in state_dict:  # before the layer-share weights
-            state_dict = {**state_dict, prefix + "hit_weight": torch.ones_like(self.hit_weight)}
+        if prefix + "hit_log_weight" not in state_dict:  # before the layer-share weights
+            state_dict = {**state_dict,
+                          prefix + "hit_log_weight": torch.zeros_like(self.hit_log_weight)}
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         self.is_fitted = bool(self.ready > 0)
         self.sqrt_grid = bool(self.hit_grid_sqrt > 0)
-        self.weighted = bool((self.hit_weight != 1).any())
+        self.weighted = bool((self.hit_log_weight != 0).any())
 
     # ---- groups ------------------------------------------------------------------------------
     def theta_bin(self, theta: Tensor) -> Tensor:
@@ -201,26 +204,44 @@ class AxisCalibration(nn.Module):
         """Per-element cut and hit-energy map: (mapped log feature, cut) of features
         ``f`` of cells in ``group`` (both (B, cells)); ``energy``: the showers'
         :meth:`energy_offsets` (cut and mapped feature interpolated between the two
-        energy bins' tables)."""
-        flat_cut, weight = self.cut.reshape(-1), self.hit_weight.reshape(-1)
+        energy bins' tables).  The mapped feature is meaningful where ``f >= cut`` only.
+
+        Interpolations are written out as a + w (b - a): ``torch.lerp`` fuses a
+        multiply-add in its vectorised loop only, so its last bit would depend on where an
+        element sits in the tensor, i.e. on the batch size."""
+        flat_cut = self.cut.reshape(-1)
         if energy is None:
             cut = flat_cut[group]
-            g = self._map(group, (f - cut).clamp_min(0))
-            return (self._weigh(g, weight[group]) if self.weighted else g), cut
-        g0, g1 = group + energy[0], group + energy[1]
-        w = energy[2]
-        cut = torch.lerp(flat_cut[g0], flat_cut[g1], w)
-        h = (f - cut).clamp_min(0)
-        g = torch.lerp(self._map(g0, h), self._map(g1, h), w)
-        if self.weighted:
-            g = self._weigh(g, torch.lerp(weight[g0], weight[g1], w))
-        return g, cut
+        else:
+            c0 = flat_cut[group + energy[0]]
+            cut = c0 + energy[2] * (flat_cut[group + energy[1]] - c0)
+        if not torch.jit.is_tracing():  # few hits (one shower at a time): map only them
+            hit = f >= cut
+            if int(hit.sum()) * 4 < hit.numel():
+                rows, cols = hit.nonzero(as_tuple=True)
+                part = None if energy is None else tuple(v[rows, 0] for v in energy)
+                out = f.new_zeros(f.shape)
+                out[rows, cols] = self._mapped(f[rows, cols], cut[rows, cols],
+                                               group[rows, cols], part)
+                return out, cut
+        return self._mapped(f, cut, group, energy), cut
 
-    @staticmethod
-    def _weigh(g: Tensor, weight: Tensor) -> Tensor:
-        """Log feature of a hit whose energy above the threshold is scaled by ``weight``
-        (E / thr = 1 + (e^g - 1) w: a hit stays a hit)."""
-        return torch.log1p(torch.expm1(g.clamp(0, 20)) * weight)
+    def _mapped(self, f: Tensor, cut: Tensor, group: Tensor,
+                energy: tuple[Tensor, Tensor, Tensor] | None) -> Tensor:
+        """The mapped (and weighted) log feature of elements ``f`` with their ``cut``,
+        ``group`` and energy-bin offsets and weight (same shape, or (B, 1))."""
+        h = (f - cut).clamp_min(0)
+        lw = self.hit_log_weight.reshape(-1)
+        if energy is None:
+            g = self._map(group, h)
+            return (g + lw[group]).clamp_min(0) if self.weighted else g
+        g0, g1, w = group + energy[0], group + energy[1], energy[2]
+        a = self._map(g0, h)
+        g = a + w * (self._map(g1, h) - a)
+        if self.weighted:
+            l0 = lw[g0]
+            g = (g + (l0 + w * (lw[g1] - l0))).clamp_min(0)
+        return g
 
     def _map(self, group: Tensor, h: Tensor) -> Tensor:
         """The hit-energy map of each element's ``group`` at its excess ``h`` over the cut."""

@@ -63,7 +63,7 @@ def fit(cal: AxisCalibration, x: Tensor, e_inc: Tensor, angles: Tensor, feats: T
     cal.cut.copy_(cut.view(t * ne, g))
     cal.hit_step.copy_(step)
     cal.hit_map.copy_(table)
-    cal.hit_weight.fill_(1.0)
+    cal.hit_log_weight.fill_(0.0)
     cal.weighted = False
     if cal.fit_layer_shares:
         _fit_layer_shares(cal, x, angles, feats, e_bin, threshold_mev, min_hits)
@@ -76,7 +76,7 @@ def fit(cal: AxisCalibration, x: Tensor, e_inc: Tensor, angles: Tensor, feats: T
 def _fit_layer_shares(cal: AxisCalibration, x: Tensor, angles: Tensor, feats: Tensor,
                       e_bin: Tensor | None, threshold_mev: float, min_hits: int,
                       iterations: int = 3) -> None:
-    """:attr:`hit_weight`: per group, the ratio of the mean share of the layer energy
+    """:attr:`hit_log_weight`: per group, the log of the ratio of the mean share of the layer energy
     in the training showers to that of the calibrated generated ones, iterated
     (weighting one group changes every share of its layer).  Groups with fewer than
     ``min_hits`` training hits keep 1."""
@@ -97,16 +97,16 @@ def _fit_layer_shares(cal: AxisCalibration, x: Tensor, angles: Tensor, feats: Te
 
     share_ref, hits = _mean_shares(cal, reference, len(x), n_tab, threshold_mev)
     use = hits >= min_hits
-    weight = torch.ones(n_tab * cal.n_groups, dtype=torch.float64)
+    log_w = torch.zeros(n_tab * cal.n_groups, dtype=torch.float64)
     for _ in range(iterations):
-        cal.hit_weight.copy_(weight.view_as(cal.hit_weight))
+        cal.hit_log_weight.copy_(log_w.view_as(cal.hit_log_weight))
         cal.weighted = True
         share_gen, _ = _mean_shares(cal, generated, len(feats), n_tab, threshold_mev)
-        ratio = (share_ref / share_gen.clamp_min(1e-12)).clamp(0.5, 2.0)
+        step = torch.log(share_ref / share_gen.clamp_min(1e-12)).clamp(-math.log(2), math.log(2))
         ok = use & (share_gen > 0) & (share_ref > 0)
-        weight = torch.where(ok, weight * ratio, weight).clamp(0.25, 4.0)
-    cal.hit_weight.copy_(weight.view_as(cal.hit_weight))
-    cal.weighted = bool((cal.hit_weight != 1).any())
+        log_w = torch.where(ok, log_w + step, log_w).clamp(-math.log(4), math.log(4))
+    cal.hit_log_weight.copy_(log_w.view_as(cal.hit_log_weight))
+    cal.weighted = bool((cal.hit_log_weight != 0).any())
 
 
 def _mean_shares(cal: AxisCalibration, energies, n: int, n_tab: int,  # noqa: ANN001
@@ -304,6 +304,6 @@ def _fill_empty_bins(cal: AxisCalibration, theta: Tensor) -> None:
                                                                      (src + 1) * ne * g)
         cal.hit_map[rows] = cal.hit_map[src_rows]
         cal.hit_step[rows] = cal.hit_step[src_rows]
-        cal.hit_weight[b * ne:(b + 1) * ne] = cal.hit_weight[src * ne:(src + 1) * ne]
+        cal.hit_log_weight[b * ne:(b + 1) * ne] = cal.hit_log_weight[src * ne:(src + 1) * ne]
         for buf in (cal.resp_log_e, cal.resp_mu_gen, cal.resp_mu_ref, cal.resp_k):
             buf[b] = buf[src]
