@@ -180,9 +180,11 @@ class L2LFlows(GenerativeModel):
                  "lr": 3e-3},
         # The shipped CPU default: one shared affine layer flow on threshold-relative log
         # energies (a few hundred thousand weights, a few ms per 30x30x30 shower on CPU).
-        # Trained on several directions it draws its layers in the axis frame.
+        # Trained on several directions it draws its layers in the axis frame, and its ring
+        # tables follow the energy and the layer shares.
         "compact": {"shared_layer_flow": True, "cell_feature": "log_threshold", "bins": 0,
                     "lean_affine": True, "axis_frame": True,
+                    "calibration_hit_energy_bins": 4, "calibration_layer_shares": True,
                     "hidden": [96], "context_embedding": 32, "transforms": 6,
                     "lr": 1e-3, "lr_decay": 0.05},
     }
