@@ -12,9 +12,21 @@ Targets (issue 11): student >= 100x faster than the teacher at batch 1, and <= 1
 shower at its best batch on 2 CPU threads.  The teacher at batch 1 needs one network pass
 per feature and block, so it is timed on few showers (``--teacher-showers``).
 
+With ``--reference FILE`` (held-out reference showers) it also prints, in the same run,
+the fidelity of each model (teacher, student and, with ``--calogan DIR``, a trained
+CaloGAN) generated at the reference's exact conditions: low- and high-level classifier
+AUC with their noise floors, and each observable's Wasserstein distance over its noise
+floor (the CaloGAN shower shapes on the CaloGAN geometry), from one ``caloforge
+evaluate`` of all samples together; and the time per shower of the builtin reference
+simulation at the same conditions.  The teacher samples slowly (one network pass per cell
+and block): ``--teacher-fidelity-showers`` caps its sample, compared with as many
+reference showers (a smaller sample lowers the classifier's power; the printout says so).
+
     python benchmarks/bench_caloflow.py --geometry calochallenge-1-photons --preset default
     python benchmarks/bench_caloflow.py --geometry calogan --preset tiny
     python benchmarks/bench_caloflow.py --teacher RUN/model --student RUN2/model
+    python benchmarks/bench_caloflow.py --teacher calochallenge-1-photons-teacher \
+        --student calochallenge-1-photons --reference heldout.h5 --teacher-fidelity-showers 5000
 """
 
 from __future__ import annotations
@@ -62,6 +74,71 @@ def ms_per_shower(model, n: int, batch: int, threads: int) -> float:
     return (time.perf_counter() - t0) / n * 1e3
 
 
+def generated_at(model, conditions, n: int, seed: int = 7) -> tuple[ShowerBatch, float]:
+    """Showers of ``model`` at the first ``n`` ``conditions``, and ms per shower (2 threads)."""
+    torch.set_num_threads(2)
+    t0 = time.perf_counter()
+    batch = model.sample(conditions.take(np.arange(n)), seed=seed, batch_size=1000)
+    return batch, (time.perf_counter() - t0) / n * 1e3
+
+
+def reference_ms_per_shower(reference: ShowerBatch, n: int = 240) -> float:
+    """The builtin simulation's mean time per shower over the reference's energy spectrum
+    (each distinct energy timed and weighted by its frequency; one process)."""
+    from caloforge.data import PDG_NAMES
+    from caloforge.simulation import simulate
+
+    cond = reference.conditions
+    particle = PDG_NAMES.get(int(cond.particle[0]), "photon") if cond.particle is not None \
+        else "photon"
+    values, counts = np.unique(cond.incident_energy, return_counts=True)
+    if len(values) > 32:  # a continuous spectrum: time n of its energies
+        values, counts = np.random.default_rng(0).choice(cond.incident_energy, n), np.ones(n)
+    per = max(1, n // len(values))
+    simulate(reference.geometry, particle, float(values[0]), 1, seed=0)  # compile
+    total = 0.0
+    for energy, count in zip(values, counts):
+        t0 = time.perf_counter()
+        simulate(reference.geometry, particle, float(energy), per, seed=1)
+        total += (time.perf_counter() - t0) / per * count
+    return total / counts.sum() * 1e3
+
+
+def fidelity(reference_file: str, models: dict, n_max: int, teacher_n: int) -> None:
+    """Print classifier AUCs and Wasserstein distances over their noise floors."""
+    from caloforge.data.io import open_showers
+    from caloforge.evaluation import evaluate
+
+    with open_showers(reference_file) as f:
+        reference = f.read(0, min(len(f), n_max) if n_max else None)
+    n = len(reference)
+    samples, labels, sizes = [], [], {}
+    for label, model in models.items():
+        m = min(teacher_n, n) if label == "teacher" else n
+        batch, ms = generated_at(model, reference.conditions, m)
+        samples.append(batch)
+        labels.append(label)
+        sizes[label] = (m, ms)
+        print(f"generated {m} {label} showers at the reference conditions: {ms:.3f} ms/shower "
+              f"(batch 1000, 2 threads, sampling only)")
+    print(f"reference simulation: {reference_ms_per_shower(reference):.1f} ms/shower "
+          f"(builtin engine, 1 process, same conditions)")
+    ev = evaluate(reference, samples, labels, threads=2, progress_bar=False)
+    for entry in ev.metrics["generated"]:
+        label = entry["label"]
+        print(f"--- {label}: {sizes[label][0]} generated vs {n} reference showers")
+        for level, c in entry["classifier"].items():
+            if "auc" in c:
+                print(f"  {level} classifier AUC {c['auc']:.3f} (noise floor {c['auc_floor']:.3f},"
+                      f" train/test {c['n_train']}/{c['n_test']})")
+            else:
+                print(f"  {level} classifier: {c.get('reason', c.get('status'))}")
+        shapes = entry.get("calogan_shapes") or entry["observables"]
+        ratios = {k: v["wasserstein"] / max(v["wasserstein_floor"], 1e-12)
+                  for k, v in shapes.items() if isinstance(v, dict) and "wasserstein" in v}
+        print("  W / noise floor: " + ", ".join(f"{k} {r:.2f}" for k, r in ratios.items()))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--geometry", default="calochallenge-1-photons")
@@ -73,6 +150,11 @@ def main() -> None:
     p.add_argument("--student-showers", type=int, default=200)
     p.add_argument("--batches", default="64,256,1024", help="student batches on 2 threads")
     p.add_argument("--teacher-batch", type=int, default=32, help="teacher batch on 2 threads")
+    p.add_argument("--reference", help="held-out reference showers: also print fidelity")
+    p.add_argument("--calogan", help="trained calogan folder to compare as well")
+    p.add_argument("--fidelity-showers", type=int, default=0,
+                   help="reference showers for the fidelity part (0: all)")
+    p.add_argument("--teacher-fidelity-showers", type=int, default=2000)
     args = p.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_caloflow_"))
@@ -113,6 +195,12 @@ def main() -> None:
           + f")   ratio {t_best / s_times[best]:7.1f}x  (target student <= 1 ms)")
     print("student on 1 thread: " + ", ".join(f"batch {b}: {v:.3f}" for b, v in one.items())
           + " ms/shower (2 threads lose to 1 on an oversubscribed machine)")
+
+    if args.reference:
+        models = {"teacher": teacher, "student": student}
+        if args.calogan:
+            models["calogan"] = load(args.calogan)
+        fidelity(args.reference, models, args.fidelity_showers, args.teacher_fidelity_showers)
 
 
 if __name__ == "__main__":

@@ -244,3 +244,28 @@ def test_student_resumes_against_its_recorded_teacher(teacher_dir, toy_file, tmp
                      progress=False)
     for k, v in straight.state_dict().items():
         assert torch.equal(v, resumed.state_dict()[k]), k
+
+
+def test_a_shipped_teacher_is_recorded_by_its_zoo_name(teacher_dir, toy_file, tmp_path,
+                                                       monkeypatch):
+    """A student distilled from a teacher in the zoo records the teacher's name, not an
+    absolute path, so the shipped pair works wherever the package is installed."""
+    import yaml
+
+    import caloforge.models.folder as folder
+
+    zoo = tmp_path / "zoo"
+    shutil.copytree(teacher_dir, zoo / "toy-teacher")
+    monkeypatch.setattr(folder, "zoo_dir", lambda: zoo)
+    assert _student_cli(toy_file, zoo / "toy-teacher", tmp_path / "s") == 0
+    meta = yaml.safe_load((tmp_path / "s" / "model" / "model.yaml").read_text())
+    assert meta["teacher"]["path"] == "toy-teacher"
+    # the installed package moves: the student still finds its teacher in the (new) zoo
+    moved = tmp_path / "site" / "zoo"
+    shutil.copytree(zoo, moved)
+    shutil.rmtree(zoo)
+    monkeypatch.setattr(folder, "zoo_dir", lambda: moved)
+    student = load(tmp_path / "s")
+    e = np.full(3, 20_000.0)
+    assert student.sample(e, seed=1).energies.shape[0] == 3
+    assert student.teacher_reference["path"] == "toy-teacher"

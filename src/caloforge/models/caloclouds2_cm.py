@@ -35,7 +35,6 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -124,10 +123,8 @@ class CaloClouds2CM(EDMSampling, PointDiffusionModel):
         teacher = models["teacher"]
         self._check_teacher(teacher)
         self._teacher = [teacher]
-        ref = dict(references["teacher"])
-        from caloforge.models.folder import zoo_dir
-        if Path(ref["path"]).parent == zoo_dir().resolve():  # shipped: by name, movable
-            ref["path"] = Path(ref["path"]).name
+        from caloforge.models.folder import portable_reference
+        ref = portable_reference(references["teacher"])
         self.teacher_ref = {**ref, "model": teacher.name, "config": teacher.config.to_dict()}
 
     def fit_preprocessing(self, x: Tensor, e_inc: Tensor, mask: Tensor | None = None,

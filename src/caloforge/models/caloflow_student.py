@@ -56,7 +56,7 @@ from caloforge.models.caloflow import CaloFlow, exponential_decay
 from caloforge.models.conditioning import ENERGY_SLACK, RANGE_SLACK
 from caloforge.models.config import ModelConfig, positive
 from caloforge.models.flows import autoregressive_blocks, made_forward
-from caloforge.models.folder import load_referenced
+from caloforge.models.folder import portable_reference
 from caloforge.models.noise import ShowerNoise
 
 
@@ -153,7 +153,7 @@ class CaloFlowStudent(GenerativeModel):
                               f"'transforms: {n_blocks}'")
         teacher.requires_grad_(False)
         self._teacher = [teacher.to(self.device).eval()]
-        self.teacher_reference = dict(reference)
+        self.teacher_reference = portable_reference(reference)
 
     def _check_ranges(self, teacher: GenerativeModel, where: Path) -> None:
         """The student's conditions must lie inside the teacher's fitted ranges."""
@@ -273,8 +273,9 @@ class CaloFlowStudent(GenerativeModel):
         if not isinstance(ref, dict) or not {"path", "sha256"} <= set(ref):
             raise InputError("the student's model.yaml does not record its teacher "
                              "(teacher: {path, sha256})")
+        from caloforge.models.folder import load_referenced, zoo_dir  # zoo_dir: patchable
         teacher = load_referenced(
-            ref, "teacher", since="the student was distilled from it",
+            ref, "teacher", since="the student was distilled from it", relative_to=zoo_dir(),
             consequence=": the student reproduces only the teacher it learnt from; "
                         "restore that teacher or distil a new student")
         self.bind_teacher(teacher, ref)

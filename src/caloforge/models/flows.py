@@ -378,12 +378,49 @@ def made_forward(block: MaskedAutoregressiveTransform, context: Tensor,
     return made_transform(block, context, x).call_and_ladj(x)
 
 
+def _one_hidden_layer(block: MaskedAutoregressiveTransform) -> bool:
+    """Whether ``block`` is fully autoregressive with a one-hidden-layer MADE (what
+    :func:`_invert_made_incremental` handles)."""
+    layers = list(block.hyper)
+    n = block.order.numel()
+    return (len(layers) == 3 and isinstance(layers[0], MaskedLinear)
+            and isinstance(layers[2], MaskedLinear) and not isinstance(layers[1], MaskedLinear)
+            and block.passes == n and n > 1 and int(block.order.unique().numel()) == n)
+
+
+def _invert_made_incremental(block: MaskedAutoregressiveTransform, context: Tensor,
+                             y: Tensor) -> Tensor:
+    """Invert one fully autoregressive MADE block feature by feature, computing only what
+    each step needs: the next feature's parameters (its rows of the output layer) from
+    the hidden pre-activations, which grow by one input column per step.  The same values
+    as ``passes`` full network passes (up to float summation order) at a fraction of the
+    cost: a full pass computes every feature's parameters and transform each time."""
+    n = y.shape[-1]
+    first, act, last = block.hyper
+    w_in, _, w_out = _masked_weights(block)
+    pre = F.linear(context, w_in[:, n:], first.bias)  # not yet known inputs contribute 0
+    w_rows = w_out.view(n, block.total, -1)
+    b_rows = last.bias.view(n, block.total)
+    columns: list[Tensor | None] = [None] * n
+    for i in torch.argsort(block.order).tolist():
+        params = F.linear(act(pre), w_rows[i], b_rows[i]).unsqueeze(-2)  # (B, 1, total)
+        x_i = block.univariate(*unpack(params, block.shapes)).inv(y[..., i:i + 1])
+        columns[i] = x_i
+        pre = pre + x_i * w_in[:, i]
+    return torch.cat(columns, -1)
+
+
 @torch.no_grad()
 def sample_maf(flow: Flow, context: Tensor, z: Tensor) -> Tensor:
-    """Invert a MAF of :class:`MaskedAutoregressiveTransform` blocks (one pass per
-    feature and block) with cached masked weights; same values as zuko's inverse."""
+    """Invert a MAF of :class:`MaskedAutoregressiveTransform` blocks with cached masked
+    weights: block by block, feature by feature (one-hidden-layer blocks only compute the
+    next feature's parameters; others run one full pass per feature); the values of
+    zuko's inverse up to float rounding."""
     x = z
     for block in reversed(flow.transform.transforms):
+        if _one_hidden_layer(block):
+            x = _invert_made_incremental(block, context, x)
+            continue
         y, x = x, torch.zeros_like(x)
         for _ in range(block.passes):
             x = made_transform(block, context, x).inv(y)

@@ -146,6 +146,16 @@ def load_referenced(ref: dict[str, str], role: str, device: str | torch.device =
     return model.eval()
 
 
+def portable_reference(ref: dict[str, Any]) -> dict[str, Any]:
+    """``ref`` with a shipped model's path replaced by its zoo name, so that a shipped
+    student finds its shipped teacher wherever the package is installed (read back with
+    ``load_referenced(..., relative_to=zoo_dir())``)."""
+    path = Path(ref["path"])
+    if path.resolve().parent == zoo_dir().resolve():
+        return {**ref, "path": path.name}
+    return dict(ref)
+
+
 def zoo_dir() -> Path:
     """Folder of the models shipped inside the package."""
     import caloforge.zoo
