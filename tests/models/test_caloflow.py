@@ -77,6 +77,39 @@ def test_layers_carry_exactly_the_drawn_layer_energies(which, teacher_dir, stude
                                atol=1e-6 * drawn.max())
 
 
+@pytest.mark.parametrize("which", ["teacher", "student"])
+def test_no_generated_cell_below_the_fitted_floor(which, teacher_dir, student_dir, toy_data):
+    model = load(teacher_dir if which == "teacher" else student_dir)
+    teacher = model if which == "teacher" else model.teacher
+    cells = toy_data.energies[:, teacher.cell_columns.numpy()]
+    expected = np.quantile(cells[cells > 0].astype(np.float64), teacher.config.cell_floor_quantile)
+    assert teacher.cell_floor_mev == pytest.approx(max(expected, teacher.config.dequantize_mev),
+                                                   rel=1e-6)
+    x = model.sample(np.geomspace(1.5e3, 9e4, 40), seed=3).energies
+    off = teacher.geometry.layer_offsets
+    faint = 0
+    for k in range(teacher.geometry.n_layers):
+        layer = x[:, off[k]:off[k + 1]]
+        below = ((layer > 0) & (layer < teacher.cell_floor_mev)).any(1)
+        # a faint cell only where it is its layer's one cell: the layer's energy is tiny
+        assert ((layer[below] > 0).sum(1) == 1).all()
+        faint += int(below.sum())
+    assert faint < 0.2 * len(x) * teacher.geometry.n_layers
+    assert (x >= teacher.cell_floor_mev).sum() > 0
+
+
+def test_a_folder_without_a_fitted_floor_keeps_the_dequantisation_floor(teacher_dir, tmp_path):
+    import yaml
+
+    old = tmp_path / "old"
+    shutil.copytree(teacher_dir, old)
+    meta = yaml.safe_load((old / "model.yaml").read_text())
+    assert "cell_floor_mev" in meta
+    del meta["cell_floor_mev"]
+    (old / "model.yaml").write_text(yaml.safe_dump(meta))
+    assert load(old).cell_floor_mev == load(old).config.dequantize_mev
+
+
 def test_generation_does_not_depend_on_batch_size(teacher_dir, student_dir):
     e = np.exp(np.random.default_rng(5).uniform(np.log(2e3), np.log(9e4), 40))
     teacher, student = load(teacher_dir), load(student_dir)
