@@ -73,7 +73,10 @@ def test_layers_carry_exactly_the_drawn_layer_energies(which, teacher_dir, stude
     drawn = teacher.sample_layer_energies(torch.as_tensor(e, dtype=torch.float32),
                                           ShowerNoise.for_showers(5, range(len(e)))).numpy()
     assert (drawn > 0).any(1).all()
-    np.testing.assert_allclose(_layer_sums(teacher, showers), drawn, rtol=1e-5,
+    # a layer below the cell floor is empty (as the training showers' empty layers)
+    expected = np.where(drawn >= teacher.cell_floor_mev, drawn, 0.0)
+    assert (expected > 0).sum() > expected.size // 2
+    np.testing.assert_allclose(_layer_sums(teacher, showers), expected, rtol=1e-5,
                                atol=1e-6 * drawn.max())
 
 
@@ -91,10 +94,10 @@ def test_no_generated_cell_below_the_fitted_floor(which, teacher_dir, student_di
     for k in range(teacher.geometry.n_layers):
         layer = x[:, off[k]:off[k + 1]]
         below = ((layer > 0) & (layer < teacher.cell_floor_mev)).any(1)
-        # a faint cell only where it is its layer's one cell: the layer's energy is tiny
-        assert ((layer[below] > 0).sum(1) == 1).all()
+        # no faint cell: a layer above the floor keeps at least its largest cell, one
+        # below it is empty
         faint += int(below.sum())
-    assert faint < 0.2 * len(x) * teacher.geometry.n_layers
+    assert faint == 0
     assert (x >= teacher.cell_floor_mev).sum() > 0
 
 

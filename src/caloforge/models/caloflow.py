@@ -308,9 +308,10 @@ class CaloFlow(GenerativeModel):
 
     def showers_from_features(self, y: Tensor, el: Tensor) -> Tensor:
         """Voxel energies (MeV) from standardised shower features ``y``; every layer sums
-        exactly to its energy in ``el``.  Cells under the fitted floor (``cell_floor_mev``)
-        are dropped and the rest renormalised; a layer with no cell above the floor keeps
-        only its largest cell (which then carries the layer's energy)."""
+        exactly to its energy in ``el``, except a layer whose energy is below the fitted
+        floor (``cell_floor_mev``), which is empty: the training showers' empty layers
+        (a deposit never lies below the floor).  Cells under the floor are dropped and the
+        rest renormalised; a layer with no cell above it keeps its largest cell."""
         share = expit(self.cell_std.inverse(y.clamp(-30, 30), el[:, 0]), self.config.alpha)
         e, _ = self._spread(share, el)
         largest = torch.cat([share[:, a:b] >= share[:, a:b].amax(1, keepdim=True)
@@ -318,6 +319,8 @@ class CaloFlow(GenerativeModel):
         kept = torch.where((e >= self.cell_floor_mev) | largest, share, torch.zeros_like(share))
         e_kept, some = self._spread(kept, el)
         cells = torch.where(some, e_kept, e)
+        floor = self.cell_floor_mev
+        cells = torch.where(el[:, self.cell_layer] >= floor, cells, torch.zeros_like(cells))
         # Layers in voxel order, joined with one cat (slice writes export as ScatterND and
         # fix the batch size of a traced graph): modelled cells, or a single cell carrying
         # its layer energy.
@@ -325,7 +328,8 @@ class CaloFlow(GenerativeModel):
         for i, k in enumerate(self.active):
             n = int(self.geometry.cells_per_layer[k])
             if n == 1:
-                parts.append(el[:, i:i + 1])
+                single = el[:, i:i + 1]
+                parts.append(torch.where(single >= floor, single, torch.zeros_like(single)))
             else:
                 parts.append(cells[:, start:start + n])
                 start += n
