@@ -1,0 +1,55 @@
+"""The shipped CaloChallenge dataset-1 photon model (a CaloFlow teacher): it loads from the
+package, is not too large, follows its energy condition and has no faint cells."""
+
+import numpy as np
+import pytest
+
+from caloforge import zoo
+from caloforge.data.batch import Conditions
+from caloforge.errors import CaloforgeError
+from caloforge.models import list_zoo, load
+from caloforge.models.base import WEIGHTS_FILE
+
+NAME = "calochallenge-1-photons"
+
+
+def test_shipped_with_a_card():
+    assert NAME in list_zoo()
+    card = zoo.model_card(NAME)
+    assert "caloforge simulate --detector calochallenge-1-photons --particle photon" in card
+    assert "caloforge train --model caloflow" in card
+    assert (zoo.path(NAME) / WEIGHTS_FILE).stat().st_size < 40 * 2**20
+
+
+@pytest.fixture(scope="module")
+def model():
+    return load(NAME)
+
+
+def test_follows_its_energy_condition(model):
+    assert model.name == "caloflow" and model.geometry.name == "calochallenge-1-photons"
+    assert model.geometry.n_voxels == 368
+    lo, hi = model.energy_range_mev
+    assert lo <= 256.0 * 1.01 and hi >= 524_288 * 0.99
+    n = 200
+    low = model.sample(np.full(n, 4096.0), 1, batch_size=n).energies
+    high = model.sample(np.full(n, 65_536.0), 2, batch_size=n).energies
+    for x in (low, high):
+        assert np.isfinite(x).all() and (x >= 0).all()
+        # no faint cells: nothing below the fitted floor (0.5 % of the training cells)
+        assert ((x > 0) & (x < model.cell_floor_mev)).sum() == 0
+    assert 0.005 < model.cell_floor_mev < 0.05
+    # The reference's visible fraction (LAr sampling) is 0.130 at 4 GeV and 0.128 at 65 GeV
+    # with a spread of 0.5 % and 0.2 %; a model that ignored the energy would fail the ratio.
+    r_low, r_high = low.sum(1) / 4096.0, high.sum(1) / 65_536.0
+    assert 0.12 < np.median(r_low) < 0.14 and 0.12 < np.median(r_high) < 0.135
+    assert 14.0 < high.sum(1).mean() / low.sum(1).mean() < 17.5
+    # hit cells: the reference has ~219 at 4 GeV and ~317 at 65 GeV
+    assert 180 < (low > 0).sum(1).mean() < 260 < (high > 0).sum(1).mean() < 360
+
+
+def test_refuses_what_it_was_not_trained_on(model):
+    with pytest.raises(CaloforgeError, match="outside"):
+        model.sample(np.array([2.0e6]), 1)
+    with pytest.raises(CaloforgeError, match="theta"):
+        model.sample(Conditions(np.array([4096.0]), theta=np.array([0.3])), 1)
