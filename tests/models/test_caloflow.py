@@ -293,7 +293,7 @@ def test_a_shipped_teacher_is_recorded_by_its_zoo_name(teacher_dir, toy_file, tm
     zoo = tmp_path / "zoo"
     shutil.copytree(teacher_dir, zoo / "toy-teacher")
     monkeypatch.setattr(folder, "zoo_dir", lambda: zoo)
-    assert _student_cli(toy_file, zoo / "toy-teacher", tmp_path / "s") == 0
+    assert _student_cli(toy_file, "toy-teacher", tmp_path / "s") == 0  # --teacher NAME
     meta = yaml.safe_load((tmp_path / "s" / "model" / "model.yaml").read_text())
     assert meta["teacher"]["path"] == "toy-teacher"
     # the installed package moves: the student still finds its teacher in the (new) zoo
