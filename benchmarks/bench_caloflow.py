@@ -18,15 +18,16 @@ CaloGAN) generated at the reference's exact conditions: low- and high-level clas
 AUC with their noise floors, and each observable's Wasserstein distance over its noise
 floor (the CaloGAN shower shapes on the CaloGAN geometry), from one ``caloforge
 evaluate`` of all samples together; and the time per shower of the builtin reference
-simulation at the same conditions.  The teacher samples slowly (one network pass per cell
-and block): ``--teacher-fidelity-showers`` caps its sample, compared with as many
-reference showers (a smaller sample lowers the classifier's power; the printout says so).
+simulation at the same conditions.  The teacher samples cell after cell (a few ms per
+shower in large batches): ``--teacher-fidelity-showers`` caps its sample (a smaller sample
+lowers the classifier's power; the printout gives both sample sizes).
 
     python benchmarks/bench_caloflow.py --geometry calochallenge-1-photons --preset default
     python benchmarks/bench_caloflow.py --geometry calogan --preset tiny
     python benchmarks/bench_caloflow.py --teacher RUN/model --student RUN2/model
-    python benchmarks/bench_caloflow.py --teacher calochallenge-1-photons-teacher \
-        --student calochallenge-1-photons --reference heldout.h5 --teacher-fidelity-showers 5000
+    python benchmarks/bench_caloflow.py --teacher calochallenge-1-photons \
+        --student STUDENT/model --teacher-batch 1000 --reference heldout.h5 \
+        --teacher-fidelity-showers 20000
 """
 
 from __future__ import annotations

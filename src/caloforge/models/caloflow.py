@@ -312,14 +312,14 @@ class CaloFlow(GenerativeModel):
         floor (``cell_floor_mev``), which is empty: the training showers' empty layers
         (a deposit never lies below the floor).  Cells under the floor are dropped and the
         rest renormalised; a layer with no cell above it keeps its largest cell."""
+        floor = self.cell_floor_mev
         share = expit(self.cell_std.inverse(y.clamp(-30, 30), el[:, 0]), self.config.alpha)
         e, _ = self._spread(share, el)
         largest = torch.cat([share[:, a:b] >= share[:, a:b].amax(1, keepdim=True)
                              for _, (a, b) in self.share_segments], 1)
-        kept = torch.where((e >= self.cell_floor_mev) | largest, share, torch.zeros_like(share))
+        kept = torch.where((e >= floor) | largest, share, torch.zeros_like(share))
         e_kept, some = self._spread(kept, el)
         cells = torch.where(some, e_kept, e)
-        floor = self.cell_floor_mev
         cells = torch.where(el[:, self.cell_layer] >= floor, cells, torch.zeros_like(cells))
         # Layers in voxel order, joined with one cat (slice writes export as ScatterND and
         # fix the batch size of a traced graph): modelled cells, or a single cell carrying
