@@ -6,7 +6,9 @@ teacher and a student, then prints, measured in this run:
 - ms per shower at batch 1 on 1 thread (the way the Geant4 fast-simulation hooks call a
   model), for teacher and student;
 - ms per shower at the best of ``--batches`` on 2 threads;
-- the student/teacher speed ratio at each.
+- the student/teacher speed ratio at each;
+- with ``--calogan DIR``, the same two figures for a trained CaloGAN (target: <= 0.1 ms
+  per shower at its best batch on 2 threads).
 
 Targets (issue 11): student >= 100x faster than the teacher at batch 1, and <= 1 ms per
 shower at its best batch on 2 CPU threads.  The teacher at batch 1 needs one network pass
@@ -197,10 +199,21 @@ def main() -> None:
     print("student on 1 thread: " + ", ".join(f"batch {b}: {v:.3f}" for b, v in one.items())
           + " ms/shower (2 threads lose to 1 on an oversubscribed machine)")
 
+    calogan = load(args.calogan) if args.calogan else None
+    if calogan is not None:
+        g_b1 = ms_per_shower(calogan, args.student_showers, 1, 1)
+        g_times = {b: ms_per_shower(calogan, max(2 * b, 1024), b, 2)
+                   for b in (int(v) for v in args.batches.split(","))}
+        g_best = min(g_times, key=g_times.get)
+        print(f"calogan:             batch 1, 1 thread {g_b1:8.3f} ms/shower; 2 threads "
+              f"{g_times[g_best]:8.4f} ms/shower (best batch {g_best}; "
+              + ", ".join(f"{b}: {v:.4f}" for b, v in g_times.items())
+              + ")  (target <= 0.1 ms at the best batch)")
+
     if args.reference:
         models = {"teacher": teacher, "student": student}
-        if args.calogan:
-            models["calogan"] = load(args.calogan)
+        if calogan is not None:
+            models["calogan"] = calogan
         fidelity(args.reference, models, args.fidelity_showers, args.teacher_fidelity_showers)
 
 
