@@ -22,23 +22,31 @@ def test_shipped_with_a_card():
     assert (zoo.path(NAME) / WEIGHTS_FILE).stat().st_size < 40 * 2**20
 
 
+def sample_low_and_high(model, geometry: str, n_voxels: int, trained: tuple[float, float],
+                        e_low: float, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Checks what every shipped dataset-1 model shares, and returns ``n`` showers at
+    ``e_low`` and ``n`` at 65.536 GeV."""
+    assert model.name == "caloflow" and model.geometry.name == geometry
+    assert model.geometry.n_voxels == n_voxels
+    lo, hi = model.energy_range_mev
+    assert lo <= trained[0] * 1.01 and hi >= trained[1] * 0.99
+    low = model.sample(np.full(n, e_low), 1, batch_size=n).energies
+    high = model.sample(np.full(n, 65_536.0), 2, batch_size=n).energies
+    for x in (low, high):
+        assert np.isfinite(x).all() and (x >= 0).all()
+        # no faint cells: nothing below the fitted floor (0.5 % of the training cells)
+        assert ((x > 0) & (x < model.cell_floor_mev)).sum() == 0
+    return low, high
+
+
 @pytest.fixture(scope="module")
 def model():
     return load(NAME)
 
 
 def test_follows_its_energy_condition(model):
-    assert model.name == "caloflow" and model.geometry.name == "calochallenge-1-photons"
-    assert model.geometry.n_voxels == 368
-    lo, hi = model.energy_range_mev
-    assert lo <= 256.0 * 1.01 and hi >= 524_288 * 0.99
-    n = 200
-    low = model.sample(np.full(n, 4096.0), 1, batch_size=n).energies
-    high = model.sample(np.full(n, 65_536.0), 2, batch_size=n).energies
-    for x in (low, high):
-        assert np.isfinite(x).all() and (x >= 0).all()
-        # no faint cells: nothing below the fitted floor (0.5 % of the training cells)
-        assert ((x > 0) & (x < model.cell_floor_mev)).sum() == 0
+    low, high = sample_low_and_high(model, "calochallenge-1-photons", 368, (256.0, 524_288),
+                                    4096.0, 200)
     assert 0.005 < model.cell_floor_mev < 0.05
     # The reference's visible fraction (LAr sampling) is 0.130 at 4 GeV and 0.128 at 65 GeV
     # with a spread of 0.5 % and 0.2 %; a model that ignored the energy would fail the ratio.
@@ -74,16 +82,8 @@ def test_pions_shipped_with_a_card():
 
 def test_pions_follow_their_energy_condition(pion_model):
     model = pion_model
-    assert model.name == "caloflow" and model.geometry.name == "calochallenge-1-pions"
-    assert model.geometry.n_voxels == 533
-    lo, hi = model.energy_range_mev
-    assert lo <= 2048.0 * 1.01 and hi >= 262_144 * 0.99
-    n = 300
-    low = model.sample(np.full(n, 8192.0), 1, batch_size=n).energies
-    high = model.sample(np.full(n, 65_536.0), 2, batch_size=n).energies
-    for x in (low, high):
-        assert np.isfinite(x).all() and (x >= 0).all()
-        assert ((x > 0) & (x < model.cell_floor_mev)).sum() == 0
+    low, high = sample_low_and_high(model, "calochallenge-1-pions", 533, (2048.0, 262_144),
+                                    8192.0, 300)
     # The reference's visible fraction: median 0.068 at 8 GeV and 0.041 at 65 GeV (the
     # electromagnetic fraction grows with energy, the hadronic part is barely seen), with
     # spreads (10-90 %) of 0.03-0.11; hits 113 +- 23 and 280 +- 54.  A model that ignored
