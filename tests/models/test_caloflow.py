@@ -69,9 +69,12 @@ def test_layers_carry_exactly_the_drawn_layer_energies(which, teacher_dir, stude
     teacher = model if which == "teacher" else model.teacher
     e = np.array([1.5e3, 8e3, 3e4, 9e4])
     showers = model.sample(e, seed=5).energies
-    # The layer flow's draw: the first normals of each shower's own stream.
+    # The layer flow's draw (the student's distilled one): the first normals of each
+    # shower's own stream.
+    sampler = None if which == "teacher" else model.sample_layer_features
     drawn = teacher.sample_layer_energies(torch.as_tensor(e, dtype=torch.float32),
-                                          ShowerNoise.for_showers(5, range(len(e)))).numpy()
+                                          ShowerNoise.for_showers(5, range(len(e))),
+                                          sampler=sampler).numpy()
     assert (drawn > 0).any(1).all()
     # a layer below the cell floor is empty (as the training showers' empty layers)
     expected = np.where(drawn >= teacher.cell_floor_mev, drawn, 0.0)
@@ -159,14 +162,20 @@ def test_student_samples_in_one_pass_per_block(teacher_dir, student_dir):
         return hook
 
     # One call of a block's first activation = one evaluation of its network.
-    hooks = [b.hyper[1].register_forward_hook(counter("student")) for b in student.blocks]
+    hooks = [b.hyper[1].register_forward_hook(counter("student"))
+             for b in [*student.blocks, *student.layer_blocks]]
     hooks += [b.hyper[1].register_forward_hook(counter("teacher"))
-              for b in teacher.shower_flow.transform.transforms]
+              for b in [*teacher.shower_flow.transform.transforms,
+                        *teacher.layer_flow.transform.transforms]]
     try:
         student.sample(np.full(3, 2e4), seed=1)
-        assert calls == {"student": len(student.blocks), "teacher": 0}
+        # both flows distilled: one pass per block, nothing of the teacher's flows
+        assert calls == {"student": len(student.blocks) + len(student.layer_blocks),
+                         "teacher": 0}
         teacher.sample(np.full(3, 2e4), seed=1)
-        assert calls["teacher"] == len(student.blocks) * teacher.n_features  # MAF: per feature
+        # MAF: one pass per feature and block
+        assert calls["teacher"] == len(student.blocks) * teacher.n_features \
+            + len(student.layer_blocks) * teacher.n_layer_features
     finally:
         for h in hooks:
             h.remove()
@@ -181,13 +190,53 @@ def test_calogan_geometry(showers, tmp_path):
                     progress=False,  # affine blocks, as the default preset (tiny: splines)
                     train_config=cfg.replace(frozen_models={"teacher": str(tmp_path / "t" / "model")}))
     e = np.array([2e4, 7e4])
-    for model in (teacher, student):
+    for model, sampler in ((teacher, None), (student, student.sample_layer_features)):
         x = model.sample(e, seed=3).energies
         assert x.shape == (2, 504) and np.isfinite(x).all()
         drawn = teacher.sample_layer_energies(torch.as_tensor(e, dtype=torch.float32),
-                                              ShowerNoise.for_showers(3, range(2))).numpy()
+                                              ShowerNoise.for_showers(3, range(2)),
+                                              sampler=sampler).numpy()
         np.testing.assert_allclose(_layer_sums(teacher, x), drawn, rtol=1e-5,
                                    atol=1e-6 * drawn.max())
+
+
+def test_student_without_layer_distillation_samples_the_teachers_layer_flow(
+        teacher_dir, toy_data, tmp_path):
+    cfg = TrainConfig(steps=2, batch_size=16, validate_every=0,
+                      frozen_models={"teacher": str(teacher_dir)})
+    student = train("caloflow-student", toy_data[:64], tmp_path / "s", {"distil_layers": False},
+                    preset="tiny", train_config=cfg, progress=False)
+    assert student.layer_blocks is None
+    e = np.array([2e3, 4e4])
+    x = student.sample(e, seed=2).energies
+    drawn = student.teacher.sample_layer_energies(torch.as_tensor(e, dtype=torch.float32),
+                                                  ShowerNoise.for_showers(2, range(2))).numpy()
+    kept = np.where(drawn >= student.teacher.cell_floor_mev, drawn, 0.0)
+    np.testing.assert_allclose(_layer_sums(student.teacher, x), kept, rtol=1e-5,
+                               atol=1e-6 * drawn.max())
+
+
+def test_student_distils_the_layer_flow_too(student_dir, toy_data):
+    """The layer flow's terms are in the loss and train the student's layer blocks."""
+    student = load(student_dir)
+    x = torch.as_tensor(toy_data.energies[:32], dtype=torch.float32)
+    e = torch.as_tensor(toy_data.incident_energy[:32], dtype=torch.float32)
+    losses = student.distillation_losses(x, e, None, torch.Generator().manual_seed(0))
+    names = {"data", "density", "latent", "block", "kl"}
+    assert set(losses) == names | {f"layer_{n}" for n in names}
+    assert all(torch.isfinite(v) for v in losses.values())
+    sum(losses[f"layer_{n}"] for n in names).backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0
+               for p in student.layer_blocks.parameters() if p.dim() == 2)
+
+
+def test_student_layer_blocks_must_match_the_teachers(teacher_dir, toy_data, tmp_path):
+    from caloforge.errors import ConfigError
+    cfg = TrainConfig(steps=1, batch_size=16, validate_every=0,
+                      frozen_models={"teacher": str(teacher_dir)})
+    with pytest.raises(ConfigError, match="layer-flow blocks.*'layer_transforms: 2'"):
+        train("caloflow-student", toy_data[:64], tmp_path / "s", {"layer_transforms": 3},
+              preset="tiny", train_config=cfg, progress=False)
 
 
 # ---- bad input: one line, exit 1 ---------------------------------------------------------

@@ -16,7 +16,7 @@ from caloforge.data.io import read_showers, write_showers
 from caloforge.errors import InputError
 from caloforge.geometry import get_geometry
 from caloforge.models import build, load
-from caloforge.models.calogan import LocallyConnected2d
+from caloforge.models.calogan import ACCUMULATE_FROM, LocallyConnected2d
 from caloforge.training import TrainConfig, train
 
 
@@ -80,6 +80,16 @@ def test_locally_connected_equals_convolution_with_shared_weights():
     assert y.shape == (1, 4, 4, 6) and not torch.allclose(y[..., 0, 0], y[..., 1, 1])
 
 
+def test_locally_connected_generation_path_equals_the_training_path():
+    """Without gradients, from ACCUMULATE_FROM showers on, the unit sums in place; it
+    must give the products-and-sum of training."""
+    lc = LocallyConnected2d(3, 4, (6, 9), kernel=2)
+    x = torch.randn(ACCUMULATE_FROM + 5, 3, 6, 9)
+    with torch.no_grad():
+        fast = lc(x)
+    torch.testing.assert_close(fast, lc(x).detach(), rtol=1e-5, atol=1e-6)
+
+
 def test_calogan_trains_with_finite_losses_and_generates_overflow(trained_calogan):
     model, out = trained_calogan
     lines = (out / "metrics.jsonl").read_text().splitlines()
@@ -98,7 +108,7 @@ def test_calogan_trains_with_finite_losses_and_generates_overflow(trained_caloga
 
 def test_calogan_generation_is_batch_size_independent(trained_calogan):
     model, _ = trained_calogan
-    e = np.geomspace(1.2e3, 9e4, 7)
+    e = np.geomspace(1.2e3, 9e4, ACCUMULATE_FROM + 8)  # big batches take the in-place sums
     whole = model.sample(e, seed=11)
     ones = model.sample(e, seed=11, batch_size=1)
     scale = float(whole.energies.max())
@@ -107,6 +117,7 @@ def test_calogan_generation_is_batch_size_independent(trained_calogan):
     tail = model.sample(e[4:], seed=11, first_index=4)
     np.testing.assert_allclose(tail.energies, whole.energies[4:], rtol=1e-4,
                                atol=1e-5 * scale)
+    assert not np.allclose(whole.energies[0], whole.energies[1])  # showers differ
 
 
 def test_calogan_folder_roundtrip_gives_identical_samples(trained_calogan):

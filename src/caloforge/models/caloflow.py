@@ -285,13 +285,18 @@ class CaloFlow(GenerativeModel):
     # ---- generation ----------------------------------------------------------------------
     @torch.no_grad()
     def sample_layer_energies(self, e_inc: Tensor, noise: Source,
-                              angles: Tensor | None = None) -> Tensor:
-        """(B, active layers) layer energies (MeV) drawn by the layer flow: the first
-        normals of each shower's stream."""
+                              angles: Tensor | None = None,
+                              sampler: FeatureSampler | None = None) -> Tensor:
+        """(B, active layers) layer energies (MeV) drawn by the layer flow (or a
+        student's ``sampler`` of its features): the first normals of each shower's
+        stream."""
         cond = self.condition_features(e_inc, angles)
         z = randn(noise, len(e_inc), self.n_layer_features, device=e_inc.device)
-        y = sample_flow(self.layer_flow, cond, z).clamp(-30, 30)
+        y = (sampler or self._sample_layer_features)(cond, z).clamp(-30, 30)
         return self._energies_from_u(self.layer_std.inverse(y, e_inc), e_inc)
+
+    def _sample_layer_features(self, cond: Tensor, z: Tensor) -> Tensor:
+        return sample_flow(self.layer_flow, cond, z)
 
     def _spread(self, share: Tensor, el: Tensor) -> tuple[Tensor, Tensor]:
         """Cell energies: each layer's energy split in proportion to ``share``; and
@@ -339,12 +344,14 @@ class CaloFlow(GenerativeModel):
         return sample_flow(self.shower_flow, context, z)
 
     def generate_with(self, e_inc: Tensor, noise: Source, angles: Tensor | None,
-                      sampler: FeatureSampler) -> tuple[Tensor, Tensor]:
-        """(voxel energies, layer energies) in MeV: layer flow, then ``sampler`` for the
-        shower features (the teacher's MAF, or a student's IAF), then the rescaling."""
+                      sampler: FeatureSampler, layer_sampler: FeatureSampler | None = None
+                      ) -> tuple[Tensor, Tensor]:
+        """(voxel energies, layer energies) in MeV: the layer flow (or ``layer_sampler``),
+        then ``sampler`` for the shower features (the teacher's MAF, or a student's IAF),
+        then the rescaling."""
         if isinstance(noise, ShowerNoise):  # all normals of a shower in one draw
             noise.reserve(self.n_layer_features + self.n_features)
-        el = self.sample_layer_energies(e_inc, noise, angles)
+        el = self.sample_layer_energies(e_inc, noise, angles, layer_sampler)
         ctx = self.shower_context(self.condition_features(e_inc, angles), el)
         z = randn(noise, len(e_inc), self.n_features, device=e_inc.device)
         return self.showers_from_features(sampler(ctx, z), el), el

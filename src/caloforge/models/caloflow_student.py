@@ -25,8 +25,11 @@ The loss (CaloFlow II's teacher- and student-based terms; the weights are config
   ``g_k`` (``block_weight``), and the reverse KL divergence ``log q_S(y') - log p_T(y')``
   of probability density distillation (``kl_weight``).
 
-All squared errors are means over features.  The student reuses the teacher's frozen
-layer flow and every fitted transform; it holds only its shower flow.  The teacher is
+All squared errors are means over features.  With ``distil_layers`` (the default) the
+teacher's layer flow, a MAF too, is distilled in the same way into an IAF of the same
+shape (its terms logged as ``layer_*``, weighted alike), so that a shower takes one pass
+per block of either flow; without it the student samples the teacher's layer flow.  It
+reuses every fitted transform of the teacher and holds only its flows.  The teacher is
 attached by reference: the student's ``model.yaml`` records the teacher's folder and the
 SHA-256 of its files (:func:`caloforge.models.folder.folder_hash`), and loading the
 student loads the teacher from there, refusing a missing or changed one.  Train it with
@@ -46,7 +49,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from caloforge.data.batch import Conditions
 from caloforge.errors import ConfigError, GeometryError, GeometryMismatchError, InputError
@@ -68,6 +71,14 @@ class CaloFlowStudentConfig(ModelConfig):
     # student's sampling time (368 cells, batch 256, 1 loaded CPU thread: 2.9 ms per
     # shower for 4 bins, 0.14 ms affine); 4 = spline blocks like the teacher's.
     bins: int = 0
+    # The layer flow distilled as well (an IAF of the teacher's layer-flow shape): its
+    # MAF takes one pass per layer and block, which at batch 1 costs more than the whole
+    # one-pass shower student (dataset 1: 30 spline passes, 86 % of the time per shower).
+    # false: the teacher's layer flow is used as it is.
+    distil_layers: bool = True
+    layer_transforms: int = 6  # must equal the teacher's layer_transforms
+    layer_hidden: tuple[int, ...] = (64, 64)
+    layer_bins: int = 8
     lr: float = 1e-3
     lr_decay: float = 0.1
     data_weight: float = 1.0
@@ -79,9 +90,10 @@ class CaloFlowStudentConfig(ModelConfig):
 
     def validate(self) -> None:
         super().validate()
-        positive(self, "transforms", "lr", "lr_decay")
-        if self.bins < 0 or self.bins == 1:
-            raise ConfigError("config key 'bins' must be 0 (affine) or >= 2")
+        positive(self, "transforms", "layer_transforms", "lr", "lr_decay")
+        for key in ("bins", "layer_bins"):
+            if getattr(self, key) < 0 or getattr(self, key) == 1:
+                raise ConfigError(f"config key {key!r} must be 0 (affine) or >= 2")
         for key in ("data_weight", "latent_weight", "block_weight", "density_weight",
                     "kl_weight"):
             if getattr(self, key) < 0:
@@ -92,13 +104,45 @@ def _normal_log_prob(z: Tensor) -> Tensor:
     return -0.5 * (z ** 2).sum(1) - 0.5 * z.shape[1] * math.log(2 * math.pi)
 
 
+def _distil(teacher_blocks: nn.ModuleList, student_blocks: nn.ModuleList, y: Tensor,
+            context: Tensor, gen: torch.Generator | None) -> dict[str, Tensor]:
+    """The distillation terms of one flow (module docstring) at its training features
+    ``y`` (standardised) given ``context``."""
+    mse = torch.nn.functional.mse_loss
+    states = CaloFlowStudent.student_states
+    with torch.no_grad():
+        t_states, t_ladj = CaloFlowStudent.teacher_states(teacher_blocks, y, context)
+        log_p_data = _normal_log_prob(t_states[-1]) + t_ladj
+    k, d = len(student_blocks), y.shape[1]
+    # teacher-based: from the teacher's latent of the data back to the data
+    s_states, s_ladj = states(student_blocks, t_states[-1], context)
+    log_q = _normal_log_prob(t_states[-1]) - s_ladj
+    block = sum(mse(student_blocks[i](context)(t_states[i + 1]), t_states[i])
+                for i in range(k)) / k
+    losses = {"data": mse(s_states[-1], y),
+              "density": ((log_q - log_p_data) / d).pow(2).mean()}
+    # student-based: fresh noise through the student, back through the teacher
+    z = torch.randn(y.shape, generator=gen, device=y.device)
+    g_states, g_ladj = states(student_blocks, z, context)
+    back, back_ladj = CaloFlowStudent.teacher_states(teacher_blocks, g_states[-1], context)
+    losses["latent"] = mse(back[-1], z)
+    block = block + sum(mse(teacher_blocks[i](context)(g_states[k - i]), g_states[k - i - 1])
+                        for i in range(k)) / k
+    losses["block"] = block / 2
+    log_q_s = _normal_log_prob(z) - g_ladj
+    log_p_s = _normal_log_prob(back[-1]) + back_ladj
+    losses["kl"] = ((log_q_s - log_p_s) / d).mean()
+    return losses
+
+
 @register("caloflow-student")
 class CaloFlowStudent(GenerativeModel):
     """IAF shower flow distilled from a frozen ``caloflow`` teacher (attached by reference)."""
 
     Config = CaloFlowStudentConfig
     condition_inputs = ("theta", "phi")
-    presets = {"tiny": {"transforms": 2, "hidden": [32], "bins": 4, "lr": 3e-3}}
+    presets = {"tiny": {"transforms": 2, "hidden": [32], "bins": 4, "lr": 3e-3,
+                        "layer_transforms": 2, "layer_hidden": [16], "layer_bins": 4}}
 
     def __init__(self, config: CaloFlowStudentConfig, geometry: Geometry) -> None:
         super().__init__(config, geometry)
@@ -112,6 +156,10 @@ class CaloFlowStudent(GenerativeModel):
                                 f"geometry {geometry.name!r} has none")
         self.blocks = autoregressive_blocks(self.n_features, self.n_context, config.transforms,
                                             config.bins, tuple(config.hidden))
+        self.n_layer_features = len(cells)
+        self.layer_blocks = autoregressive_blocks(
+            self.n_layer_features, self.n_conditions, config.layer_transforms,
+            config.layer_bins, tuple(config.layer_hidden)) if config.distil_layers else None
         # Not a submodule: the teacher's weights stay out of the student's state_dict.
         self._teacher: list[CaloFlow] = []
         self.teacher_reference: dict[str, str] | None = None
@@ -151,6 +199,11 @@ class CaloFlowStudent(GenerativeModel):
             raise ConfigError(f"the student has {len(self.blocks)} flow blocks, its teacher "
                               f"{n_blocks}: train it with the teacher's preset or set "
                               f"'transforms: {n_blocks}'")
+        n_layer = len(teacher.layer_flow.transform.transforms)
+        if self.layer_blocks is not None and n_layer != len(self.layer_blocks):
+            raise ConfigError(f"the student has {len(self.layer_blocks)} layer-flow blocks, "
+                              f"its teacher {n_layer}: train it with the teacher's preset or "
+                              f"set 'layer_transforms: {n_layer}'")
         teacher.requires_grad_(False)
         self._teacher = [teacher.to(self.device).eval()]
         self.teacher_reference = portable_reference(reference)
@@ -182,23 +235,25 @@ class CaloFlowStudent(GenerativeModel):
                              Path(self.teacher_reference["path"]))
 
     # ---- the two directions ----------------------------------------------------------------
-    def student_states(self, z: Tensor, context: Tensor) -> tuple[list[Tensor], Tensor]:
-        """States ``[h_K = z, ..., h_0 = y]`` of the student's one-pass sampling direction
+    @staticmethod
+    def student_states(blocks: nn.ModuleList, z: Tensor, context: Tensor
+                       ) -> tuple[list[Tensor], Tensor]:
+        """States ``[h_K = z, ..., h_0 = y]`` of a student's one-pass sampling direction
         and the log-determinant of ``z -> y`` (B,)."""
         states, ladj = [z], z.new_zeros(len(z))
-        for block in reversed(self.blocks):
+        for block in reversed(blocks):
             h, l_k = made_forward(block, context, states[-1])
             states.append(h)
             ladj = ladj + l_k
         return states, ladj
 
     @staticmethod
-    def teacher_states(teacher: CaloFlow, y: Tensor, context: Tensor
+    def teacher_states(blocks: nn.ModuleList, y: Tensor, context: Tensor
                        ) -> tuple[list[Tensor], Tensor]:
-        """States ``[h_0 = y, ..., h_K = z]`` of the teacher's one-pass density direction
+        """States ``[h_0 = y, ..., h_K = z]`` of a teacher's one-pass density direction
         and the log-determinant of ``y -> z`` (B,)."""
         states, ladj = [y], y.new_zeros(len(y))
-        for block in teacher.shower_flow.transform.transforms:
+        for block in blocks:
             h, l_k = made_forward(block, context, states[-1])
             states.append(h)
             ladj = ladj + l_k
@@ -206,45 +261,32 @@ class CaloFlowStudent(GenerativeModel):
 
     def sample_features(self, context: Tensor, z: Tensor) -> Tensor:
         """Standardised shower features for latent ``z``: one pass per block."""
-        return self.student_states(z, context)[0][-1]
+        return self.student_states(self.blocks, z, context)[0][-1]
+
+    def sample_layer_features(self, cond: Tensor, z: Tensor) -> Tensor:
+        """Standardised layer-flow features for latent ``z``: one pass per block."""
+        return self.student_states(self.layer_blocks, z, cond)[0][-1]
 
     # ---- training ----------------------------------------------------------------------------
     def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        return {"student": torch.optim.Adam(self.blocks.parameters(), self.config.lr)}
+        return {"student": torch.optim.Adam(self.parameters(), self.config.lr)}
 
     def configure_schedulers(self, optimizers, total_steps):  # noqa: ANN001, ANN201
         return exponential_decay(optimizers, self.config.lr_decay, total_steps)
 
     def distillation_losses(self, x: Tensor, e_inc: Tensor, angles: Tensor | None,
                             gen: torch.Generator | None) -> dict[str, Tensor]:
-        """The loss terms of the module docstring on training showers ``x``."""
+        """The loss terms of the module docstring on training showers ``x``: the shower
+        flow's, and with ``distil_layers`` the layer flow's (``layer_`` + name)."""
         teacher = self.teacher
-        mse = torch.nn.functional.mse_loss
         with torch.no_grad():
-            _, _, context, y = teacher.training_features(x, e_inc, angles, gen)
-            t_states, t_ladj = self.teacher_states(teacher, y, context)
-            log_p_data = _normal_log_prob(t_states[-1]) + t_ladj
-        k = len(self.blocks)
-        # teacher-based: from the teacher's latent of the data back to the data
-        s_states, s_ladj = self.student_states(t_states[-1], context)
-        log_q = _normal_log_prob(t_states[-1]) - s_ladj
-        block = sum(mse(self.blocks[i](context)(t_states[i + 1]), t_states[i])
-                    for i in range(k)) / k
-        d = self.n_features
-        losses = {"data": mse(s_states[-1], y),
-                  "density": ((log_q - log_p_data) / d).pow(2).mean()}
-        # student-based: fresh noise through the student, back through the teacher
-        z = torch.randn(y.shape, generator=gen, device=y.device)
-        g_states, g_ladj = self.student_states(z, context)
-        back, back_ladj = self.teacher_states(teacher, g_states[-1], context)
-        losses["latent"] = mse(back[-1], z)
-        blocks_t = teacher.shower_flow.transform.transforms
-        block = block + sum(mse(blocks_t[i](context)(g_states[k - i]), g_states[k - i - 1])
-                            for i in range(k)) / k
-        losses["block"] = block / 2
-        log_q_s = _normal_log_prob(z) - g_ladj
-        log_p_s = _normal_log_prob(back[-1]) + back_ladj
-        losses["kl"] = ((log_q_s - log_p_s) / d).mean()
+            cond, u, context, y = teacher.training_features(x, e_inc, angles, gen)
+        losses = _distil(teacher.shower_flow.transform.transforms, self.blocks, y, context,
+                         gen)
+        if self.layer_blocks is not None:
+            layer = _distil(teacher.layer_flow.transform.transforms, self.layer_blocks, u,
+                            cond, gen)
+            losses.update({f"layer_{name}": value for name, value in layer.items()})
         return losses
 
     def training_step(self, batch: TrainBatch, phase: str, ctx: StepContext) -> dict[str, float]:
@@ -252,7 +294,8 @@ class CaloFlowStudent(GenerativeModel):
         c = self.config
         weights = {"data": c.data_weight, "latent": c.latent_weight, "block": c.block_weight,
                    "density": c.density_weight, "kl": c.kl_weight}
-        total = sum(weights[name] * value for name, value in losses.items())
+        total = sum(weights[name.removeprefix("layer_")] * value
+                    for name, value in losses.items())
         ctx.step("student", total)
         return {name: value.item() for name, value in losses.items()}
 
@@ -260,7 +303,9 @@ class CaloFlowStudent(GenerativeModel):
     def generate(self, e_inc: Tensor, noise: ShowerNoise,
                  conditions: Conditions | None = None) -> Tensor:
         angles = self.angle_tensor(conditions, len(e_inc))
-        return self.teacher.generate_with(e_inc, noise, angles, self.sample_features)[0]
+        layers = self.sample_layer_features if self.layer_blocks is not None else None
+        return self.teacher.generate_with(e_inc, noise, angles, self.sample_features,
+                                          layers)[0]
 
     def metadata(self) -> dict[str, Any]:
         meta = super().metadata()

@@ -53,8 +53,10 @@ from caloforge.errors import ConfigError
 from caloforge.geometry import Geometry
 from caloforge.models.base import GenerativeModel, StepContext, TrainBatch, register
 from caloforge.models.config import ModelConfig, positive
-from caloforge.models.noise import ShowerNoise, Source, randn
+from caloforge.models.noise import ShowerNoise, Source, randn, reserve
 from caloforge.models.transforms import Compose, PerLayerScale, ScaleByIncident
+
+ACCUMULATE_FROM = 32  # batch from which generation sums locally connected units in place
 
 
 class LocallyConnected2d(nn.Module):
@@ -99,10 +101,27 @@ class LocallyConnected2d(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         cols = self._columns(x)
-        out = torch.stack([(cols * w).sum(1) for w in self.weight], 1)  # (B, C, P)
+        if len(x) >= ACCUMULATE_FROM and not torch.is_grad_enabled() \
+                and not torch.jit.is_tracing():
+            out = self._accumulate(cols)
+        else:
+            out = torch.stack([(cols * w).sum(1) for w in self.weight], 1)  # (B, C, P)
         if self.bias is not None:
             out = out + self.bias
         return out.reshape(x.shape[0], -1, *self.out_shape)
+
+
+    def _accumulate(self, cols: Tensor) -> Tensor:
+        """The same sums, one multiply-add per kernel entry into a (B, P) accumulator:
+        no (B, C * k * k, P) product is stored (generation at batch 4096, 1 CPU thread:
+        2.5-4x faster than the product and sum; at small batches the op count costs more)."""
+        out = cols.new_empty(cols.shape[0], self.weight.shape[0], cols.shape[2])
+        for o, w in enumerate(self.weight):
+            acc = out[:, o]
+            torch.mul(cols[:, 0], w[0], out=acc)
+            for f in range(1, w.shape[0]):
+                acc.addcmul_(cols[:, f], w[f])
+        return out
 
 
 class MinibatchFeatures(nn.Module):
@@ -323,6 +342,7 @@ class CaloGAN(GenerativeModel):
     def _generate_u(self, e_inc: Tensor, c: Tensor, source: Source
                     ) -> tuple[list[Tensor], Tensor | None]:
         """Per-layer images and overflow in the network space u (see transform)."""
+        reserve(source, self.config.latent_dim)  # the only draw: no 4096-normal block
         z = randn(source, len(c), self.config.latent_dim, device=c.device)
         scaled = (e_inc / self.energy.e_max)[:, None]  # the incident energy, scaled, x z
         h = torch.cat([z * scaled, c], 1)

@@ -366,7 +366,10 @@ def made_transform(block: MaskedAutoregressiveTransform, context: Tensor,
     for layer, w in zip(block.hyper, _masked_weights(block)):
         h = layer(h) if w is None else F.linear(h, w, layer.bias)
     phi = unpack(h.unflatten(-1, (-1, block.total)), block.shapes)
-    return DependentTransform(block.univariate(*phi), 1)
+    # The spline's knot lookup without zuko's broadcast (half the time at batch 1)
+    univariate = _SamplingSpline if block.univariate is MonotonicRQSTransform \
+        else block.univariate
+    return DependentTransform(univariate(*phi), 1)
 
 
 def made_forward(block: MaskedAutoregressiveTransform, context: Tensor,
@@ -378,33 +381,45 @@ def made_forward(block: MaskedAutoregressiveTransform, context: Tensor,
     return made_transform(block, context, x).call_and_ladj(x)
 
 
-def _one_hidden_layer(block: MaskedAutoregressiveTransform) -> bool:
-    """Whether ``block`` is fully autoregressive with a one-hidden-layer MADE (what
-    :func:`_invert_made_incremental` handles)."""
+def _incremental(block: MaskedAutoregressiveTransform) -> bool:
+    """Whether ``block`` is fully autoregressive with a plain MADE (masked linear layers
+    between activations), what :func:`_invert_made_incremental` handles."""
     layers = list(block.hyper)
     n = block.order.numel()
-    return (len(layers) == 3 and isinstance(layers[0], MaskedLinear)
-            and isinstance(layers[2], MaskedLinear) and not isinstance(layers[1], MaskedLinear)
+    linear = layers[0::2]
+    return (len(layers) % 2 == 1 and all(isinstance(m, MaskedLinear) for m in linear)
+            and not any(isinstance(m, MaskedLinear) for m in layers[1::2])
             and block.passes == n and n > 1 and int(block.order.unique().numel()) == n)
 
 
 def _invert_made_incremental(block: MaskedAutoregressiveTransform, context: Tensor,
                              y: Tensor) -> Tensor:
     """Invert one fully autoregressive MADE block feature by feature, computing only what
-    each step needs: the next feature's parameters (its rows of the output layer) from
-    the hidden pre-activations, which grow by one input column per step.  The same values
-    as ``passes`` full network passes (up to float summation order) at a fraction of the
-    cost: a full pass computes every feature's parameters and transform each time."""
+    each step needs: the first layer's pre-activations grow by one input column per step
+    (the inputs not yet known contribute 0), deeper hidden layers are recomputed, and only
+    the next feature's parameters (its rows of the output layer) and its spline are
+    evaluated.  The same values as ``passes`` full network passes (up to float summation
+    order) at a fraction of the cost: a full pass computes every feature's parameters and
+    transform each time."""
     n = y.shape[-1]
-    first, act, last = block.hyper
-    w_in, _, w_out = _masked_weights(block)
-    pre = F.linear(context, w_in[:, n:], first.bias)  # not yet known inputs contribute 0
+    layers = list(block.hyper)
+    weights = _masked_weights(block)
+    first, last = layers[0], layers[-1]
+    w_in, w_out = weights[0], weights[-1]
+    middle = [(layers[j], weights[j], layers[j + 1]) for j in range(2, len(layers) - 1, 2)]
+    act = layers[1]
+    pre = F.linear(context, w_in[:, n:], first.bias)
     w_rows = w_out.view(n, block.total, -1)
     b_rows = last.bias.view(n, block.total)
+    univariate = _SamplingSpline if block.univariate is MonotonicRQSTransform \
+        else block.univariate
     columns: list[Tensor | None] = [None] * n
     for i in torch.argsort(block.order).tolist():
-        params = F.linear(act(pre), w_rows[i], b_rows[i]).unsqueeze(-2)  # (B, 1, total)
-        x_i = block.univariate(*unpack(params, block.shapes)).inv(y[..., i:i + 1])
+        h = act(pre)
+        for linear, w, activation in middle:
+            h = activation(F.linear(h, w, linear.bias))
+        params = F.linear(h, w_rows[i], b_rows[i]).unsqueeze(-2)  # (B, 1, total)
+        x_i = univariate(*unpack(params, block.shapes)).inv(y[..., i:i + 1])
         columns[i] = x_i
         pre = pre + x_i * w_in[:, i]
     return torch.cat(columns, -1)
@@ -413,12 +428,12 @@ def _invert_made_incremental(block: MaskedAutoregressiveTransform, context: Tens
 @torch.no_grad()
 def sample_maf(flow: Flow, context: Tensor, z: Tensor) -> Tensor:
     """Invert a MAF of :class:`MaskedAutoregressiveTransform` blocks with cached masked
-    weights: block by block, feature by feature (one-hidden-layer blocks only compute the
-    next feature's parameters; others run one full pass per feature); the values of
+    weights: block by block, feature by feature (plain MADE blocks only compute the next
+    feature's parameters; others run one full pass per feature); the values of
     zuko's inverse up to float rounding."""
     x = z
     for block in reversed(flow.transform.transforms):
-        if _one_hidden_layer(block):
+        if _incremental(block):
             x = _invert_made_incremental(block, context, x)
             continue
         y, x = x, torch.zeros_like(x)

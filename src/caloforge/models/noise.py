@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 NORMAL_BLOCK = 4096  # normals drawn per shower at least at a time
+GROUP = 16  # torch fills normals on the CPU in groups of 16 (see reserve)
 STREAM = 0x63616C6F  # "calo": model noise, apart from the simulation's streams
 
 
@@ -79,11 +80,21 @@ class ShowerNoise:
 
     def reserve(self, k: int) -> None:
         """Make sure ``k`` normals per shower are drawn ahead, in one generator call per
-        shower (a model that knows its needs calls this once per batch)."""
+        shower (a model that knows its needs calls this once per batch).  Only what is
+        missing is drawn, rounded up to a multiple of 16: torch's CPU normal fill works in
+        groups of 16, so a stream drawn in such pieces holds the same values as one long
+        draw, and a model that needs few normals (a GAN's latent vector) does not pay for
+        a whole block."""
+        self._draw_ahead(k, GROUP)
+
+    def _draw_ahead(self, k: int, minimum: int) -> None:
         if self._normals.shape[1] - self._used >= k:
             return
         left = self._normals[:, self._used:]
-        size = max(k - left.shape[1], NORMAL_BLOCK)
+        need = k - left.shape[1]
+        # A draw of a block or more is exact, as it always was; a smaller one is the
+        # block's first values (see reserve), so neither changes what a seed generates.
+        size = need if need >= NORMAL_BLOCK else max(-(-need // GROUP) * GROUP, minimum)
         buf = torch.empty((len(self), left.shape[1] + size), device=self.device)
         buf[:, :left.shape[1]] = left
         for row, g in enumerate(self.generators):  # out=: no per-shower temporaries
@@ -92,7 +103,7 @@ class ShowerNoise:
 
     def randn(self, *shape: int) -> Tensor:
         k = math.prod(shape)
-        self.reserve(k)
+        self._draw_ahead(k, NORMAL_BLOCK)
         out = self._normals[:, self._used:self._used + k]
         self._used += k
         return out.reshape(len(self), *shape)
@@ -137,6 +148,13 @@ def randint(source: Source, high: int, n: int, *shape: int,
         _check(source, n)
         return source.randint(high, *shape)
     return torch.randint(0, high, (n, *shape), generator=source, device=device)
+
+
+def reserve(source: Source, k: int) -> None:
+    """Tell per-shower streams that ``k`` normals per shower follow (see
+    :meth:`ShowerNoise.reserve`); a plain generator needs no notice."""
+    if isinstance(source, ShowerNoise):
+        source.reserve(k)
 
 
 def subset(source: Source, rows: Tensor) -> Source:
