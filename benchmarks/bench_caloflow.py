@@ -179,9 +179,12 @@ def main() -> None:
               f"{args.steps} steps of 64 on 2 threads, set-up and saving included: teacher "
               f"{t1 - t0:.1f} s, student {t2 - t1:.1f} s")
     n_w = sum(p.numel() for p in teacher.shower_flow.parameters())
+    layers = ("its own IAF" if student.layer_blocks is not None
+              else "the teacher's MAF (distil_layers: false)")
     print(f"shower flow: {teacher.n_features} features, {len(student.blocks)} blocks, "
           f"{n_w / 1e6:.2f} M weights (teacher), "
-          f"{sum(p.numel() for p in student.parameters()) / 1e6:.2f} M (student)")
+          f"{sum(p.numel() for p in student.parameters()) / 1e6:.2f} M (student); layer flow "
+          f"of the student: {layers}")
 
     t_b1 = ms_per_shower(teacher, args.teacher_showers, 1, 1)
     s_b1 = ms_per_shower(student, args.student_showers, 1, 1)
