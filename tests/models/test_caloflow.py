@@ -216,6 +216,32 @@ def test_student_without_layer_distillation_samples_the_teachers_layer_flow(
                                atol=1e-6 * drawn.max())
 
 
+def test_a_student_folder_from_before_layer_distillation_still_loads(student_dir, tmp_path):
+    """Such a folder has no layer blocks and no ``distil_layers`` key: it samples the
+    teacher's layer flow, as it did when it was saved."""
+    import yaml
+    from safetensors.torch import load_file, save_file
+
+    old = tmp_path / "old"
+    shutil.copytree(student_dir, old)
+    meta = yaml.safe_load((old / "model.yaml").read_text())
+    del meta["config"]["distil_layers"]
+    (old / "model.yaml").write_text(yaml.safe_dump(meta))
+    for name in ("model.safetensors", "ema.safetensors"):
+        if (old / name).is_file():
+            state = load_file(str(old / name))
+            save_file({k: v for k, v in state.items() if not k.startswith("layer_blocks.")},
+                      str(old / name))
+    student = load(old)
+    assert student.layer_blocks is None and not student.config.distil_layers
+    e = np.array([3e3, 6e4])
+    drawn = student.teacher.sample_layer_energies(torch.as_tensor(e, dtype=torch.float32),
+                                                  ShowerNoise.for_showers(4, range(2))).numpy()
+    kept = np.where(drawn >= student.teacher.cell_floor_mev, drawn, 0.0)
+    np.testing.assert_allclose(_layer_sums(student.teacher, student.sample(e, seed=4).energies),
+                               kept, rtol=1e-5, atol=1e-6 * drawn.max())
+
+
 def test_student_distils_the_layer_flow_too(student_dir, toy_data):
     """The layer flow's terms are in the loss and train the student's layer blocks."""
     student = load(student_dir)

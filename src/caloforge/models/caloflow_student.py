@@ -314,6 +314,9 @@ class CaloFlowStudent(GenerativeModel):
 
     def load_metadata(self, meta: dict[str, Any]) -> None:
         super().load_metadata(meta)
+        if "distil_layers" not in meta.get("config", {}):
+            # saved before the layer flow was distilled: it samples the teacher's
+            self.config.distil_layers, self.layer_blocks = False, None
         ref = meta.get("teacher")
         if not isinstance(ref, dict) or not {"path", "sha256"} <= set(ref):
             raise InputError("the student's model.yaml does not record its teacher "
