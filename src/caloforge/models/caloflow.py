@@ -49,7 +49,7 @@ from caloforge.geometry import Geometry
 from caloforge.models.base import GenerativeModel, StepContext, TrainBatch, register
 from caloforge.models.config import ModelConfig, positive
 from caloforge.models.flows import masked_autoregressive_flow, sample_flow
-from caloforge.models.noise import ShowerNoise, Source, randn
+from caloforge.models.noise import ShowerNoise, Source, randn, reserve
 from caloforge.models.transforms import Standardize
 
 # (context, standard normals) -> standardised shower features: the shower flow's sampler
@@ -349,8 +349,7 @@ class CaloFlow(GenerativeModel):
         """(voxel energies, layer energies) in MeV: the layer flow (or ``layer_sampler``),
         then ``sampler`` for the shower features (the teacher's MAF, or a student's IAF),
         then the rescaling."""
-        if isinstance(noise, ShowerNoise):  # all normals of a shower in one draw
-            noise.reserve(self.n_layer_features + self.n_features)
+        reserve(noise, self.n_layer_features + self.n_features)  # all of a shower's normals
         el = self.sample_layer_energies(e_inc, noise, angles, layer_sampler)
         ctx = self.shower_context(self.condition_features(e_inc, angles), el)
         z = randn(noise, len(e_inc), self.n_features, device=e_inc.device)

@@ -341,6 +341,12 @@ def _cached_from(owner: nn.Module, name: str, source: Tensor, build: Callable[[]
     return cached[2]
 
 
+def _sampling_univariate(block: MaskedAutoregressiveTransform) -> type:
+    """The block's element-wise transform for sampling: zuko's spline with the knot lookup
+    of :class:`_SamplingSpline` (no general broadcast: half the time at batch 1)."""
+    return _SamplingSpline if block.univariate is MonotonicRQSTransform else block.univariate
+
+
 def _masked_weights(block: MaskedAutoregressiveTransform) -> list[Tensor | None]:
     """The hyper network's weights times their masks (None for activations), cached on
     the block while the weights stay the same tensors at the same version: zuko's
@@ -366,10 +372,7 @@ def made_transform(block: MaskedAutoregressiveTransform, context: Tensor,
     for layer, w in zip(block.hyper, _masked_weights(block)):
         h = layer(h) if w is None else F.linear(h, w, layer.bias)
     phi = unpack(h.unflatten(-1, (-1, block.total)), block.shapes)
-    # The spline's knot lookup without zuko's broadcast (half the time at batch 1)
-    univariate = _SamplingSpline if block.univariate is MonotonicRQSTransform \
-        else block.univariate
-    return DependentTransform(univariate(*phi), 1)
+    return DependentTransform(_sampling_univariate(block)(*phi), 1)
 
 
 def made_forward(block: MaskedAutoregressiveTransform, context: Tensor,
@@ -411,15 +414,13 @@ def _invert_made_incremental(block: MaskedAutoregressiveTransform, context: Tens
     pre = F.linear(context, w_in[:, n:], first.bias)
     w_rows = w_out.view(n, block.total, -1)
     b_rows = last.bias.view(n, block.total)
-    univariate = _SamplingSpline if block.univariate is MonotonicRQSTransform \
-        else block.univariate
     columns: list[Tensor | None] = [None] * n
     for i in torch.argsort(block.order).tolist():
         h = act(pre)
         for linear, w, activation in middle:
             h = activation(F.linear(h, w, linear.bias))
         params = F.linear(h, w_rows[i], b_rows[i]).unsqueeze(-2)  # (B, 1, total)
-        x_i = univariate(*unpack(params, block.shapes)).inv(y[..., i:i + 1])
+        x_i = _sampling_univariate(block)(*unpack(params, block.shapes)).inv(y[..., i:i + 1])
         columns[i] = x_i
         pre = pre + x_i * w_in[:, i]
     return torch.cat(columns, -1)
