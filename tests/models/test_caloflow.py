@@ -151,22 +151,28 @@ def test_student_references_its_teacher_and_holds_only_its_flow(student_dir, tea
     assert any(k.startswith("blocks.") for k in keys)
 
 
-def test_student_samples_in_one_pass_per_block(teacher_dir, student_dir):
+def test_student_samples_in_one_pass_per_block(teacher_dir, student_dir, monkeypatch):
+    from caloforge.models import made
+
     student = load(student_dir)
     teacher = student.teacher
     calls = {"student": 0, "teacher": 0}
+    student_blocks = {id(b) for b in [*student.blocks, *student.layer_blocks]}
+    raw = made._made_raw
 
-    def counter(role):
-        def hook(*_):
-            calls[role] += 1
-        return hook
+    def counted_raw(block, context, x):  # one call = one evaluation of a student network
+        calls["student"] += id(block) in student_blocks
+        return raw(block, context, x)
 
-    # One call of a block's first activation = one evaluation of its network.
-    hooks = [b.hyper[1].register_forward_hook(counter("student"))
-             for b in [*student.blocks, *student.layer_blocks]]
-    hooks += [b.hyper[1].register_forward_hook(counter("teacher"))
-              for b in [*teacher.shower_flow.transform.transforms,
-                        *teacher.layer_flow.transform.transforms]]
+    def counter(*_):
+        calls["teacher"] += 1
+
+    monkeypatch.setattr(made, "_made_raw", counted_raw)
+    # The teacher's feature-by-feature inverse calls each block's first activation once
+    # per feature.
+    hooks = [b.hyper[1].register_forward_hook(counter)
+             for b in [*teacher.shower_flow.transform.transforms,
+                       *teacher.layer_flow.transform.transforms]]
     try:
         student.sample(np.full(3, 2e4), seed=1)
         # both flows distilled: one pass per block, nothing of the teacher's flows
@@ -380,3 +386,55 @@ def test_a_shipped_teacher_is_recorded_by_its_zoo_name(teacher_dir, toy_file, tm
     e = np.full(3, 20_000.0)
     assert student.sample(e, seed=1).energies.shape[0] == 3
     assert student.teacher_reference["path"] == "toy-teacher"
+
+
+def _fresh_student(teacher_dir, toy_data, **config):
+    """A tiny untrained student bound to the fixture's teacher, its transforms fitted."""
+    from caloforge.models.caloflow_student import CaloFlowStudent
+    from caloforge.models.folder import folder_hash
+
+    student = CaloFlowStudent.from_config(config, toy_data.geometry, preset="tiny", seed=3)
+    student.fit_conditions(toy_data.conditions)
+    student.bind_teacher(load(teacher_dir), {"path": str(teacher_dir),
+                                             "sha256": folder_hash(teacher_dir)})
+    return student
+
+
+def test_a_new_student_starts_as_its_teachers_inverse(teacher_dir, toy_data):
+    """Spline blocks start as their teacher blocks' inverses: the distillation losses at
+    the start are a fraction of a random student's."""
+    x = torch.as_tensor(toy_data.energies, dtype=torch.float32)
+    e = torch.as_tensor(toy_data.incident_energy, dtype=torch.float32)
+    start = {}
+    for init in (False, True):
+        student = _fresh_student(teacher_dir, toy_data, init_from_teacher=init)
+        student.fit_preprocessing(x, e)
+        assert getattr(student, "initialised_from_teacher", None) == (
+            {"shower": 2, "layer": 2} if init else None)
+        with torch.no_grad():
+            start[init] = student.distillation_losses(x, e, None,
+                                                      torch.Generator().manual_seed(0))
+    for name in ("data", "latent", "block", "layer_data", "layer_latent"):
+        assert start[True][name] < 0.5 * start[False][name], (name, start)
+
+
+def test_a_spline_student_folder_from_before_inverse_splines_keeps_its_forward_splines(
+        student_dir, tmp_path):
+    import yaml
+    from zuko.transforms import MonotonicRQSTransform
+
+    from caloforge.models.splines import InverseRQSTransform
+
+    assert load(student_dir).blocks[0].univariate is InverseRQSTransform
+    old = tmp_path / "old"
+    shutil.copytree(student_dir, old)
+    meta = yaml.safe_load((old / "model.yaml").read_text())
+    del meta["config"]["inverse_splines"]
+    (old / "model.yaml").write_text(yaml.safe_dump(meta))
+    student = load(old)
+    assert not student.config.inverse_splines
+    assert all(b.univariate is MonotonicRQSTransform
+               for b in (*student.blocks, *student.layer_blocks))
+    e = np.array([3e3, 6e4])
+    new, forward = load(student_dir).sample(e, seed=4).energies, student.sample(e, seed=4).energies
+    assert np.isfinite(forward).all() and not np.allclose(new, forward)

@@ -48,7 +48,8 @@ from caloforge.errors import GeometryError
 from caloforge.geometry import Geometry
 from caloforge.models.base import GenerativeModel, StepContext, TrainBatch, register
 from caloforge.models.config import ModelConfig, positive
-from caloforge.models.flows import masked_autoregressive_flow, sample_flow
+from caloforge.models.flows import sample_flow
+from caloforge.models.made import masked_autoregressive_flow
 from caloforge.models.noise import ShowerNoise, Source, randn, reserve
 from caloforge.models.transforms import Standardize
 
@@ -129,6 +130,7 @@ class CaloFlow(GenerativeModel):
         cells = list(geometry.cells_per_layer)
         off = geometry.layer_offsets
         self.active = [k for k, n in enumerate(cells) if n > 0]
+        self.active_cells = [int(cells[k]) for k in self.active]  # not recomputed per call
         modelled = [k for k in self.active if cells[k] >= 2]
         if not modelled:
             raise GeometryError(f"caloflow needs a layer of two cells or more; geometry "
@@ -330,8 +332,7 @@ class CaloFlow(GenerativeModel):
         # fix the batch size of a traced graph): modelled cells, or a single cell carrying
         # its layer energy.
         parts, start = [], 0
-        for i, k in enumerate(self.active):
-            n = int(self.geometry.cells_per_layer[k])
+        for i, n in enumerate(self.active_cells):
             if n == 1:
                 single = el[:, i:i + 1]
                 parts.append(torch.where(single >= floor, single, torch.zeros_like(single)))

@@ -58,8 +58,8 @@ from caloforge.models.base import GenerativeModel, StepContext, TrainBatch, regi
 from caloforge.models.caloflow import CaloFlow, exponential_decay
 from caloforge.models.conditioning import ENERGY_SLACK, RANGE_SLACK
 from caloforge.models.config import ModelConfig, positive
-from caloforge.models.flows import autoregressive_blocks, made_forward
 from caloforge.models.folder import portable_reference
+from caloforge.models.made import autoregressive_blocks, init_inverse_block, made_apply, made_forward
 from caloforge.models.noise import ShowerNoise
 
 
@@ -79,6 +79,14 @@ class CaloFlowStudentConfig(ModelConfig):
     layer_transforms: int = 6  # must equal the teacher's layer_transforms
     layer_hidden: tuple[int, ...] = (64, 64)
     layer_bins: int = 8
+    # Start each student block as the approximate inverse of its teacher block (same
+    # conditioner, inverted element-wise map; made.init_inverse_block) where their shapes
+    # match, instead of from random weights.
+    init_from_teacher: bool = True
+    # Spline blocks (bins > 0) as inverse splines (splines.InverseRQSTransform): the
+    # teacher's spline family run backwards, so that init_from_teacher starts each block
+    # as the exact element-wise inverse of its teacher block.
+    inverse_splines: bool = True
     lr: float = 1e-3
     lr_decay: float = 0.1
     data_weight: float = 1.0
@@ -155,11 +163,13 @@ class CaloFlowStudent(GenerativeModel):
             raise GeometryError(f"caloflow-student needs a layer of two cells or more; "
                                 f"geometry {geometry.name!r} has none")
         self.blocks = autoregressive_blocks(self.n_features, self.n_context, config.transforms,
-                                            config.bins, tuple(config.hidden))
+                                            config.bins, tuple(config.hidden),
+                                            config.inverse_splines)
         self.n_layer_features = len(cells)
         self.layer_blocks = autoregressive_blocks(
             self.n_layer_features, self.n_conditions, config.layer_transforms,
-            config.layer_bins, tuple(config.layer_hidden)) if config.distil_layers else None
+            config.layer_bins, tuple(config.layer_hidden),
+            config.inverse_splines) if config.distil_layers else None
         # Not a submodule: the teacher's weights stay out of the student's state_dict.
         self._teacher: list[CaloFlow] = []
         self.teacher_reference: dict[str, str] | None = None
@@ -233,6 +243,19 @@ class CaloFlowStudent(GenerativeModel):
                              f"{hi / 1e3:.4g} GeV but the teacher was trained on "
                              f"{t_lo / 1e3:.4g}-{t_hi / 1e3:.4g} GeV",
                              Path(self.teacher_reference["path"]))
+        if self.config.init_from_teacher:
+            self.initialised_from_teacher = self.init_from_teacher()
+
+    def init_from_teacher(self) -> dict[str, int]:
+        """Set every student block whose shape matches its teacher block to that block's
+        approximate inverse (:func:`caloforge.models.made.init_inverse_block`); the number
+        of blocks so set per flow."""
+        teacher = self.teacher
+        pairs = {"shower": (self.blocks, teacher.shower_flow.transform.transforms)}
+        if self.layer_blocks is not None:
+            pairs["layer"] = (self.layer_blocks, teacher.layer_flow.transform.transforms)
+        return {name: sum(init_inverse_block(s, t) for s, t in zip(students, teachers))
+                for name, (students, teachers) in pairs.items()}
 
     # ---- the two directions ----------------------------------------------------------------
     @staticmethod
@@ -259,13 +282,23 @@ class CaloFlowStudent(GenerativeModel):
             ladj = ladj + l_k
         return states, ladj
 
+    @staticmethod
+    def _sample(blocks: nn.ModuleList, z: Tensor, context: Tensor) -> Tensor:
+        """A student flow's data side for latent ``z``: one pass per block (and no
+        log-determinant when no gradient is asked for)."""
+        if torch.is_grad_enabled():
+            return CaloFlowStudent.student_states(blocks, z, context)[0][-1]
+        for block in reversed(blocks):
+            z = made_apply(block, context, z)
+        return z
+
     def sample_features(self, context: Tensor, z: Tensor) -> Tensor:
         """Standardised shower features for latent ``z``: one pass per block."""
-        return self.student_states(self.blocks, z, context)[0][-1]
+        return self._sample(self.blocks, z, context)
 
     def sample_layer_features(self, cond: Tensor, z: Tensor) -> Tensor:
         """Standardised layer-flow features for latent ``z``: one pass per block."""
-        return self.student_states(self.layer_blocks, z, cond)[0][-1]
+        return self._sample(self.layer_blocks, z, cond)
 
     # ---- training ----------------------------------------------------------------------------
     def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:
@@ -317,6 +350,16 @@ class CaloFlowStudent(GenerativeModel):
         if "distil_layers" not in meta.get("config", {}):
             # saved before the layer flow was distilled: it samples the teacher's
             self.config.distil_layers, self.layer_blocks = False, None
+        if "inverse_splines" not in meta.get("config", {}) and self.config.inverse_splines:
+            # saved before inverse splines: its spline blocks are zuko's forward splines
+            self.config.inverse_splines = False
+            self.blocks = autoregressive_blocks(
+                self.n_features, self.n_context, self.config.transforms, self.config.bins,
+                tuple(self.config.hidden))
+            if self.layer_blocks is not None:
+                self.layer_blocks = autoregressive_blocks(
+                    self.n_layer_features, self.n_conditions, self.config.layer_transforms,
+                    self.config.layer_bins, tuple(self.config.layer_hidden))
         ref = meta.get("teacher")
         if not isinstance(ref, dict) or not {"path", "sha256"} <= set(ref):
             raise InputError("the student's model.yaml does not record its teacher "

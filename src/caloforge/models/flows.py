@@ -2,11 +2,9 @@
 
 - :func:`spline_coupling_flow`: a zuko coupling flow (rational-quadratic splines, or
   affine couplings with ``bins=0``) that samples in one network pass;
-- :func:`masked_autoregressive_flow`: a zuko MAF (density in one pass, sampling in one
-  pass per feature) and :func:`autoregressive_blocks`, its blocks alone (an IAF student
-  runs them in the one-pass direction to sample, :func:`made_forward`);
 - :class:`AffineCouplingFlow`: a lean conditional RealNVP for many features;
-- :func:`sample_flow`: map given standard-normal noise through either kind.
+- :func:`sample_flow`: map given standard-normal noise through either kind, or through a
+  masked autoregressive flow (:mod:`caloforge.models.made`).
 
 >>> import torch
 >>> flow = AffineCouplingFlow(8, 2, transforms=2, hidden=(16,))
@@ -18,7 +16,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from typing import TypeVar
 
 import torch
@@ -26,16 +23,17 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from zuko.distributions import DiagNormal
 from zuko.flows import (
-    MAF,
     Flow,
     GeneralCouplingTransform,
     MaskedAutoregressiveTransform,
     UnconditionalDistribution,
 )
 from zuko.nn import Linear as ZukoLinear
-from zuko.nn import MaskedLinear
-from zuko.transforms import DependentTransform, MonotonicAffineTransform, MonotonicRQSTransform
+from zuko.transforms import MonotonicRQSTransform
 from zuko.utils import broadcast, unpack
+
+from caloforge.models.made import cached_from, sample_maf
+from caloforge.models.splines import SamplingSpline, univariate_spec
 
 T = TypeVar("T")
 
@@ -56,41 +54,10 @@ def spline_coupling_flow(features: int, context: int, transforms: int, bins: int
         mask = (perm % 2) == (i % 2)
         layers.append(GeneralCouplingTransform(
             features, context, mask=mask, hidden_features=tuple(hidden), activation=nn.ELU,
-            **_univariate(bins)))
+            **univariate_spec(bins)))
     base = UnconditionalDistribution(DiagNormal, torch.zeros(features), torch.ones(features),
                                      buffer=True)
     return Flow(layers, base)
-
-
-def _univariate(bins: int) -> dict:
-    """zuko element-wise transform: rational-quadratic spline with ``bins`` bins, or
-    affine for ``bins=0``."""
-    if bins:
-        return {"univariate": MonotonicRQSTransform,
-                "shapes": [(bins,), (bins,), (bins - 1,)]}
-    return {"univariate": MonotonicAffineTransform, "shapes": [(), ()]}
-
-
-def masked_autoregressive_flow(features: int, context: int, transforms: int, bins: int,
-                               hidden: tuple[int, ...]) -> Flow:
-    """A conditional zuko MAF: ``transforms`` MADE blocks whose feature order alternates
-    (ascending, descending), spline (``bins`` >= 2) or affine (``bins=0``) transforms.
-    The density takes one network pass per block; sampling takes one per feature."""
-    return MAF(features, context, transforms, hidden_features=tuple(hidden),
-               activation=nn.ELU, **_univariate(bins))
-
-
-def autoregressive_blocks(features: int, context: int, transforms: int, bins: int,
-                          hidden: tuple[int, ...]) -> nn.ModuleList:
-    """The MADE blocks of :func:`masked_autoregressive_flow` with the same feature orders,
-    without a base distribution: an inverse autoregressive flow runs each block in its
-    one-pass direction from the latent side to the data side."""
-    orders = [torch.arange(features), torch.arange(features).flip(0)]
-    return nn.ModuleList(
-        MaskedAutoregressiveTransform(features, context, order=orders[i % 2],
-                                      hidden_features=tuple(hidden), activation=nn.ELU,
-                                      **_univariate(bins))
-        for i in range(transforms))
 
 
 class AffineCouplingFlow(nn.Module):
@@ -219,7 +186,7 @@ class AffineCouplingFlow(nn.Module):
                 plan.append((tuple(net_a[:-1]), net_a[-1], tuple(net_b[:-1]), net_b[-1], *nxt))
             return plan, inv[0]
 
-        return _cached_from(self, "_plan_cache", inv, build)
+        return cached_from(self, "_plan_cache", inv, build)
 
     def _sample_traceable(self, x: Tensor, context: Tensor) -> Tensor:
         """:meth:`_sample_no_grad` as plain operations on fresh tensors (the same values),
@@ -289,7 +256,7 @@ def _coupling_inverse(t: GeneralCouplingTransform, context: Tensor, y: Tensor) -
     """``t(context).inv(y)`` as zuko computes it (the same operations on the same values),
     without building its coupling objects, splitting by mask and broadcasting at every
     call: at batch 1 zuko's shape arithmetic costs more than the hyper network."""
-    idx_a, idx_b, order = _cached_from(t, "_split_cache", t.mask, lambda: _coupling_split(t.mask))
+    idx_a, idx_b, order = cached_from(t, "_split_cache", t.mask, lambda: _coupling_split(t.mask))
     y_a, y_b = y.index_select(-1, idx_a), y.index_select(-1, idx_b)
     if y_a.shape[:-1] == context.shape[:-1]:
         h = torch.cat([y_a, context], -1)
@@ -297,7 +264,7 @@ def _coupling_inverse(t: GeneralCouplingTransform, context: Tensor, y: Tensor) -
         h = torch.cat(broadcast(y_a, context, ignore=1), dim=-1)
     phi = unpack(run_mlp(t.hyper, h).unflatten(-1, (-1, t.total)), t.shapes)
     if t.univariate is MonotonicRQSTransform and not torch.jit.is_tracing():
-        x_b = _SamplingSpline(*phi)._inverse(y_b)
+        x_b = SamplingSpline(*phi)._inverse(y_b)
     else:  # (a trace: the exporters swap in their own spline inverse)
         x_b = t.univariate(*phi).inv(y_b)
     return torch.cat([y_a, x_b], -1).index_select(-1, order)
@@ -308,139 +275,6 @@ def _coupling_split(mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     ``[kept, transformed]`` back in place."""
     idx_a, idx_b = mask.nonzero().squeeze(-1), (~mask).nonzero().squeeze(-1)
     return idx_a, idx_b, torch.argsort(torch.cat([idx_a, idx_b]))
-
-
-class _SamplingSpline(MonotonicRQSTransform):
-    """zuko's rational-quadratic spline, the knots around each value looked up without
-    zuko's general broadcast: here the knot tables and the bin indices share their batch
-    shape, and ``torch.broadcast_shapes`` costs more than the spline at batch 1.  The
-    same values as zuko's lookup; zuko's arithmetic otherwise."""
-
-    def bin(self, k: Tensor) -> tuple[Tensor, ...]:
-        if k.shape != self.horizontal.shape[:-1]:
-            return super().bin(k)
-        n = self.bins
-        inside = (k >= 0) & (k < n)
-        k = k % n
-        pair = torch.stack((k, k + 1), -1)
-        x0, x1 = self.horizontal.gather(-1, pair).unbind(-1)
-        y0, y1 = self.vertical.gather(-1, pair).unbind(-1)
-        d0, d1 = self.derivatives.gather(-1, pair).unbind(-1)
-        return inside, x0, x1, y0, y1, d0, d1, (y1 - y0) / (x1 - x0)
-
-
-def _cached_from(owner: nn.Module, name: str, source: Tensor, build: Callable[[], T]) -> T:
-    """``build()``, cached on ``owner`` under ``name`` while ``source`` stays the same
-    tensor at the same version (``to()`` makes a new tensor, ``load_state_dict`` a new
-    version); built as plain tensors, usable with autograd on."""
-    cached = owner.__dict__.get(name)
-    if cached is None or cached[0] is not source or cached[1] != source._version:
-        with torch.inference_mode(False):
-            cached = (source, source._version, build())
-        owner.__dict__[name] = cached
-    return cached[2]
-
-
-def _sampling_univariate(block: MaskedAutoregressiveTransform) -> type:
-    """The block's element-wise transform for sampling: zuko's spline with the knot lookup
-    of :class:`_SamplingSpline` (no general broadcast: half the time at batch 1)."""
-    return _SamplingSpline if block.univariate is MonotonicRQSTransform else block.univariate
-
-
-def _masked_weights(block: MaskedAutoregressiveTransform) -> list[Tensor | None]:
-    """The hyper network's weights times their masks (None for activations), cached on
-    the block while the weights stay the same tensors at the same version: zuko's
-    MaskedLinear multiplies weight and mask at every call, which at batch 1 costs several
-    times the product itself."""
-    layers = list(block.hyper)
-    key = tuple((id(m.weight), m.weight._version, m.weight.device) for m in layers
-                if isinstance(m, MaskedLinear))
-    cached = block.__dict__.get("_masked_cache")
-    if cached is None or cached[0] != key:
-        weights = [m.mask * m.weight if isinstance(m, MaskedLinear) else None for m in layers]
-        cached = (key, weights)
-        block.__dict__["_masked_cache"] = cached
-    return cached[1]
-
-
-def made_transform(block: MaskedAutoregressiveTransform, context: Tensor,
-                   x: Tensor) -> DependentTransform:
-    """The element-wise transform that MADE ``block`` applies given inputs ``x``, as
-    zuko's ``block(context).meta(x)`` but with cached masked weights (no gradients:
-    for sampling only)."""
-    h = torch.cat([x, context], -1)
-    for layer, w in zip(block.hyper, _masked_weights(block)):
-        h = layer(h) if w is None else F.linear(h, w, layer.bias)
-    phi = unpack(h.unflatten(-1, (-1, block.total)), block.shapes)
-    return DependentTransform(_sampling_univariate(block)(*phi), 1)
-
-
-def made_forward(block: MaskedAutoregressiveTransform, context: Tensor,
-                 x: Tensor) -> tuple[Tensor, Tensor]:
-    """``(y, log|dy/dx|)`` of MADE ``block`` in its one-pass direction (cached masked
-    weights when gradients are off)."""
-    if torch.is_grad_enabled():
-        return block(context).call_and_ladj(x)
-    return made_transform(block, context, x).call_and_ladj(x)
-
-
-def _incremental(block: MaskedAutoregressiveTransform) -> bool:
-    """Whether ``block`` is fully autoregressive with a plain MADE (masked linear layers
-    between activations), what :func:`_invert_made_incremental` handles."""
-    layers = list(block.hyper)
-    n = block.order.numel()
-    linear = layers[0::2]
-    return (len(layers) % 2 == 1 and all(isinstance(m, MaskedLinear) for m in linear)
-            and not any(isinstance(m, MaskedLinear) for m in layers[1::2])
-            and block.passes == n and n > 1 and int(block.order.unique().numel()) == n)
-
-
-def _invert_made_incremental(block: MaskedAutoregressiveTransform, context: Tensor,
-                             y: Tensor) -> Tensor:
-    """Invert one fully autoregressive MADE block feature by feature, computing only what
-    each step needs: the first layer's pre-activations grow by one input column per step
-    (the inputs not yet known contribute 0), deeper hidden layers are recomputed, and only
-    the next feature's parameters (its rows of the output layer) and its spline are
-    evaluated.  The same values as ``passes`` full network passes (up to float summation
-    order) at a fraction of the cost: a full pass computes every feature's parameters and
-    transform each time."""
-    n = y.shape[-1]
-    layers = list(block.hyper)
-    weights = _masked_weights(block)
-    first, last = layers[0], layers[-1]
-    w_in, w_out = weights[0], weights[-1]
-    middle = [(layers[j], weights[j], layers[j + 1]) for j in range(2, len(layers) - 1, 2)]
-    act = layers[1]
-    pre = F.linear(context, w_in[:, n:], first.bias)
-    w_rows = w_out.view(n, block.total, -1)
-    b_rows = last.bias.view(n, block.total)
-    columns: list[Tensor | None] = [None] * n
-    for i in torch.argsort(block.order).tolist():
-        h = act(pre)
-        for linear, w, activation in middle:
-            h = activation(F.linear(h, w, linear.bias))
-        params = F.linear(h, w_rows[i], b_rows[i]).unsqueeze(-2)  # (B, 1, total)
-        x_i = _sampling_univariate(block)(*unpack(params, block.shapes)).inv(y[..., i:i + 1])
-        columns[i] = x_i
-        pre = pre + x_i * w_in[:, i]
-    return torch.cat(columns, -1)
-
-
-@torch.no_grad()
-def sample_maf(flow: Flow, context: Tensor, z: Tensor) -> Tensor:
-    """Invert a MAF of :class:`MaskedAutoregressiveTransform` blocks with cached masked
-    weights: block by block, feature by feature (plain MADE blocks only compute the next
-    feature's parameters; others run one full pass per feature); the values of
-    zuko's inverse up to float rounding."""
-    x = z
-    for block in reversed(flow.transform.transforms):
-        if _incremental(block):
-            x = _invert_made_incremental(block, context, x)
-            continue
-        y, x = x, torch.zeros_like(x)
-        for _ in range(block.passes):
-            x = made_transform(block, context, x).inv(y)
-    return x
 
 
 def sample_flow(flow: Flow | AffineCouplingFlow, context: Tensor, z: Tensor) -> Tensor:
