@@ -418,6 +418,14 @@ def test_a_new_student_starts_as_its_teachers_inverse(teacher_dir, toy_data):
         assert start[True][name] < 0.5 * start[False][name], (name, start)
 
 
+def test_the_student_folder_records_which_blocks_started_from_the_teacher(student_dir):
+    import yaml
+
+    meta = yaml.safe_load((student_dir / "model.yaml").read_text())
+    assert meta["initialised_from_teacher"] == {"shower": 2, "layer": 2}
+    assert load(student_dir).initialised_from_teacher == {"shower": 2, "layer": 2}
+
+
 def test_a_spline_student_folder_from_before_inverse_splines_keeps_its_forward_splines(
         student_dir, tmp_path):
     import yaml

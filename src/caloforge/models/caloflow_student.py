@@ -343,10 +343,15 @@ class CaloFlowStudent(GenerativeModel):
     def metadata(self) -> dict[str, Any]:
         meta = super().metadata()
         meta["teacher"] = self.teacher_reference
+        started = getattr(self, "initialised_from_teacher", None)
+        if started is not None:  # blocks per flow that started as the teacher's inverses
+            meta["initialised_from_teacher"] = dict(started)
         return meta
 
     def load_metadata(self, meta: dict[str, Any]) -> None:
         super().load_metadata(meta)
+        if isinstance(meta.get("initialised_from_teacher"), dict):
+            self.initialised_from_teacher = meta["initialised_from_teacher"]
         if "distil_layers" not in meta.get("config", {}):
             # saved before the layer flow was distilled: it samples the teacher's
             self.config.distil_layers, self.layer_blocks = False, None
