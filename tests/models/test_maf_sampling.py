@@ -140,3 +140,18 @@ def test_the_compiled_sampling_path_gives_the_training_paths_values():
     slow, _ = made.made_forward(block, ctx, x)
     torch.testing.assert_close(fast, slow.detach(), rtol=1e-6, atol=1e-6)
     assert len(splines._compiled()) == 2
+
+
+def test_the_split_output_layer_follows_changed_weights():
+    """Sampling caches the output layer split by its mask; a change of the weights or of
+    the biases alone (training, load_state_dict) rebuilds it."""
+    torch.manual_seed(10)
+    block = made.autoregressive_blocks(300, 2, 1, 4, (256,), inverse_splines=True)[0]
+    ctx, x = torch.randn(3, 2), torch.randn(3, 300)
+    with torch.no_grad():
+        assert made._output_plan(block, made._masked_weights(block)) is not None
+        for change in (lambda: block.hyper[-1].bias.add_(0.3),
+                       lambda: block.hyper[-1].weight.mul_(1.5)):
+            change()
+            torch.testing.assert_close(made.made_apply(block, ctx, x), block(ctx)(x),
+                                       rtol=1e-4, atol=1e-4)

@@ -66,8 +66,9 @@ def _masked_weights(block: MaskedAutoregressiveTransform) -> list[Tensor | None]
     MaskedLinear multiplies weight and mask at every call, which at batch 1 costs several
     times the product itself."""
     layers = list(block.hyper)
-    key = tuple((id(m.weight), m.weight._version, m.weight.device) for m in layers
-                if isinstance(m, MaskedLinear))
+    # biases too: the split output layer (_output_plan) holds copies of them
+    key = tuple((id(m.weight), m.weight._version, m.bias._version, m.weight.device)
+                for m in layers if isinstance(m, MaskedLinear))
     cached = block.__dict__.get("_masked_cache")
     if cached is None or cached[0] != key:
         weights = [m.mask * m.weight if isinstance(m, MaskedLinear) else None for m in layers]

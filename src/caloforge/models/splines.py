@@ -30,7 +30,6 @@ from zuko.transforms import MonotonicAffineTransform, MonotonicRQSTransform
 
 S = TypeVar("S", bound=MonotonicRQSTransform)
 
-
 SPLINE_BOUND, SPLINE_SLOPE = 5.0, 1e-3  # zuko's MonotonicRQSTransform defaults
 
 
@@ -154,8 +153,9 @@ def spline_from_raw(cls: type[S], raw: Tensor, bins: int, bound: float = SPLINE_
 class InverseRQSTransform(MonotonicRQSTransform):
     """The inverse of zuko's rational-quadratic spline with the same parameters, as a
     forward map (a monotonic spline family of its own; one closed-form root per value,
-    :func:`_spline_root`).  An IAF block made of these can start as the exact
-    element-wise inverse of a MAF block of splines (:func:`init_inverse_block`)."""
+    :func:`spline_root`).  An IAF block made of these can start as the exact
+    element-wise inverse of a MAF block of splines
+    (:func:`caloforge.models.made.init_inverse_block`)."""
 
     @classmethod
     def from_raw(cls, raw: Tensor, bins: int) -> InverseRQSTransform:
@@ -164,7 +164,8 @@ class InverseRQSTransform(MonotonicRQSTransform):
         return spline_from_raw(cls, raw, bins)
 
     def __init__(self, widths: Tensor, heights: Tensor, derivatives: Tensor,
-                 bound: float = 5.0, slope: float = 1e-3, **kwargs: Any) -> None:
+                 bound: float = SPLINE_BOUND, slope: float = SPLINE_SLOPE,
+                 **kwargs: Any) -> None:
         super().__init__(widths, heights, derivatives, bound, slope, **kwargs)
         self.bound, self.n_bins = bound, int(widths.shape[-1])
         self.tables = torch.cat((self.horizontal, self.vertical, self.derivatives), -1)
