@@ -92,3 +92,30 @@ def test_pions_follow_their_energy_condition(pion_model):
     assert 0.055 < np.median(r_low) < 0.085 and 0.03 < np.median(r_high) < 0.056
     assert 4.5 < high.sum(1).mean() / low.sum(1).mean() < 8.0
     assert 95 < (low > 0).sum(1).mean() < 135 < 245 < (high > 0).sum(1).mean() < 315
+
+
+STUDENT = "calochallenge-1-photons-student"
+
+
+def test_the_photon_student_is_shipped_with_a_card_and_references_the_shipped_teacher():
+    assert STUDENT in list_zoo()
+    card = zoo.model_card(STUDENT)
+    assert "caloforge train --model caloflow-student --teacher calochallenge-1-photons" in card
+    assert (zoo.path(STUDENT) / WEIGHTS_FILE).stat().st_size < 40 * 2**20
+    student = load(STUDENT)
+    assert student.name == "caloflow-student" and student.teacher_reference["path"] == NAME
+    assert student.layer_blocks is not None  # one pass per block for both flows
+
+
+def test_the_photon_student_follows_its_energy_condition_like_its_teacher():
+    student = load(STUDENT)
+    low = student.sample(np.full(200, 4096.0), 1, batch_size=200).energies
+    high = student.sample(np.full(200, 65_536.0), 2, batch_size=200).energies
+    floor = student.teacher.cell_floor_mev
+    for x in (low, high):
+        assert np.isfinite(x).all() and (x >= 0).all()
+        assert ((x > 0) & (x < floor)).sum() == 0
+    # the teacher's windows (test_follows_its_energy_condition)
+    r_low, r_high = low.sum(1) / 4096.0, high.sum(1) / 65_536.0
+    assert 0.12 < np.median(r_low) < 0.14 and 0.12 < np.median(r_high) < 0.135
+    assert 180 < (low > 0).sum(1).mean() < 260 < (high > 0).sum(1).mean() < 360
