@@ -7,7 +7,11 @@ arXiv:1711.10433).  The teacher's shower flow is a MAF: block ``k`` maps ``h_(k-
 ``h_k`` (data ``h_0 = y``, latent ``h_K = z``) in one network pass, but its inverse — the
 sampling direction — takes one pass per feature.  The student has the same number of
 MADE blocks with the same feature orders and runs each one the other way: block ``k``
-maps ``h_k`` to ``h_(k-1)`` in one pass (an IAF), so a shower takes K passes.  Its
+maps ``h_k`` to ``h_(k-1)`` in one pass (an IAF), so a shower takes K passes.  Its spline
+blocks are inverse splines (:class:`~caloforge.models.splines.InverseRQSTransform`), so
+that a block of its teacher block's shape starts as that block's exact element-wise
+inverse, with the teacher's conditioner (``init_from_teacher``): distillation then only
+has to correct what conditioning on ``h_k`` instead of ``h_(k-1)`` changes.  Its
 density at its own samples costs nothing extra; at a given data point it would need one
 pass per feature, so no loss asks for it.
 
