@@ -409,7 +409,7 @@ def test_a_new_student_starts_as_its_teachers_inverse(teacher_dir, toy_data):
     for init in (False, True):
         student = _fresh_student(teacher_dir, toy_data, init_from_teacher=init)
         student.fit_preprocessing(x, e)
-        assert getattr(student, "initialised_from_teacher", None) == (
+        assert student.initialised_from_teacher == (
             {"shower": 2, "layer": 2} if init else None)
         with torch.no_grad():
             start[init] = student.distillation_losses(x, e, None,

@@ -177,6 +177,8 @@ class CaloFlowStudent(GenerativeModel):
         # Not a submodule: the teacher's weights stay out of the student's state_dict.
         self._teacher: list[CaloFlow] = []
         self.teacher_reference: dict[str, str] | None = None
+        # blocks per flow that started as the teacher's inverses (a fresh training sets it)
+        self.initialised_from_teacher: dict[str, int] | None = None
 
     # ---- the teacher ---------------------------------------------------------------------
     @property
@@ -347,9 +349,8 @@ class CaloFlowStudent(GenerativeModel):
     def metadata(self) -> dict[str, Any]:
         meta = super().metadata()
         meta["teacher"] = self.teacher_reference
-        started = getattr(self, "initialised_from_teacher", None)
-        if started is not None:  # blocks per flow that started as the teacher's inverses
-            meta["initialised_from_teacher"] = dict(started)
+        if self.initialised_from_teacher is not None:
+            meta["initialised_from_teacher"] = dict(self.initialised_from_teacher)
         return meta
 
     def load_metadata(self, meta: dict[str, Any]) -> None:
