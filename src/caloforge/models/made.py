@@ -95,16 +95,15 @@ def _made_raw(block: MaskedAutoregressiveTransform, context: Tensor, x: Tensor) 
     h = torch.cat([x, context], -1)
     weights = _masked_weights(block)
     plan = _output_plan(block, weights)
-    if plan is None:
-        for layer, w in zip(block.hyper, weights):
-            h = _activate(layer, h) if w is None else F.linear(h, w, layer.bias)
-        return h.unflatten(-1, (-1, block.total))
-    layers, head = list(block.hyper), plan.head
-    for layer, w in zip(layers[:head], weights[:head]):
+    layers = list(block.hyper)
+    dense = len(layers) if plan is None else plan.head  # layers run as they are
+    for layer, w in zip(layers[:dense], weights[:dense]):
         h = _activate(layer, h) if w is None else F.linear(h, w, layer.bias)
-    h = _activate(layers[head + 1], F.linear(h, plan.w_in, plan.b_in))
-    out = torch.cat([F.linear(h[..., :n], w, b) for n, w, b in plan.groups], -1)
-    return out.index_select(-1, plan.order).unflatten(-1, (-1, block.total))
+    if plan is not None:
+        h = _activate(layers[dense + 1], F.linear(h, plan.w_in, plan.b_in))
+        h = torch.cat([F.linear(h[..., :n], w, b) for n, w, b in plan.groups], -1)
+        h = h.index_select(-1, plan.order)
+    return h.unflatten(-1, (-1, block.total))
 
 
 def _activate(layer: nn.Module, h: Tensor) -> Tensor:
