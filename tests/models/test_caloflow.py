@@ -168,6 +168,7 @@ def test_student_samples_in_one_pass_per_block(teacher_dir, student_dir, monkeyp
         calls["teacher"] += 1
 
     monkeypatch.setattr(made, "_made_raw", counted_raw)
+    monkeypatch.setattr(made, "_traced_sampler", lambda *_: None)  # count the eager passes
     # The teacher's feature-by-feature inverse calls each block's first activation once
     # per feature.
     hooks = [b.hyper[1].register_forward_hook(counter)
@@ -185,6 +186,39 @@ def test_student_samples_in_one_pass_per_block(teacher_dir, student_dir, monkeyp
     finally:
         for h in hooks:
             h.remove()
+
+
+def _linear_calls(blocks) -> int:
+    return sum(isinstance(m, torch.nn.Linear) for b in blocks for m in b.hyper)
+
+
+def test_student_samples_through_a_trace_of_its_eager_path(student_dir, monkeypatch):
+    """The traced sampler gives the eager path's showers bit for bit at any batch size,
+    runs one network pass per block, and is rebuilt when a weight changes."""
+    from caloforge.models import made
+
+    student = load(student_dir)
+    e = np.exp(np.random.default_rng(3).uniform(np.log(2e3), np.log(9e4), 9))
+    sizes = (1, 4, 9)
+    traced = [student.sample(e, 5, batch_size=bs).energies for bs in sizes]
+    for blocks in (student.blocks, student.layer_blocks):
+        trace = blocks.__dict__["_traced_sampler"][1]
+        assert trace is not None  # the eager path below would otherwise prove nothing
+        ops = str(trace.inlined_graph)
+        assert ops.count("aten::linear") == _linear_calls(blocks)
+    with monkeypatch.context() as patch:
+        patch.setattr(made, "_traced_sampler", lambda *_: None)
+        eager = [student.sample(e, 5, batch_size=bs).energies for bs in sizes]
+    assert (eager[0] > 0).any()
+    for x, y in zip(traced, eager):  # products at batch 1 and more may round differently
+        assert np.array_equal(x, y)
+    with torch.no_grad():  # an in-place update (as an optimiser step) must not be missed
+        student.blocks[0].hyper[0].bias.add_(0.5)
+    changed = student.sample(e, 5).energies
+    assert not np.allclose(changed, eager[-1])
+    with monkeypatch.context() as patch:
+        patch.setattr(made, "_traced_sampler", lambda *_: None)
+        assert np.array_equal(student.sample(e, 5).energies, changed)
 
 
 def test_calogan_geometry(showers, tmp_path):

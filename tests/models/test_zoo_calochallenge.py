@@ -119,3 +119,17 @@ def test_the_photon_student_follows_its_energy_condition_like_its_teacher():
     r_low, r_high = low.sum(1) / 4096.0, high.sum(1) / 65_536.0
     assert 0.12 < np.median(r_low) < 0.14 and 0.12 < np.median(r_high) < 0.135
     assert 180 < (low > 0).sum(1).mean() < 260 < (high > 0).sum(1).mean() < 360
+
+
+def test_the_photon_student_samples_through_a_trace_of_its_eager_path(monkeypatch):
+    """The shipped student's blocks (output layers split by mask structure) run as one
+    trace at sampling time: the same showers, bit for bit, as the eager path."""
+    from caloforge.models import made
+
+    student = load(STUDENT)
+    e = np.array([512.0, 4096.0, 65_536.0])
+    traced = [student.sample(e, 9, batch_size=bs).energies for bs in (1, 3)]
+    assert student.blocks.__dict__["_traced_sampler"][1] is not None
+    monkeypatch.setattr(made, "_traced_sampler", lambda *_: None)
+    eager = [student.sample(e, 9, batch_size=bs).energies for bs in (1, 3)]
+    assert all(np.array_equal(x, y) for x, y in zip(traced, eager))

