@@ -143,7 +143,7 @@ def wait_for(condition, timeout: float = 120.0) -> None:
 
 
 LONG_RUN = ["simulate", "--detector", "ild-ecal", "--particle", "photon", "--energy", "10",
-            "-n", "400", "--chunk-size", "2"]
+            "-n", "4000", "--chunk-size", "2"]
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])

@@ -14,10 +14,6 @@ shards or spread over worker processes is identical to the one made in one go.
 from __future__ import annotations
 
 import math
-import multiprocessing as mp
-import os
-import signal
-import threading
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -34,6 +30,7 @@ from caloforge.simulation.outputs import (
     point_pitch_mm,
     voxelise,
 )
+from caloforge.simulation.workers import ordered_map
 from caloforge.utils.shards import shard_range
 
 ENGINES = ("builtin", "geant4")
@@ -335,22 +332,6 @@ def simulate_range(cfg: SimulationConfig, start: int, stop: int
 MAX_WORKERS = 1024  # a guard against typos; the pool never exceeds the number of chunks
 
 
-def _watch_parent() -> None:
-    """Worker-process initializer: ignore Ctrl-C (the parent handles it and stops the
-    pool) and exit as soon as the parent process dies, even by SIGKILL, instead of
-    waiting forever for work (the parent's end of the spawn pipe closes on its death)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    parent = mp.parent_process()
-    if parent is None:  # pragma: no cover - always set for spawned workers
-        return
-
-    def wait_then_exit() -> None:
-        parent.join()
-        os._exit(1)
-
-    threading.Thread(target=wait_then_exit, daemon=True, name="parent-watch").start()
-
-
 def _worker(args: tuple[dict, int, int]) -> ShowerBatch | PointCloudBatch:
     cfg, start, stop = args
     return simulate_range(SimulationConfig.from_dict(cfg), start, stop)
@@ -415,14 +396,10 @@ def iter_simulate(detector: str, particle: str, energy: float | tuple | Range, n
                 pbar.update(e - s)
                 yield out
         else:
-            ctx = mp.get_context("spawn")
-            # leaving the with-block (also on an exception or a closed generator)
-            # terminates the workers
-            with ctx.Pool(min(workers, len(chunks)), initializer=_watch_parent) as pool:
-                jobs = [(cfg.to_dict(), s, e) for s, e in chunks]
-                for out in pool.imap(_worker, jobs):
-                    pbar.update(len(out))
-                    yield out
+            jobs = [(cfg.to_dict(), s, e) for s, e in chunks]
+            for out in ordered_map(_worker, jobs, workers):
+                pbar.update(len(out))
+                yield out
     finally:
         pbar.close()
 
