@@ -90,6 +90,35 @@ def test_point_models_are_batch_independent_and_reload_identically(trained, name
     np.testing.assert_array_equal(again.energy, whole.energy)
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_large_batches_are_sampled_in_groups_of_similar_size(trained, name, monkeypatch):
+    """Above SIZE_GROUP showers the clouds are sorted by size and sampled in groups, each
+    padded only to its own largest cloud: the same points as one call over the batch."""
+    from caloforge.models import pointdiffusion
+
+    model, _ = trained[name]
+    e = np.geomspace(2.5e3, 4.5e4, 10)
+    whole = model.sample(e, 5, batch_size=10)
+    padded_to = []
+    real = type(model).sample_points
+
+    def spy(self, mask, context, noise):
+        padded_to.append((len(mask), mask.shape[1], int(mask.sum(1).max())))
+        return real(self, mask, context, noise)
+
+    monkeypatch.setattr(pointdiffusion, "SIZE_GROUP", 3)
+    monkeypatch.setattr(type(model), "sample_points", spy)
+    grouped = model.sample(e, 5, batch_size=10)
+    assert [rows for rows, _, _ in padded_to] == [3, 3, 3, 1]
+    assert all(p == largest for _, p, largest in padded_to)  # each group to its own size
+    counts = [largest for _, _, largest in padded_to]
+    assert counts == sorted(counts) and counts[-1] == whole.n_points.max()
+    np.testing.assert_array_equal(grouped.offsets, whole.offsets)
+    for key in ("x", "y", "z", "energy"):
+        np.testing.assert_allclose(getattr(grouped, key), getattr(whole, key), rtol=1e-4,
+                                   atol=1e-3)
+
+
 def test_training_reads_the_points_and_fits_per_geometry(trained, point_file):
     from caloforge.data.io import open_showers
 

@@ -37,11 +37,12 @@ from caloforge.errors import ConfigError, InputError
 from caloforge.geometry import Geometry
 from caloforge.models.base import GenerativeModel, StepContext, TrainBatch
 from caloforge.models.config import ModelConfig, positive
-from caloforge.models.noise import ShowerNoise, Source
+from caloforge.models.noise import ShowerNoise, Source, subset
 from caloforge.models.pointnets import PointDenoiser
 from caloforge.models.showerflow import ShowerFlow, ShowerSummary, summarise
 
 FEATURES = 4  # per point: dx, dy, layer, log E
+SIZE_GROUP = 64  # showers per network call when a batch is sampled in groups of similar size
 
 
 @dataclass
@@ -205,8 +206,25 @@ class PointDiffusionModel(GenerativeModel):
         p = int(s.n_points.max()) if len(e_inc) else 1
         mask = torch.arange(p, device=cond.device)[None] < s.n_points[:, None]
         context = torch.cat([cond, self.count_feature(s.n_points)], 1)
-        feats = self.sample_points(mask, context, noise)
+        if torch.jit.is_tracing() or len(e_inc) <= SIZE_GROUP:
+            feats = self.sample_points(mask, context, noise)
+        else:
+            feats = self._sample_by_size(s.n_points, context, noise)
         return self.place(feats, mask, s), mask
+
+    def _sample_by_size(self, counts: Tensor, context: Tensor, noise: Source) -> Tensor:
+        """:meth:`sample_points` on groups of showers of similar size, each padded only
+        to its own largest cloud: the point counts of 10-100 GeV showers span a factor
+        of ten, so one batch padded to its largest cloud is mostly padding.  The same
+        points as in one call (each shower's noise comes from its own stream, the set
+        network only sees real points), up to float rounding."""
+        order = torch.argsort(counts, stable=True)
+        feats = torch.zeros((len(counts), int(counts.max()), FEATURES), device=counts.device)
+        for rows in order.split(SIZE_GROUP):
+            p = int(counts[rows].max())
+            mask = torch.arange(p, device=counts.device)[None] < counts[rows, None]
+            feats[rows, :p] = self.sample_points(mask, context[rows], subset(noise, rows))
+        return feats
 
     def place(self, feats: Tensor, mask: Tensor, s: ShowerSummary) -> Tensor:
         """Standardised points -> ``(B, P, 4)`` x, y, z (mm), E (MeV) matching the shower
