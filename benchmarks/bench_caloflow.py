@@ -107,6 +107,25 @@ def reference_ms_per_shower(reference: ShowerBatch, n: int = 240) -> float:
     return total / counts.sum() * 1e3
 
 
+def print_classifiers(entry: dict) -> None:
+    """One line per classifier level of an evaluation's ``generated`` entry."""
+    for level, c in entry["classifier"].items():
+        if "auc" in c:
+            print(f"  {level} classifier AUC {c['auc']:.3f} (noise floor {c['auc_floor']:.3f},"
+                  f" train/test {c['n_train']}/{c['n_test']})")
+        else:
+            print(f"  {level} classifier: {c.get('reason', c.get('status'))}")
+
+
+def print_distances(title: str, values: dict) -> None:
+    """Each observable's Wasserstein distance over its noise floor, on one line."""
+    ratios = {k: v["wasserstein"] / max(v["wasserstein_floor"], 1e-12)
+              for k, v in values.items() if isinstance(v, dict) and "wasserstein" in v}
+    if ratios:
+        print(f"  {title}W / noise floor: "
+              + ", ".join(f"{k} {r:.2f}" for k, r in ratios.items()))
+
+
 def fidelity(reference_file: str, models: dict, n_max: int, teacher_n: int) -> None:
     """Print classifier AUCs and Wasserstein distances over their noise floors."""
     from caloforge.data.io import open_showers
@@ -130,16 +149,8 @@ def fidelity(reference_file: str, models: dict, n_max: int, teacher_n: int) -> N
     for entry in ev.metrics["generated"]:
         label = entry["label"]
         print(f"--- {label}: {sizes[label][0]} generated vs {n} reference showers")
-        for level, c in entry["classifier"].items():
-            if "auc" in c:
-                print(f"  {level} classifier AUC {c['auc']:.3f} (noise floor {c['auc_floor']:.3f},"
-                      f" train/test {c['n_train']}/{c['n_test']})")
-            else:
-                print(f"  {level} classifier: {c.get('reason', c.get('status'))}")
-        shapes = entry.get("calogan_shapes") or entry["observables"]
-        ratios = {k: v["wasserstein"] / max(v["wasserstein_floor"], 1e-12)
-                  for k, v in shapes.items() if isinstance(v, dict) and "wasserstein" in v}
-        print("  W / noise floor: " + ", ".join(f"{k} {r:.2f}" for k, r in ratios.items()))
+        print_classifiers(entry)
+        print_distances("", entry.get("calogan_shapes") or entry["observables"])
 
 
 def main() -> None:

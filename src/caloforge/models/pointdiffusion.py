@@ -42,7 +42,10 @@ from caloforge.models.pointnets import PointDenoiser
 from caloforge.models.showerflow import ShowerFlow, ShowerSummary, summarise
 
 FEATURES = 4  # per point: dx, dy, layer, log E
-SIZE_GROUP = 64  # showers per network call when a batch is sampled in groups of similar size
+# showers per network call in a large batch: groups of similar size, padded only to their
+# own largest cloud; small groups also keep the per-point activations in cache (ILD
+# photons, 2 threads: 2.2 ms per shower with groups of 8, 5.5 with 64, 3.6 with 16 unsplit)
+SIZE_GROUP = 8
 
 
 @dataclass
@@ -215,7 +218,8 @@ class PointDiffusionModel(GenerativeModel):
     def _sample_by_size(self, counts: Tensor, context: Tensor, noise: Source) -> Tensor:
         """:meth:`sample_points` on groups of showers of similar size, each padded only
         to its own largest cloud: the point counts of 10-100 GeV showers span a factor
-        of ten, so one batch padded to its largest cloud is mostly padding.  The same
+        of ten, so one batch padded to its largest cloud is mostly padding, and large
+        groups run from memory instead of cache (see ``SIZE_GROUP``).  The same
         points as in one call (each shower's noise comes from its own stream, the set
         network only sees real points), up to float rounding."""
         order = torch.argsort(counts, stable=True)
