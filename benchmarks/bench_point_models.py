@@ -32,6 +32,7 @@ import time
 import numpy as np
 import torch
 from bench_caloflow import print_classifiers, print_distances  # benchmarks/ is on sys.path
+from bench_points import per_shower_ms
 
 from caloforge.data import Conditions, PointCloudBatch
 from caloforge.data.io import open_showers
@@ -54,25 +55,19 @@ def sample_voxels(model, conditions: Conditions, seed: int, batch: int):  # noqa
     return out.to_voxels()[0] if isinstance(out, PointCloudBatch) else out
 
 
-def per_shower_ms(model, conditions: Conditions, batch: int, threads: int,  # noqa: ANN001
-                  min_seconds: float) -> float:
-    """Mean wall ms per shower over repeated calls of ``batch`` showers (after a warm-up),
-    drawing the conditions in turn from the reference's."""
+def model_ms(model, conditions: Conditions, batch: int, threads: int,  # noqa: ANN001
+             min_seconds: float) -> float:
+    """Wall ms per shower (:func:`bench_points.per_shower_ms`) of calls of ``batch``
+    showers, drawing the conditions in turn from the reference's."""
     torch.set_num_threads(threads)
-    n_cond = len(conditions)
-    offset = [0]
+    drawn = [0]
 
-    def call(seed: int) -> None:
-        rows = (offset[0] + np.arange(batch)) % n_cond
-        offset[0] += batch
-        sample_voxels(model, conditions[rows], seed, batch)
+    def call(b: int) -> None:
+        rows = (drawn[0] + np.arange(b)) % len(conditions)
+        drawn[0] += b
+        sample_voxels(model, conditions[rows], drawn[0], b)
 
-    call(0)
-    n, t0 = 0, time.perf_counter()
-    while n == 0 or time.perf_counter() - t0 < min_seconds:
-        call(n + 1)
-        n += batch
-    return 1e3 * (time.perf_counter() - t0) / n
+    return per_shower_ms(call, batch, 1, min_seconds)
 
 
 def simulation_ms(conditions: Conditions, geometry: str, n: int) -> float:
@@ -114,8 +109,8 @@ def main() -> None:
     print(f"torch {torch.__version__}; reference {args.reference}: {len(reference)} showers "
           f"on {geometry}")
     for label, model in models.items():
-        one = per_shower_ms(model, cond, 1, 1, args.min_seconds)
-        best = min((per_shower_ms(model, cond, b, 2, args.min_seconds), b)
+        one = model_ms(model, cond, 1, 1, args.min_seconds)
+        best = min((model_ms(model, cond, b, 2, args.min_seconds), b)
                    for b in args.batches)
         print(f"{label:10s} ({model.name}): batch 1, 1 thread {one:8.2f} ms; best batch, "
               f"2 threads {best[0]:7.3f} ms (batch {best[1]})", flush=True)
