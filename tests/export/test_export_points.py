@@ -82,9 +82,13 @@ def test_point_runtime_equals_pytorch_for_the_same_noise(fmt, runs, tmp_path):
     assert "quadruplets" in doc and f"maxNumElements = {4 * (n_l + p)}" in doc
 
 
-def test_noise_input_reproduces_generate(runs):
-    """Shower i's own stream as the noise input gives caloforge generate's points."""
+@pytest.mark.parametrize("halved", [False, True])
+def test_noise_input_reproduces_generate(runs, halved):
+    """Shower i's own stream as the noise input gives caloforge generate's points (also
+    with the layer counts scaled by an occupancy calibration)."""
     model = load(runs["caloclouds2-cm"]).requires_grad_(False)
+    if halved:
+        model.count_scale = (0.5,) * model.geometry.n_layers
     p = int(model.max_points)
     sampler = PointSampler(model, internal_noise=False, max_points=p)
     f = model.shower_flow().features

@@ -53,6 +53,40 @@ def test_ema_is_saved_chosen_for_sampling_and_resumes_exactly(toy_data, tmp_path
                  ema.state_dict())
 
 
+def test_finalize_sees_the_weights_the_model_samples_with(toy_data, tmp_path, monkeypatch):
+    """Calibrations fitted after training (finalize) use the averaged weights when those
+    are the ones sampled with; the live weights are back afterwards (they are saved)."""
+    from caloforge.models.l2lflows import L2LFlows
+
+    seen = {}
+
+    def spy(self, x, e_inc, generator, angles=None):
+        seen[len(seen)] = {k: p.detach().clone() for k, p in self.named_parameters()}
+
+    monkeypatch.setattr(L2LFlows, "finalize", spy)
+    for run, use in (("ema", True), ("live", False)):
+        train("l2lflows", toy_data, tmp_path / run, preset="tiny",
+              train_config=_cfg(ema_decay=0.8, use_ema=use), progress=False)
+    folder = tmp_path / "ema" / "model"
+    assert _same(seen[0], dict(load_model_dir(folder).named_parameters()))
+    assert _same(seen[1], dict(load_model_dir(tmp_path / "live" / "model").named_parameters()))
+    assert not _same(seen[0], dict(load_model_dir(folder, weights="live").named_parameters()))
+
+
+def test_sampling_weights_are_put_back_after_an_error():
+    from caloforge.models.ema import EMA
+
+    net = torch.nn.Linear(2, 1)
+    ema = EMA(net, decay=0.5)
+    with torch.no_grad():
+        net.weight.add_(1.0)
+    live = net.weight.detach().clone()
+    with pytest.raises(RuntimeError), ema.sampling_weights(net):
+        assert torch.equal(net.weight, ema.shadow["weight"])
+        raise RuntimeError("fit failed")
+    assert torch.equal(net.weight, live)
+
+
 def test_ema_needs_a_decay_below_one():
     with pytest.raises(ConfigError, match="ema_decay"):
         TrainConfig(ema_decay=1.0).validate()

@@ -11,10 +11,11 @@ at ``output[4 k]`` and the points from ``output[4 L]`` on.
 
 Everything data-dependent is expressed with fixed shapes and masks: the ShowerFlow draws
 the number of points n (capped at P), the layer counts by largest-remainder rounding
-(pairwise comparisons, no sort of the layers), the network runs on all P slots with the
-padding masked out of its set summaries (so the real points equal those of
-``caloforge generate`` for the same normals), and points are given to layers by rank of
-their layer coordinate (a sort over the P slots, padding last).
+(pairwise comparisons, no sort of the layers; then scaled by the model's occupancy
+calibration, :meth:`~caloforge.models.pointdiffusion.PointDiffusionModel.draw_summary`),
+the network runs on all P slots with the padding masked out of its set summaries (so the
+real points equal those of ``caloforge generate`` for the same normals), and points are
+given to layers by rank of their layer coordinate (a sort over the P slots, padding last).
 
 P (``max_points``) is an export option; by default the 99.9 % quantile of the number of
 points the ShowerFlow draws over the trained conditions (showers drawn above it are
@@ -59,12 +60,13 @@ def _trained_conditions(model: GenerativeModel, n: int, gen: torch.Generator
 @torch.no_grad()
 def point_budget(model: GenerativeModel, quantile: float = QUANTILE,
                  draws: int = QUANTILE_DRAWS) -> tuple[int, float]:
-    """(the ``quantile`` of the number of points the ShowerFlow draws over the trained
-    conditions, capped at the model's own maximum; the fraction of draws above it)."""
+    """(the ``quantile`` of the number of points the model draws (ShowerFlow and occupancy
+    calibration) over the trained conditions, capped at the model's own maximum; the
+    fraction of draws above it)."""
     gen = torch.Generator().manual_seed(0)
     e, angles = _trained_conditions(model, draws, gen)
     cond = model.condition_features(e, angles)
-    n = model.shower_flow().sample(cond, gen, e, int(model.max_points)).n_points.double()
+    n = model.draw_summary(cond, gen, e, int(model.max_points)).n_points.double()
     cap = min(max(1, math.ceil(float(torch.quantile(n, quantile)))), int(model.max_points))
     return cap, float((n > cap).double().mean())
 
@@ -145,7 +147,7 @@ class PointSampler(nn.Module):
         """(layer counts (B, L) float, points (B, P, 4) x, y, layer, E, zero-padded)."""
         m = self.model
         cond = m.condition_features(e_inc, angles if m.takes_angles else None)
-        s = self.showerflow.sample(cond, noise, e_inc, self.max_points)
+        s = m.draw_summary(cond, noise, e_inc, self.max_points)
         slots = torch.arange(self.max_points, device=e_inc.device)
         mask = slots[None] < s.n_points[:, None]
         context = torch.cat([cond, m.count_feature(s.n_points)], 1)

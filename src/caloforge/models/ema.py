@@ -19,6 +19,8 @@ True
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +61,25 @@ class EMA:
 
     def meta(self) -> dict[str, Any]:
         return {"decay": self.decay, "use_for_sampling": self.use_for_sampling}
+
+    @contextmanager
+    def sampling_weights(self, module: nn.Module) -> Iterator[None]:
+        """Within the block ``module`` holds the weights it will sample with (the averages
+        when ``use_for_sampling``); its own weights are put back afterwards."""
+        if not self.use_for_sampling:
+            yield
+            return
+        params = dict(module.named_parameters())
+        live = {k: params[k].detach().clone() for k in self.shadow}
+        try:
+            with torch.no_grad():
+                for k, v in self.shadow.items():
+                    params[k].copy_(v)
+            yield
+        finally:
+            with torch.no_grad():
+                for k, v in live.items():
+                    params[k].copy_(v)
 
 
 def write_ema(model: nn.Module, directory: Path, meta: dict[str, Any]) -> None:

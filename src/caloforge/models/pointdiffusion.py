@@ -13,7 +13,9 @@ training clouds of the geometry (the models know nothing about a detector beyond
 Per shower the condition is :meth:`condition_features` (energy, direction) and the
 standardised ``log`` of the number of points.  Generation: the :class:`ShowerFlow`
 draws the number of points, the visible energy, points and energy per layer and the
-centre of gravity; the point model fills that many points; the points are sorted by
+centre of gravity; the points per layer are scaled by the occupancy calibration fitted
+after training (:mod:`caloforge.models.occupancy`: as many read-out cells as the training
+showers); the point model fills that many points; the points are sorted by
 their continuous layer coordinate and given to the layers in order of the drawn layer
 counts; their energies are scaled layer by layer to the drawn layer energies (so the
 totals agree exactly), and the cloud is shifted to the drawn centre of gravity.  The
@@ -29,15 +31,17 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
-from caloforge.data.batch import Conditions
+from caloforge.data.batch import Conditions, PointCloudBatch
 from caloforge.errors import ConfigError, InputError
 from caloforge.geometry import Geometry
 from caloforge.models.base import GenerativeModel, StepContext, TrainBatch
 from caloforge.models.config import ModelConfig, positive
 from caloforge.models.noise import ShowerNoise, Source, subset
+from caloforge.models.occupancy import fit_count_scale
 from caloforge.models.pointnets import PointDenoiser
 from caloforge.models.showerflow import ShowerFlow, ShowerSummary, summarise
 
@@ -61,6 +65,9 @@ class PointModelConfig(ModelConfig):
     lr_flow: float = 1e-3
     showerflow_fraction: float = 0.3  # share of the steps that train the ShowerFlow
     max_points_factor: float = 2.0  # generation draws at most this x the largest cloud seen
+    # after training: training showers for the occupancy calibration (0: none) and its steps
+    occupancy_showers: int = 2000
+    occupancy_iterations: int = 3
 
     def validate(self) -> None:
         super().validate()
@@ -68,6 +75,10 @@ class PointModelConfig(ModelConfig):
                  "lr_flow", "max_points_factor")
         if not 0 < self.showerflow_fraction < 1:
             raise ConfigError("config key 'showerflow_fraction' must lie in (0, 1)")
+        for key in ("occupancy_showers", "occupancy_iterations"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ConfigError(f"config key {key!r} must be an integer >= 0, got {value!r}")
 
 
 # sized for CPU generation (ILD ECAL: ~10 ms per shower per network evaluation intended)
@@ -103,6 +114,9 @@ class PointDiffusionModel(GenerativeModel):
                                          tuple(config.flow_hidden), config.flow_bins)
         self.net = PointDenoiser(FEATURES, self.context_dim + config.embed_dim, config.hidden,
                                  config.summary, config.blocks)
+        # per-layer point-count scale of the occupancy calibration (None: not calibrated);
+        # kept in model.yaml, so folders written before it existed still load
+        self.count_scale: tuple[float, ...] | None = None
 
     # ---- data -----------------------------------------------------------------------------
     def layers_of(self, z: Tensor) -> Tensor:
@@ -204,8 +218,12 @@ class PointDiffusionModel(GenerativeModel):
 
     def generate(self, e_inc: Tensor, noise: ShowerNoise,
                  conditions: Conditions | None = None) -> tuple[Tensor, Tensor]:
-        cond = self.condition_features(e_inc, self.angle_tensor(conditions, len(e_inc)))
-        s = self.shower_flow().sample(cond, noise, e_inc, int(self.max_points))
+        return self._generate(e_inc, noise, self.angle_tensor(conditions, len(e_inc)))
+
+    def _generate(self, e_inc: Tensor, noise: Source, angles: Tensor | None
+                  ) -> tuple[Tensor, Tensor]:
+        cond = self.condition_features(e_inc, angles)
+        s = self.draw_summary(cond, noise, e_inc, int(self.max_points))
         p = int(s.n_points.max()) if len(e_inc) else 1
         mask = torch.arange(p, device=cond.device)[None] < s.n_points[:, None]
         context = torch.cat([cond, self.count_feature(s.n_points)], 1)
@@ -214,6 +232,53 @@ class PointDiffusionModel(GenerativeModel):
         else:
             feats = self._sample_by_size(s.n_points, context, noise)
         return self.place(feats, mask, s), mask
+
+    def draw_summary(self, cond: Tensor, noise: Source, e_inc: Tensor, max_points: int
+                     ) -> ShowerSummary:
+        """The ShowerFlow's draw, its layer counts scaled by the occupancy calibration
+        (a layer keeps at least one point, so no layer energy is lost)."""
+        s = self.shower_flow().sample(cond, noise, e_inc, max_points)
+        if self.count_scale is None:
+            return s
+        scale = torch.tensor(self.count_scale, dtype=torch.float32, device=cond.device)
+        scaled = torch.round(s.layer_counts.float() * scale).long().clamp_min(1)
+        counts = torch.where(s.layer_counts > 0, scaled, torch.zeros_like(scaled))
+        return ShowerSummary(counts.sum(1), s.e_vis, counts, s.layer_energy, s.cog)
+
+    @torch.no_grad()
+    def finalize(self, x: Tensor, e_inc: Tensor, generator: torch.Generator,
+                 angles: Tensor | None = None, mask: Tensor | None = None) -> None:
+        """Occupancy calibration (:mod:`caloforge.models.occupancy`) on up to
+        ``occupancy_showers`` of the training clouds ``x``."""
+        n = min(self.config.occupancy_showers, len(x))
+        if n == 0 or mask is None:
+            return
+        reference = self._point_batch([(x[:n], mask[:n])], Conditions(e_inc[:n].cpu().numpy()), {})
+        seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+        was_training = self.training
+        self.eval()
+
+        def draw(scale: np.ndarray) -> PointCloudBatch:
+            self.count_scale = tuple(float(v) for v in scale)
+            parts = []
+            for i in range(0, n, 256):  # the same noise each time: shower i's own stream
+                rows = range(i, min(i + 256, n))
+                noise = ShowerNoise.for_showers(seed, rows, self.device)
+                parts.append(self._generate(
+                    e_inc[i:i + 256].to(self.device), noise,
+                    None if angles is None else angles[i:i + 256].to(self.device)))
+            return self._point_batch(parts, reference.conditions, {})
+
+        previous = self.count_scale
+        try:
+            scale = fit_count_scale(reference, draw, self.geometry,
+                                    self.config.occupancy_iterations)
+        except BaseException:  # interrupted or failed: not left at a trial scale
+            self.count_scale = previous
+            raise
+        finally:
+            self.train(was_training)
+        self.count_scale = tuple(float(v) for v in scale)
 
     def _sample_by_size(self, counts: Tensor, context: Tensor, noise: Source) -> Tensor:
         """:meth:`sample_points` on groups of showers of similar size, each padded only
@@ -261,4 +326,17 @@ class PointDiffusionModel(GenerativeModel):
         return dxy - centre[:, None] + s.cog[:, None], layer, e
 
     def metadata(self) -> dict[str, Any]:
-        return {**super().metadata(), "sampler": self.sampler_settings()}
+        return {**super().metadata(), "sampler": self.sampler_settings(),
+                "occupancy_scale": None if self.count_scale is None else list(self.count_scale)}
+
+    def load_metadata(self, meta: dict[str, Any]) -> None:
+        super().load_metadata(meta)
+        scale = meta.get("occupancy_scale")
+        if scale is None:
+            return
+        if not isinstance(scale, list) or len(scale) != self.geometry.n_layers or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v <= 1
+                for v in scale):
+            raise InputError(f"occupancy_scale must list {self.geometry.n_layers} numbers in "
+                             f"(0, 1], one per layer")
+        self.count_scale = tuple(float(v) for v in scale)

@@ -472,11 +472,14 @@ class Trainer:
             raise self._interrupted()
         if self.step >= self.total_steps and not self.finished:
             fit = self._fit_subset()
-            if self.points:
-                self.model.finalize(fit.points, fit.e_inc, self.ctx.generator,
-                                    angles=fit.angles, mask=fit.mask)
-            else:
-                self.model.finalize(fit.x, fit.e_inc, self.ctx.generator, angles=fit.angles)
+            # calibrations fitted in finalize see the weights the model will sample with
+            with self.ema.sampling_weights(self.model) if self.ema else contextlib.nullcontext():
+                if self.points:
+                    self.model.finalize(fit.points, fit.e_inc, self.ctx.generator,
+                                        angles=fit.angles, mask=fit.mask)
+                else:
+                    self.model.finalize(fit.x, fit.e_inc, self.ctx.generator,
+                                        angles=fit.angles)
             self.finished = True
             if cfg.validate_every and self.dist.is_main:
                 self._log({"step": self.step, "phase": "final", **self.validate()})
