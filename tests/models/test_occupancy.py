@@ -127,3 +127,23 @@ def test_a_bad_occupancy_table_is_one_error(cloud_model, tmp_path):
     (bad / "model.yaml").write_text(yaml.safe_dump(meta))
     with pytest.raises(FormatError, match="occupancy_scale"):
         load(bad)
+
+
+@pytest.mark.parametrize("value", [-1, 1.5, True])
+def test_occupancy_config_is_checked(value):
+    from caloforge.errors import ConfigError
+    from caloforge.models.pointdiffusion import PointModelConfig
+
+    for key in ("occupancy_showers", "occupancy_iterations"):
+        with pytest.raises(ConfigError, match=key):
+            PointModelConfig(**{key: value}).validate()
+    PointModelConfig(occupancy_showers=0).validate()  # 0: no calibration
+
+
+def test_no_calibration_when_occupancy_showers_is_zero(write_toy_points, tmp_path):
+    path = write_toy_points(tmp_path / "points.h5", 48, seed=2)
+    cfg = TrainConfig(steps=4, batch_size=16, validate_every=0, checkpoint_every=0)
+    model = train("caloclouds2", path, tmp_path / "run", model_config={"occupancy_showers": 0},
+                  preset="tiny", train_config=cfg, progress=False)
+    assert model.count_scale is None
+    assert load(tmp_path / "run" / "model").count_scale is None
