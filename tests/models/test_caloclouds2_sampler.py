@@ -8,6 +8,7 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
 from caloforge.cli import main
@@ -172,12 +173,35 @@ def test_bad_teachers_are_refused(runs, toy_data, tmp_path):
         train("caloclouds2-cm", runs["data"], tmp_path / "b", preset="tiny",
               train_config=_cfg(frozen_models={"teacher": str(wgan / "model")}),
               progress=False)
-    with pytest.raises(InputError, match="hidden must equal the teacher's"):
+    with pytest.raises(InputError, match="hidden must equal the teacher's.*init_from_teacher"):
         train("caloclouds2-cm", runs["data"], tmp_path / "c", preset="tiny",
               model_config={"hidden": 24},
               train_config=_cfg(frozen_models={"teacher": str(runs["teacher"])}),
               progress=False)
-    assert not (tmp_path / "a").exists() and not (tmp_path / "c").exists()
+    # another data space is refused whatever the initialisation
+    with pytest.raises(InputError, match="sigma_data must equal the teacher's"):
+        train("caloclouds2-cm", runs["data"], tmp_path / "d", preset="tiny",
+              model_config={"sigma_data": 0.5, "init_from_teacher": False},
+              train_config=_cfg(frozen_models={"teacher": str(runs["teacher"])}),
+              progress=False)
+    assert not any((tmp_path / d).exists() for d in "acd")
+
+
+def test_a_student_of_its_own_size_starts_from_random_weights(runs, tmp_path):
+    """init_from_teacher: false: another network size, the teacher's standardisation and
+    ShowerFlow; it trains, samples and reloads (the teacher checked on load too)."""
+    teacher = load(runs["teacher"])
+    student = train("caloclouds2-cm", runs["data"], tmp_path / "s", preset="tiny",
+                    model_config={"hidden": 24, "init_from_teacher": False},
+                    train_config=_cfg(frozen_models={"teacher": str(runs["teacher"])}),
+                    progress=False)
+    assert student.config.hidden == 24 != teacher.config.hidden
+    assert not bool(student.from_teacher)
+    assert torch.equal(student.feat_mean, teacher.feat_mean)
+    pts = student.sample(np.array([5e3, 2e4]), 3)
+    assert len(pts) == 2 and (pts.n_points >= 1).all() and np.isfinite(pts.x).all()
+    again = load(tmp_path / "s" / "model").sample(np.array([5e3, 2e4]), 3)
+    np.testing.assert_array_equal(again.x, pts.x)
 
 
 def test_student_resumes_exactly(runs, tmp_path):

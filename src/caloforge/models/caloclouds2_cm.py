@@ -13,9 +13,11 @@ boundary condition ``f(x, sigma_min) = x`` holds exactly:
 into ``distill_levels`` noise levels; a cloud is noised to level ``n + 1``, the frozen
 teacher takes one Heun step to level ``n``, and the student at ``n + 1`` is pulled
 towards a target network (an EMA of the student, decay ``target_decay``, in the
-checkpoints) at ``n``.  The student starts from the teacher's weights (its network
-sizes must match the teacher's) and reuses the teacher's ShowerFlow and point
-standardisation.
+checkpoints) at ``n``.  The student reuses the teacher's ShowerFlow and point
+standardisation and, with ``init_from_teacher`` (the default), starts from the teacher's
+weights, so its network sizes must match the teacher's; ``init_from_teacher: false``
+lets a student of another size (e.g. a small one for fast generation from a large
+teacher) start from random weights.
 
 The teacher is attached by reference (training config ``frozen_models: {teacher:
 FOLDER}``): the student's ``model.yaml`` records the teacher's folder and the SHA-256
@@ -51,6 +53,7 @@ from caloforge.models.pointnets import noise_embedding, point_noise
 from caloforge.models.showerflow import ShowerFlow
 
 NETWORK_KEYS = ("hidden", "summary", "blocks", "embed_dim", "sigma_data", "conditions")
+DATA_KEYS = ("sigma_data", "conditions")  # what the student must share with any teacher
 
 
 @dataclass
@@ -60,6 +63,7 @@ class CaloClouds2CMConfig(CaloClouds2Config):
     distill_levels: int = 18
     target_decay: float = 0.95
     lr: float = 1e-4
+    init_from_teacher: bool = True  # start from the teacher's weights (sizes must match)
 
     def validate(self) -> None:
         super().validate()
@@ -108,11 +112,16 @@ class CaloClouds2CM(EDMSampling, PointDiffusionModel):
             raise InputError(f"the teacher is built for geometry {teacher.geometry.name!r}, "
                              f"the student for {self.geometry.name!r}")
         mine, theirs = self.config.to_dict(), teacher.config.to_dict()
-        differ = [k for k in NETWORK_KEYS if mine[k] != theirs[k]]
+        keys = NETWORK_KEYS if self.config.init_from_teacher else DATA_KEYS
+        differ = [k for k in keys if mine[k] != theirs[k]]
         if differ:
-            raise InputError(f"caloclouds2-cm starts from its teacher's network: its "
-                             f"{', '.join(differ)} must equal the teacher's "
-                             f"({', '.join(f'{k}={theirs[k]!r}' for k in differ)})")
+            why = "starts from its teacher's network" if self.config.init_from_teacher \
+                else "works in its teacher's data space"
+            hint = [k for k in differ if k not in DATA_KEYS]
+            raise InputError(f"caloclouds2-cm {why}: its {', '.join(differ)} must equal the "
+                             f"teacher's ({', '.join(f'{k}={theirs[k]!r}' for k in differ)})"
+                             + ("; or set init_from_teacher: false to start a student of "
+                                "its own size from random weights" if hint else ""))
 
     def attach_frozen(self, models: dict[str, GenerativeModel],
                       references: dict[str, dict[str, str]]) -> None:
@@ -130,7 +139,8 @@ class CaloClouds2CM(EDMSampling, PointDiffusionModel):
     def fit_preprocessing(self, x: Tensor, e_inc: Tensor, mask: Tensor | None = None,
                           angles: Tensor | None = None) -> None:
         """A fresh student starts from its teacher: after the usual checks of the data, the
-        teacher's standardisation, conditions and weights replace the fitted ones."""
+        teacher's standardisation and conditions (and, with ``init_from_teacher``, its
+        weights) replace the fitted ones."""
         super().fit_preprocessing(x, e_inc, mask=mask)
         if not self._teacher:
             raise ConfigError("caloclouds2-cm distils a frozen caloclouds2 teacher: set "
@@ -138,11 +148,13 @@ class CaloClouds2CM(EDMSampling, PointDiffusionModel):
         teacher = self._teacher[0]
         with torch.no_grad():
             own = self.state_dict()
+            weights = self.config.init_from_teacher
             for k, v in teacher.state_dict().items():
-                if k in own and not k.startswith("showerflow."):
+                if k in own and not k.startswith("showerflow.") \
+                        and (weights or not k.startswith("net.")):
                     own[k].copy_(v)
             self.target.load_state_dict(self.net.state_dict())
-            self.from_teacher.fill_(True)
+            self.from_teacher.fill_(weights)
         self.condition_space = teacher.condition_space
 
     def metadata(self) -> dict[str, Any]:
