@@ -262,11 +262,11 @@ class PointDiffusionModel(GenerativeModel):
             self.count_scale = tuple(float(v) for v in scale)
             parts = []
             for i in range(0, n, 256):  # the same noise each time: shower i's own stream
-                rows = range(i, min(i + 256, n))
-                noise = ShowerNoise.for_showers(seed, rows, self.device)
+                j = min(i + 256, n)
+                noise = ShowerNoise.for_showers(seed, range(i, j), self.device)
                 parts.append(self._generate(
-                    e_inc[i:i + 256].to(self.device), noise,
-                    None if angles is None else angles[i:i + 256].to(self.device)))
+                    e_inc[i:j].to(self.device), noise,
+                    None if angles is None else angles[i:j].to(self.device)))
             return self._point_batch(parts, reference.conditions, {})
 
         previous = self.count_scale
