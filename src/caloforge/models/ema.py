@@ -72,14 +72,18 @@ class EMA:
         params = dict(module.named_parameters())
         live = {k: params[k].detach().clone() for k in self.shadow}
         try:
-            with torch.no_grad():
-                for k, v in self.shadow.items():
-                    params[k].copy_(v)
+            load_parameters(module, self.shadow)
             yield
         finally:
-            with torch.no_grad():
-                for k, v in live.items():
-                    params[k].copy_(v)
+            load_parameters(module, live)
+
+
+@torch.no_grad()
+def load_parameters(module: nn.Module, values: dict[str, Tensor]) -> None:
+    """Copy ``values`` into the parameters of ``module`` of the same names."""
+    params = dict(module.named_parameters())
+    for k, v in values.items():
+        params[k].copy_(v)
 
 
 def write_ema(model: nn.Module, directory: Path, meta: dict[str, Any]) -> None:
@@ -111,9 +115,6 @@ def apply_ema(model: nn.Module, directory: Path, meta: dict[str, Any],
         state = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:
         raise FormatError(f"corrupt or not a safetensors file ({exc})", path) from None
-    params = dict(model.named_parameters())
-    if set(state) - set(params):
+    if set(state) - {k for k, _ in model.named_parameters()}:
         raise FormatError("EMA weights name parameters the model does not have", path)
-    with torch.no_grad():
-        for k, v in state.items():
-            params[k].copy_(v)
+    load_parameters(model, state)

@@ -63,6 +63,7 @@ from caloforge.models.base import (
     get_model_class,
 )
 from caloforge.models.config import Config
+from caloforge.models.ema import load_parameters
 from caloforge.training import checkpoint as ckpt
 from caloforge.training.attach import attach_all, copy_frozen
 from caloforge.training.config import TrainConfig, load_run_config
@@ -490,10 +491,7 @@ class Trainer:
         barrier(self.dist)
         if self.finished and self.ema is not None and self.ema.use_for_sampling:
             # Return what loading the model folder gives: the averaged weights.
-            with torch.no_grad():
-                params = dict(self.model.named_parameters())
-                for k, v in self.ema.shadow.items():
-                    params[k].copy_(v)
+            load_parameters(self.model, self.ema.shadow)
         return self.model
 
     def _one_step(self, bar: Any, t0: float) -> None:
