@@ -67,3 +67,16 @@ def positive_float(text: str) -> float:
 
 __all__ = ["finite_float", "non_negative_float", "non_negative_int", "positive_float",
            "positive_int"]
+
+
+def add_no_progress(parser: argparse.ArgumentParser) -> None:
+    """``--no-progress``, the same on every command that draws progress bars (they are
+    also off with ``CALOFORGE_NO_PROGRESS=1``)."""
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress bars (also: CALOFORGE_NO_PROGRESS=1)")
+
+
+def progress_choice(args: argparse.Namespace) -> bool | None:
+    """What ``--no-progress`` asks of a progress bar: off (False), or the default (None:
+    on unless ``CALOFORGE_NO_PROGRESS`` says otherwise)."""
+    return False if getattr(args, "no_progress", False) else None

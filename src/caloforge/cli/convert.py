@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from caloforge.cli._options import positive_int
+from caloforge.cli._options import add_no_progress, positive_int
 from caloforge.data.io import FORMATS, POINT_FORMATS, open_showers, write_showers
 from caloforge.errors import InputError
 from caloforge.utils.progress import progress
@@ -29,6 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         help="caloforge format: store dense voxels")
     p.add_argument("--batch-size", type=positive_int, default=1000,
                    help="showers per batch (default 1000)")
+    add_no_progress(p)
     p.set_defaults(func=run)
 
 
@@ -62,6 +63,6 @@ def convert(input_path: str, output_path: str, to: str, geometry: str | None = N
 
 def run(args: argparse.Namespace) -> int:
     n = convert(args.input, args.output, args.to, args.geometry, args.overwrite, args.lossy,
-                args.sparse, args.batch_size)
+                args.sparse, args.batch_size, not args.no_progress)
     print(f"wrote {n} showers to {args.output} ({args.to})")
     return 0

@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from caloforge.cli._options import non_negative_int
+from caloforge.cli._options import add_no_progress, non_negative_int
 from caloforge.errors import InputError
 
 # CLI option -> EvaluationConfig field; options left out keep the --config file's value
@@ -95,7 +95,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "staggering of the geometry (as generate --project --realistic)")
     p.add_argument("--report", required=True, help="output folder of the report")
     p.add_argument("--overwrite", action="store_true", help="replace an existing report")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_no_progress(p)
     p.set_defaults(func=run)
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from caloforge.cli._options import add_no_progress
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -54,7 +56,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--allow-extrapolation", action="store_true",
                    help="allow condition values outside the trained ranges (with a warning)")
     p.add_argument("--overwrite", action="store_true", help="replace the output if it exists")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_no_progress(p)
     p.set_defaults(func=run)
 
 

@@ -6,7 +6,7 @@ import argparse
 import json
 from typing import Any
 
-from caloforge.cli._options import non_negative_int
+from caloforge.cli._options import add_no_progress, non_negative_int
 from caloforge.cli._shards import format_spans, shard_info
 from caloforge.data.summary import format_summary, summarize
 from caloforge.errors import InputError
@@ -22,6 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-showers", type=non_negative_int, default=2000,
                    help="showers scanned for voxel statistics (0 = all; default 2000)")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    add_no_progress(p)
     p.set_defaults(func=run)
 
 
@@ -42,7 +43,8 @@ def describe_run(info: dict[str, Any]) -> str | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    infos = [summarize(f, args.geometry, args.max_showers or None, progress_bar=True)
+    infos = [summarize(f, args.geometry, args.max_showers or None,
+                       progress_bar=not args.no_progress)
              for f in args.files]
     for info in infos:
         info["run"] = describe_run(info)

@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from caloforge.cli._options import positive_int
+from caloforge.cli._options import add_no_progress, positive_int
 from caloforge.cli._shards import (
     ShardInfo,
     check_same_run,
@@ -48,6 +48,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "covered and missing index ranges and is marked incomplete")
     p.add_argument("--batch-size", type=positive_int, default=1000,
                    help="showers per batch (default 1000)")
+    add_no_progress(p)
     p.set_defaults(func=run)
 
 
@@ -147,7 +148,7 @@ def merge(output: str, inputs: list[str], overwrite: bool = False, batch_size: i
 
 def run(args: argparse.Namespace) -> int:
     n, meta = merge(args.output, args.inputs, args.overwrite, args.batch_size,
-                    allow_partial=args.allow_partial)
+                    progress_bar=not args.no_progress, allow_partial=args.allow_partial)
     print(f"merged {len(args.inputs)} files, {n} showers, into {args.output}")
     if meta.get("complete") is False:
         missing = [tuple(s) for s in meta["missing_ranges"]]

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from caloforge.cli._options import non_negative_int, positive_int
+from caloforge.cli._options import add_no_progress, non_negative_int, positive_int
 
 DEFAULT_MODEL = "ild-ecal-photons"
 DETECTOR = "ild-ecal"
@@ -50,7 +50,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help="reuse a non-empty output folder (its reference.h5, generated.h5 "
                         "and report/ are replaced)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_no_progress(p)
     p.set_defaults(func=run)
 
 

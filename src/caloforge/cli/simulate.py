@@ -16,6 +16,7 @@ import numba
 import numpy as np
 
 from caloforge import __version__
+from caloforge.cli._options import add_no_progress, progress_choice
 from caloforge.data.batch import PointCloudBatch, ShowerBatch
 from caloforge.data.io import FORMATS, POINT_FORMATS, write_showers
 from caloforge.errors import CaloforgeError, InputError
@@ -157,6 +158,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="allow formats that cannot store all conditions (theta, phi, "
                         "particle, impact) to drop them")
     p.add_argument("--overwrite", action="store_true", help="replace the output if it exists")
+    add_no_progress(p)
     p.set_defaults(func=run)
 
 
@@ -190,7 +192,8 @@ def run(args: argparse.Namespace) -> int:
     with _sigterm_interrupts():
         batches = iter_simulate(args.detector, args.particle, energy, n, seed,
                                 start=start, stop=stop, chunk_size=chunk_size,
-                                workers=workers, progress=None, **options)
+                                workers=workers, progress=progress_choice(args),
+                                **options)
         try:
             # The first batch also fails early (e.g. Geant4 missing) before any file exists.
             first = next(batches)

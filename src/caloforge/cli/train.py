@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from caloforge.cli._options import add_no_progress
 from caloforge.errors import ConfigError
 
 # Numeric options and their smallest allowed value (0 has a documented meaning where 0).
@@ -47,7 +48,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="mixed precision on CUDA (default auto)")
     p.add_argument("--checkpoint-every", type=int, help="steps between checkpoints")
     p.add_argument("--validate-every", type=int, help="steps between validations (0 = never)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_no_progress(p)
     p.set_defaults(func=run)
 
 
