@@ -112,6 +112,10 @@ class L2LFlowsConfig(ModelConfig):
     calibration_axis_tables: bool = False
     # Rings of the axis tables inside calibration_cell_rings pitches: 1/N of a pitch wide.
     calibration_core_divisions: int = 2
+    # Read-out: a layer given at least the readout threshold by the energy flow whose
+    # drawn cells all fall below their cuts gets its energy in the cell closest to its
+    # cut instead of being read out empty (see L2LGeneration._rescue_empty_layers).
+    rescue_empty_layers: bool = False
     # Shared layer flow only: use AffineCouplingFlow (needs bins = 0), the fast sampler.
     lean_affine: bool = False
     # Models conditioned on the direction (shared flow, log_threshold): the layer flow
@@ -180,7 +184,7 @@ class L2LFlows(L2LGeneration, GenerativeModel):
         "compact": {"shared_layer_flow": True, "cell_feature": "log_threshold", "bins": 0,
                     "lean_affine": True, "axis_frame": True,
                     "calibration_hit_energy_bins": 4, "calibration_layer_shares": True,
-                    "hidden": [96], "context_embedding": 32, "transforms": 6,
+                    "rescue_empty_layers": True, "hidden": [96], "context_embedding": 32, "transforms": 6,
                     "lr": 1e-3, "lr_decay": 0.05},
     }
 

@@ -191,6 +191,9 @@ class L2LGeneration:
             cut, g_layers = torch.zeros_like(cut), [x.clamp(0, 20) for x in feats]
         e = torch.cat([torch.exp(part) for part in g_layers], 1)
         cell = torch.where(f >= cut, thr * e, torch.zeros_like(f))
+        target = el.index_select(1, energy_cols)
+        if self.config.rescue_empty_layers:
+            cell = self._rescue_empty_layers(cell, f - cut, target, widths)
         # Rescale the hits to the sampled layer energy (the energy flow knows the
         # correlations between layers, which fix the resolution).  Scale only the energy
         # above threshold where the layer energy allows it, so that rescaling keeps every
@@ -200,7 +203,6 @@ class L2LGeneration:
         parts = cell.split(widths, 1)
         n_hit = torch.cat([h.sum(1, keepdim=True) for h in hit.split(widths, 1)], 1)
         tot = torch.cat([p.sum(1, keepdim=True) for p in parts], 1)
-        target = el.index_select(1, energy_cols)
         above = tot - n_hit * thr
         ok = (target > n_hit * thr) & (above > 0)
         s_above = (target - n_hit * thr) / above.clamp_min(1e-30)
@@ -211,3 +213,27 @@ class L2LGeneration:
         shifted = torch.where(hit, thr + (cell - thr) * s_above, cell)
         out = torch.where(ok, shifted, torch.where(filled, cell * scale, torch.zeros_like(cell)))
         return list(out.split(widths, 1))
+
+    def _rescue_empty_layers(self, cell: Tensor, margin: Tensor, target: Tensor,
+                             widths: list[int]) -> Tensor:
+        """Cell energies ``cell`` (B, cells of the layers) where every layer that the
+        energy flow gave at least the readout threshold (``target``: (B, layers), MeV)
+        but whose drawn cells all fell below their cut gets one hit: the cell closest to
+        its cut (``margin`` = feature - cut) carries the layer energy.  Without it such a
+        layer is read out empty and its energy lost: the first layers of photon showers,
+        where a few hits are common, came out empty in 36 % of the showers against
+        24 % in the simulation."""
+        thr = self.geometry.readout_threshold_mev
+        if len(set(widths)) == 1:  # one (B, layers, cells) view: a few operations for all
+            b, n = cell.shape[0], widths[0]
+            c3, m3 = cell.view(b, -1, n), margin.view(b, -1, n)
+            empty = (c3 <= 0).all(2) & (target >= thr)  # (B, layers)
+            best = torch.nn.functional.one_hot(m3.argmax(2), n).bool()
+            rescued = torch.where(best & empty[..., None], target[..., None], c3)
+            return rescued.reshape(b, -1)
+        parts = []
+        for i, (c, m) in enumerate(zip(cell.split(widths, 1), margin.split(widths, 1))):
+            empty = (c <= 0).all(1, keepdim=True) & (target[:, i:i + 1] >= thr)
+            best = torch.nn.functional.one_hot(m.argmax(1), c.shape[1]).bool()
+            parts.append(torch.where(best & empty, target[:, i:i + 1], c))
+        return torch.cat(parts, 1)
