@@ -184,8 +184,8 @@ class L2LFlows(L2LGeneration, GenerativeModel):
         "compact": {"shared_layer_flow": True, "cell_feature": "log_threshold", "bins": 0,
                     "lean_affine": True, "axis_frame": True,
                     "calibration_hit_energy_bins": 4, "calibration_layer_shares": True,
-                    "rescue_empty_layers": True, "hidden": [96], "context_embedding": 32, "transforms": 6,
-                    "lr": 1e-3, "lr_decay": 0.05},
+                    "rescue_empty_layers": True, "hidden": [96], "context_embedding": 32,
+                    "transforms": 6, "lr": 1e-3, "lr_decay": 0.05},
     }
 
     def __init__(self, config: L2LFlowsConfig, geometry: Geometry) -> None:

@@ -228,12 +228,12 @@ class L2LGeneration:
             b, n = cell.shape[0], widths[0]
             c3, m3 = cell.view(b, -1, n), margin.view(b, -1, n)
             empty = (c3 <= 0).all(2) & (target >= thr)  # (B, layers)
-            best = torch.nn.functional.one_hot(m3.argmax(2), n).bool()
+            best = F.one_hot(m3.argmax(2), n).bool()
             rescued = torch.where(best & empty[..., None], target[..., None], c3)
             return rescued.reshape(b, -1)
         parts = []
         for i, (c, m) in enumerate(zip(cell.split(widths, 1), margin.split(widths, 1))):
             empty = (c <= 0).all(1, keepdim=True) & (target[:, i:i + 1] >= thr)
-            best = torch.nn.functional.one_hot(m.argmax(1), c.shape[1]).bool()
+            best = F.one_hot(m.argmax(1), c.shape[1]).bool()
             parts.append(torch.where(best & empty, target[:, i:i + 1], c))
         return torch.cat(parts, 1)
