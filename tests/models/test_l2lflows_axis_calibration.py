@@ -4,6 +4,7 @@ models without angles."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -148,6 +149,8 @@ def test_normal_incidence_models_keep_their_per_cell_tables():
 
     model = zoo.load("ild-ahcal-pions")
     assert model.frame is None
+    # recorded before the read-out kept layers that fell below their cuts
+    model.config = dataclasses.replace(model.config, rescue_empty_layers=False)
     if model.axis_cal is not None:  # the ring tables off: the per-cell path
         assert model.config.calibration_axis_tables
         model.axis_cal.is_fitted = False
