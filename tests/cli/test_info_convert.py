@@ -7,14 +7,6 @@ from caloforge.cli import main
 from caloforge.data.io import read_showers, write_showers
 
 
-@pytest.fixture
-def ecal_file(tmp_path, showers):
-    path = tmp_path / "ecal.h5"
-    with write_showers(path, "calochallenge", "ild-ecal") as w:
-        w.append(showers("ild-ecal", 5))
-    return path
-
-
 def test_info_text_and_json(ecal_file, capsys):
     assert main(["info", str(ecal_file)]) == 0
     out = capsys.readouterr().out

@@ -3,7 +3,6 @@
 import pytest
 
 from caloforge.cli import _subparser, build_parser, main
-from caloforge.data.io import write_showers
 
 BARS = ["simulate", "convert", "merge", "info", "generate", "evaluate", "train", "quickstart"]
 
@@ -12,14 +11,6 @@ BARS = ["simulate", "convert", "merge", "info", "generate", "evaluate", "train",
 def test_every_command_with_bars_takes_no_progress(command):
     options = {a.dest for a in _subparser(build_parser(), command)._actions}
     assert "no_progress" in options
-
-
-@pytest.fixture
-def ecal_file(tmp_path, showers):
-    path = tmp_path / "ecal.h5"
-    with write_showers(path, "caloforge", "ild-ecal") as w:
-        w.append(showers("ild-ecal", 5))
-    return path
 
 
 @pytest.mark.parametrize("command", ["info", "convert", "simulate"])
