@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from caloforge.models import load
+from caloforge.data.batch import Conditions
+from caloforge.errors import ConfigError
+from caloforge.models import build, load
 
 
 @pytest.fixture(scope="module")
@@ -46,3 +48,35 @@ def test_rescue_changes_only_layers_that_were_read_out_empty(model):
     hits = (on > 0).sum(2)
     assert hits[empty].max() == 1 and hits[empty].sum() > 0  # rescued layers: one hit
     assert np.all(on[empty].max(1)[hits[empty] == 1] >= model.geometry.readout_threshold_mev)
+
+
+def test_rescued_hits_lie_near_the_axis_with_rescue_axis_scale(model):
+    """``rescue_axis_scale``: the rescued hit goes near the shower's axis (the few hits of
+    the first layers do), not wherever the cell closest to its cut happens to be; layers
+    with hits of their own are untouched."""
+    n = 300
+    rng = np.random.default_rng(4)
+    cond = Conditions(incident_energy=rng.uniform(10.5e3, 30e3, n),
+                      theta=rng.uniform(0.0, 0.6, n), phi=rng.uniform(0.0, 6.2, n))
+    angles = torch.from_numpy(np.c_[cond.theta, cond.phi]).float()
+    dist = model.axis_cal.axis_distance(angles, slice(None)).numpy().reshape(n, 30, 900)
+    out = {}
+    for scale in (0.0, 1.0):
+        m = load("ild-ecal-photons")
+        m.config = dataclasses.replace(m.config, rescue_axis_scale=scale)
+        out[scale] = m.sample(cond, 5).energies.reshape(n, 30, 900)
+    off = load("ild-ecal-photons")
+    off.config = dataclasses.replace(off.config, rescue_empty_layers=False)
+    empty = (off.sample(cond, 5).energies.reshape(n, 30, 900) > 0).sum(2) == 0
+    assert np.array_equal(out[0.0][~empty], out[1.0][~empty])
+    rescued = empty & ((out[1.0] > 0).sum(2) == 1)
+    assert rescued.sum() >= 20
+    assert np.array_equal(rescued, empty & ((out[0.0] > 0).sum(2) == 1))
+    d = {s: dist[rescued][out[s][rescued] > 0] for s in out}  # one hit per rescued layer
+    assert np.median(d[1.0]) < 1.5 < np.median(d[0.0])
+    assert np.array_equal(out[0.0][rescued].sum(1), out[1.0][rescued].sum(1))  # same energy
+
+
+def test_rescue_axis_scale_must_not_be_negative():
+    with pytest.raises(ConfigError, match="rescue_axis_scale"):
+        build("l2lflows", "ild-ecal", preset="compact", config={"rescue_axis_scale": -1.0})

@@ -182,16 +182,21 @@ class AxisCalibration(nn.Module):
         w = ((log_e - x0) / (x1 - x0).clamp_min(1e-9)).clamp(0, 1)
         return (j * self.n_groups)[:, None], ((j + 1) * self.n_groups)[:, None], w[:, None]
 
-    def _local(self, angles: Tensor, cells: slice) -> tuple[Tensor, Tensor]:
-        """(B, cells) group within a table (layer, ring around the axis) and (B,) theta
-        bin."""
+    def axis_distance(self, angles: Tensor, cells: slice) -> Tensor:
+        """(B, cells) distance of the voxels ``cells`` from the axis of showers of
+        direction ``angles`` (B, 2) in rad, in cell pitches, in the plane of their layer."""
         theta, phi = angles[:, 0], angles[:, 1]
         tan = torch.tan(theta)
         z = self.cell_z[cells]
-        # offsets of the cells from the axis, in cell pitches
         dx = (self.cell_xy[cells, 0] - self.impact[0]) - z * (tan * torch.cos(phi))[:, None]
         dy = (self.cell_xy[cells, 1] - self.impact[1]) - z * (tan * torch.sin(phi))[:, None]
-        d = torch.sqrt(dx * dx + dy * dy) * (1.0 / self.pitch)
+        return torch.sqrt(dx * dx + dy * dy) * (1.0 / self.pitch)
+
+    def _local(self, angles: Tensor, cells: slice) -> tuple[Tensor, Tensor]:
+        """(B, cells) group within a table (layer, ring around the axis) and (B,) theta
+        bin."""
+        theta = angles[:, 0]
+        d = self.axis_distance(angles, cells)
         # fine rings below c pitches, then one pitch wide: k c + floor(d - c)
         c, k = self.inner_rings, self.core_divisions
         ring = torch.floor(torch.where(d < c, k * d, d + (k - 1) * c)) \

@@ -116,6 +116,12 @@ class L2LFlowsConfig(ModelConfig):
     # drawn cells all fall below their cuts gets its energy in the cell closest to its
     # cut instead of being read out empty (see L2LGeneration._rescue_empty_layers).
     rescue_empty_layers: bool = False
+    # ... and, for models with axis tables, that cell is the one that maximises
+    # (feature - cut) - (d / rescue_axis_scale)^2 / 2, d its distance from the shower's
+    # axis in cell pitches: the rescued hit lies near the axis, as the few hits of the
+    # first layers do, instead of wherever noise put the cell closest to its cut.
+    # 0 = the cell closest to its cut.
+    rescue_axis_scale: float = 0.0
     # Shared layer flow only: use AffineCouplingFlow (needs bins = 0), the fast sampler.
     lean_affine: bool = False
     # Models conditioned on the direction (shared flow, log_threshold): the layer flow
@@ -123,6 +129,11 @@ class L2LFlowsConfig(ModelConfig):
     # centre, and is moved back onto the detector grid when generated
     # (:mod:`caloforge.models.axis_frame`).  Off: the fixed detector grid.
     axis_frame: bool = False
+    # Shared layer flow only: each layer's context also holds the shower's age there, the
+    # log energy fractions deposited before and after the layer (from the sampled layer
+    # energies).  A layer's width follows how far the shower has developed, which its own
+    # energy and the embedding of the previous images do not tell the flow.
+    context_age: bool = False
 
     def validate(self) -> None:
         super().validate()
@@ -134,6 +145,12 @@ class L2LFlowsConfig(ModelConfig):
         if self.context_layers < 0 or self.context_embedding < 0 or self.dequantize < 0:
             from caloforge.errors import ConfigError
             raise ConfigError("context_layers, context_embedding and dequantize must be >= 0")
+        if self.rescue_axis_scale < 0:
+            from caloforge.errors import ConfigError
+            raise ConfigError("config key 'rescue_axis_scale' must be >= 0")
+        if self.context_age and not self.shared_layer_flow:
+            from caloforge.errors import ConfigError
+            raise ConfigError("config key 'context_age' needs shared_layer_flow = true")
         if self.lean_affine and (self.bins or not self.shared_layer_flow):
             from caloforge.errors import ConfigError
             raise ConfigError("lean_affine needs bins = 0 and shared_layer_flow = true")
@@ -184,7 +201,8 @@ class L2LFlows(L2LGeneration, GenerativeModel):
         "compact": {"shared_layer_flow": True, "cell_feature": "log_threshold", "bins": 0,
                     "lean_affine": True, "axis_frame": True,
                     "calibration_hit_energy_bins": 4, "calibration_layer_shares": True,
-                    "rescue_empty_layers": True, "hidden": [96], "context_embedding": 32,
+                    "rescue_empty_layers": True, "rescue_axis_scale": 2.5,
+                    "context_age": True, "hidden": [96], "context_embedding": 32,
                     "transforms": 6, "lr": 1e-3, "lr_decay": 0.05},
     }
 
@@ -271,6 +289,8 @@ class L2LFlows(L2LGeneration, GenerativeModel):
         if c.axis_frame and self.takes_angles:
             self.frame = AxisFrame(geometry, self.modelled)
             ctx += 2  # where the axis crosses the layer within the central cell
+        if c.context_age:
+            ctx += 2  # energy fractions before and after the layer (_layer_extras)
         if c.lean_affine:
             self.layer_flows["shared"] = AffineCouplingFlow(
                 self.n_cells, ctx, c.transforms, tuple(c.hidden))
@@ -404,12 +424,13 @@ class L2LFlows(L2LGeneration, GenerativeModel):
         if self.frame is not None:
             shift, remainder = self._axis_offsets(batch.angles, len(x))
             x = self._to_axis_frame(x, shift)
+        extras = self._layer_extras(el, e_inc, remainder)
         y = self.voxel_std(self._cell_features(x, el, ctx.generator), e_inc)
         # No autocast: spline log-densities and their Jacobians overflow in bf16/fp16, so
         # the flows train in float32 even when the loop enables mixed precision.
         nll_e = -self.energy_flow(c).log_prob(e_feat).mean() / e_feat.shape[1]
         if self.shared:
-            nll_l = self._shared_nll(y, el, e_feat, c, remainder)
+            nll_l = self._shared_nll(y, el, e_feat, c, extras)
             loss = nll_e + nll_l
             ctx.step("flows", loss)
             return {"nll_energy": nll_e.item(), "nll_layers": nll_l.item()}
@@ -426,10 +447,26 @@ class L2LFlows(L2LGeneration, GenerativeModel):
         ctx.step("flows", loss)
         return {"nll_energy": nll_e.item(), "nll_layers": nll_l.item()}
 
+    def _layer_extras(self, el: Tensor, e_inc: Tensor,
+                      remainder: Tensor | None) -> Tensor | None:
+        """The per-layer end of the shared flow's context, ``(B, n_mod, .)``: the axis
+        frame's sub-cell axis position (``remainder``) and, with ``context_age``, the log
+        fractions of the incident energy deposited before and after each layer (``el``: the
+        active layers' energies)."""
+        parts = [] if remainder is None else [remainder]
+        if self.config.context_age:
+            upto = el.cumsum(1)
+            before = (upto - el).index_select(1, self.mod_energy_index)
+            after = (upto[:, -1:] - upto).index_select(1, self.mod_energy_index)
+            frac = torch.stack([before, after], 2) / e_inc[:, None, None]
+            # log(1e-4) .. log(1) mapped to about -2 .. 2
+            parts.append((torch.log(frac.clamp_min(0) + 1e-4) + 4.6) / 2.3)
+        return torch.cat(parts, 2) if parts else None
+
     def _shared_context_all(self, y: Tensor, e_feat: Tensor, c: Tensor,
-                            remainder: Tensor | None = None) -> Tensor:
-        """Context of every modelled layer at once, ``(B * n_mod, ctx)`` (``remainder``:
-        the axis frame's sub-cell axis position, (B, n_mod, 2))."""
+                            extras: Tensor | None = None) -> Tensor:
+        """Context of every modelled layer at once, ``(B * n_mod, ctx)`` (``extras``:
+        the per-layer extras of :meth:`_layer_extras`, (B, n_mod, .))."""
         b, m, n, p = len(y), self.n_mod, self.n_cells, self.config.context_layers
         img = y[:, self.mod_index].view(b, m, n)
         parts = []
@@ -443,14 +480,14 @@ class L2LFlows(L2LGeneration, GenerativeModel):
         parts.append(self.layer_onehot.expand(b, m, m).reshape(b * m, m))
         parts.append(e_feat[:, self.mod_energy_index].reshape(b * m, 1))
         parts.append(c.repeat_interleave(m, 0))
-        if remainder is not None:
-            parts.append(remainder.reshape(b * m, 2))
+        if extras is not None:
+            parts.append(extras.reshape(b * m, -1))
         return torch.cat(parts, 1)
 
     def _shared_nll(self, y: Tensor, el: Tensor, e_feat: Tensor, c: Tensor,
-                    remainder: Tensor | None = None) -> Tensor:
+                    extras: Tensor | None = None) -> Tensor:
         b, m, n = len(y), self.n_mod, self.n_cells
-        ctx = self._shared_context_all(y, e_feat, c, remainder)
+        ctx = self._shared_context_all(y, e_feat, c, extras)
         target = y[:, self.mod_index].view(b * m, n)
         flow = self.layer_flows["shared"]
         lp = flow.log_prob(target, ctx) if isinstance(flow, AffineCouplingFlow) \
@@ -459,9 +496,9 @@ class L2LFlows(L2LGeneration, GenerativeModel):
         return -(lp * mask).sum() / mask.sum().clamp_min(1) / n
 
     def _shared_layer_context(self, i: int, images: dict[int, Tensor], e_feat: Tensor,
-                              c: Tensor, remainder: Tensor | None = None) -> Tensor:
+                              c: Tensor, extras: Tensor | None = None) -> Tensor:
         """Context of modelled layer number ``i`` during generation (``images``: the
-        layers generated so far, by layer number; ``remainder``: as in
+        layers generated so far, by layer number; ``extras``: as in
         :meth:`_shared_context_all`)."""
         b, n, p = c.shape[0], self.n_cells, self.config.context_layers
         parts = []
@@ -478,8 +515,8 @@ class L2LFlows(L2LGeneration, GenerativeModel):
         parts.append(self.layer_onehot[i].expand(b, self.n_mod))
         parts.append(e_feat[:, self.active.index(self.modelled[i])].unsqueeze(1))
         parts.append(c)
-        if remainder is not None:
-            parts.append(remainder[:, i])
+        if extras is not None:
+            parts.append(extras[:, i])
         return torch.cat(parts, 1)
 
     def _impact(self) -> tuple[float, float]:
@@ -627,8 +664,9 @@ class L2LFlows(L2LGeneration, GenerativeModel):
         a = self.config.alpha
         drawn = mod_feats = None
         # without gradients, not traced (the exporters: the plain loop below)
+        extras = self._layer_extras(el, e_inc, remainder) if self.shared else None
         if self.shared and not torch.is_grad_enabled() and not torch.jit.is_tracing():
-            drawn = self._draw_shared(e_feat, c, remainder, generator)
+            drawn = self._draw_shared(e_feat, c, extras, generator)
             if self._log_thr:  # element-wise: many layers at once, the same values
                 mod_feats = self._log_features_of(drawn, back)
         for i, k in enumerate(self.active):
@@ -643,7 +681,7 @@ class L2LFlows(L2LGeneration, GenerativeModel):
                     y_k = drawn[:, j]
                 else:
                     if self.shared:
-                        ctx = self._shared_layer_context(j, images, e_feat, c, remainder)
+                        ctx = self._shared_layer_context(j, images, e_feat, c, extras)
                         flow = self.layer_flows["shared"]
                     else:
                         ctx = self._context(k, images, e_feat, c)
@@ -671,15 +709,20 @@ class L2LFlows(L2LGeneration, GenerativeModel):
                 u = torch.ones(b, self.cells[k], device=c.device)
             layers.append(u * el[:, i:i + 1])
         if self._log_thr:
-            axis_groups = None
+            axis_groups = axis_distance = None
             if axis is not None:  # one call for all cells (element-wise: the same values)
-                axis_groups = axis.groups(angles, slice(None))
                 cols = self._modelled_columns()[0]
+                axis_groups = axis.groups(angles, slice(None))
+                if self.config.rescue_empty_layers and self.config.rescue_axis_scale > 0:
+                    axis_distance = axis.axis_distance(angles, slice(None))
+                    if len(cols) != axis_distance.shape[1]:
+                        axis_distance = axis_distance.index_select(1, cols)
                 if len(cols) != axis_groups.shape[1]:
                     axis_groups = axis_groups.index_select(1, cols)
             read = iter(self._read_out([f for k, f in zip(self.active, layer_feats)
                                         if k in self.modelled], el, calibrated, axis_groups,
-                                       None if axis is None else axis.energy_offsets(e_inc)))
+                                       None if axis is None else axis.energy_offsets(e_inc),
+                                       axis_distance))
             layers = [next(read) if t is None else t for t in layers]
         x = torch.cat(layers, 1)
         feats = torch.cat(layer_feats, 1) if self._log_thr else None

@@ -23,7 +23,7 @@ READ_OUT_ELEMENTS = 1 << 21
 class L2LGeneration:
     """Drawing and read-out methods of :class:`~caloforge.models.l2lflows.L2LFlows`."""
 
-    def _draw_shared(self, e_feat: Tensor, c: Tensor, remainder: Tensor | None,
+    def _draw_shared(self, e_feat: Tensor, c: Tensor, extras: Tensor | None,
                      generator: Source) -> Tensor:
         """Flow-space images ``(B, n_mod, n_cells)`` of all modelled layers from the shared
         flow, each given those before it in the context of :meth:`_shared_layer_context`
@@ -37,8 +37,8 @@ class L2LGeneration:
         parts = [self.layer_onehot[:, None].expand(m, b, m),
                  e_feat.index_select(1, self.mod_energy_index).t()[:, :, None],
                  c.expand(m, *c.shape)]
-        if remainder is not None:
-            parts.append(remainder.transpose(0, 1))
+        if extras is not None:
+            parts.append(extras.transpose(0, 1))
         fixed = torch.cat(parts, 2).unbind(0)  # per layer (B, .)
         embed = self._context_embedding()
         flow = self.layer_flows["shared"]
@@ -133,7 +133,8 @@ class L2LGeneration:
 
     def _read_out(self, feats: list[Tensor], el: Tensor, calibrated: bool,
                   axis_groups: Tensor | None = None,
-                  axis_energy: tuple[Tensor, Tensor, Tensor] | None = None) -> list[Tensor]:
+                  axis_energy: tuple[Tensor, Tensor, Tensor] | None = None,
+                  axis_distance: Tensor | None = None) -> list[Tensor]:
         """:meth:`_read_out_layers` on groups of consecutive layers of at most
         ``READ_OUT_ELEMENTS`` values (one layer per group when traced for export): one
         group at batch 1, a few layers each at batch 1000, where whole-shower temporaries
@@ -151,22 +152,24 @@ class L2LGeneration:
                 width += feats[first + n].shape[1]
                 n += 1
             part = None if axis_groups is None else axis_groups[:, col:col + width]
+            dist = None if axis_distance is None else axis_distance[:, col:col + width]
             out += self._read_out_layers(feats[first:first + n], el, calibrated, part,
-                                         first, col, axis_energy)
+                                         first, col, axis_energy, dist)
             first, col = first + n, col + width
         return out
 
     def _read_out_layers(self, feats: list[Tensor], el: Tensor, calibrated: bool,
                          axis_groups: Tensor | None, first: int, col: int,
-                         axis_energy: tuple[Tensor, Tensor, Tensor] | None = None
-                         ) -> list[Tensor]:
+                         axis_energy: tuple[Tensor, Tensor, Tensor] | None = None,
+                         axis_distance: Tensor | None = None) -> list[Tensor]:
         """log_threshold mode: the cell energies (MeV) of modelled layers ``first``, ...
         (their cells start at column ``col`` of the modelled cells) from their
         log features (``feats``: (B, cells) per modelled layer), cut, hit-energy
         calibrated and rescaled to its sampled energy (``el``: (B, active layers));
         ``axis_groups`` (B, modelled cells): each cell's axis-calibration group, for
         direction-conditioned models (``axis_energy``: where each shower's energy falls
-        between the calibration's energy bins).
+        between the calibration's energy bins; ``axis_distance`` (B, modelled cells): each
+        cell's distance from its shower's axis in pitches, for ``rescue_axis_scale``).
 
         One layer's operations, run on all layers at once where they round exactly
         (element-wise arithmetic, comparisons, copies: the same bits in any shape); exp
@@ -193,7 +196,10 @@ class L2LGeneration:
         cell = torch.where(f >= cut, thr * e, torch.zeros_like(f))
         target = el.index_select(1, energy_cols)
         if self.config.rescue_empty_layers:
-            cell = self._rescue_empty_layers(cell, f - cut, target, widths)
+            margin = f - cut
+            if axis_distance is not None:  # prefer cells near the axis
+                margin = margin - 0.5 * (axis_distance / self.config.rescue_axis_scale) ** 2
+            cell = self._rescue_empty_layers(cell, margin, target, widths)
         # Rescale the hits to the sampled layer energy (the energy flow knows the
         # correlations between layers, which fix the resolution).  Scale only the energy
         # above threshold where the layer energy allows it, so that rescaling keeps every
