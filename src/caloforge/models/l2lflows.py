@@ -201,8 +201,8 @@ class L2LFlows(L2LGeneration, GenerativeModel):
         "compact": {"shared_layer_flow": True, "cell_feature": "log_threshold", "bins": 0,
                     "lean_affine": True, "axis_frame": True,
                     "calibration_hit_energy_bins": 4, "calibration_layer_shares": True,
-                    "rescue_empty_layers": True, "rescue_axis_scale": 2.5,
-                    "context_age": True, "hidden": [96], "context_embedding": 32,
+                    "rescue_empty_layers": True, "rescue_axis_scale": 2.5, "hidden": [96],
+                    "context_embedding": 32,
                     "transforms": 6, "lr": 1e-3, "lr_decay": 0.05},
     }
 
