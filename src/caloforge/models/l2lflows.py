@@ -461,7 +461,9 @@ class L2LFlows(L2LGeneration, GenerativeModel):
             frac = torch.stack([before, after], 2) / e_inc[:, None, None]
             # log(1e-4) .. log(1) mapped to about -2 .. 2
             parts.append((torch.log(frac.clamp_min(0) + 1e-4) + 4.6) / 2.3)
-        return torch.cat(parts, 2) if parts else None
+        if len(parts) < 2:  # no copy on the batch-1 path
+            return parts[0] if parts else None
+        return torch.cat(parts, 2)
 
     def _shared_context_all(self, y: Tensor, e_feat: Tensor, c: Tensor,
                             extras: Tensor | None = None) -> Tensor:
