@@ -129,10 +129,9 @@ def _read_out_reference(model, feats, el):
     return out
 
 
-@pytest.fixture(scope="module")
-def calibrated_compact():
+def _calibrated_compact(**config) -> torch.nn.Module:
     """The compact preset with non-trivial cuts and hit maps (as after finalize)."""
-    model = build("l2lflows", "ild-ecal", preset="compact").eval()
+    model = build("l2lflows", "ild-ecal", preset="compact", config=config).eval()
     gen = torch.Generator().manual_seed(6)
     with torch.no_grad():
         model.cell_cut.copy_(torch.rand(model.cell_cut.shape, generator=gen) * 2 - 0.5)
@@ -141,6 +140,11 @@ def calibrated_compact():
         model.hit_q_gen.copy_(torch.cumsum(steps, 1) / 3)
         model.hit_q_ref.copy_(torch.cumsum(steps.flip(1), 1) / 3 + torch.arange(k) * 1e-3)
     return model
+
+
+@pytest.fixture(scope="module")
+def calibrated_compact():
+    return _calibrated_compact()
 
 
 @pytest.mark.parametrize("batch, occupancy", [(1, 0.03), (3, 0.03), (3, 0.9)])
@@ -165,10 +169,13 @@ def test_read_out_of_all_layers_matches_one_layer_at_a_time(calibrated_compact, 
     assert sum(int((x > 0).sum()) for x in fast) > 0
 
 
-def test_generation_is_the_same_with_and_without_the_fast_paths(calibrated_compact):
+@pytest.mark.parametrize("context_age", [False, True])
+def test_generation_is_the_same_with_and_without_the_fast_paths(calibrated_compact,
+                                                                context_age):
     """The whole generation at batch 1: inference (the fast flow paths) vs gradients on
-    (module calls and zuko's own transform objects)."""
-    model = calibrated_compact
+    (module calls and zuko's own transform objects); with ``context_age`` the batched
+    drawing and the per-layer loop (the exporters' path) give the flow the same age."""
+    model = _calibrated_compact(context_age=True) if context_age else calibrated_compact
     for part, seed in ((model.layer_flows, 10), (model.context_nets, 11),
                        (model.energy_flow, 12)):
         _randomise(part, seed)
