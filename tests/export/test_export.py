@@ -303,12 +303,15 @@ def test_traceable_spline_inverse_is_zukos():
 
 
 @pytest.mark.parametrize("fmt", [pytest.param("onnx", marks=pytest.mark.slow), "torchscript"])
-def test_shipped_default_reproduces_generate(fmt, tmp_path):
+@pytest.mark.parametrize("name", ["ild-ecal-photons",
+                                  # its tables per response bin, layer cap and thinning
+                                  "ild-ahcal-pions"])
+def test_shipped_default_reproduces_generate(name, fmt, tmp_path):
     from caloforge import zoo
 
-    model = zoo.load("ild-ecal-photons")
+    model = zoo.load(name)
     path = tmp_path / f"default.{fmt}"
-    meta = export_model("ild-ecal-photons", path, to=fmt, noise="input")
+    meta = export_model(name, path, to=fmt, noise="input")
     e = np.array([15e3, 80e3])
     ref = model.sample(e, seed=4).energies
     ins = [(e[:, None] / 1e3).astype(np.float32), np.zeros((2, 1), np.float32),

@@ -1,11 +1,13 @@
 """Fitting the tables of :class:`~caloforge.models.axis_calibration.AxisCalibration`
-after training: occupancy cuts, hit-energy maps (per theta bin, optionally per energy bin
-with a pooled fallback), the layer-share weights and the response table.  Called through
+after training: the response table, then occupancy cuts, hit-energy maps (per theta bin,
+optionally per energy and response bin with a pooled fallback) and the layer-share
+weights.  Called through
 :meth:`AxisCalibration.fit`; nothing here runs at generation."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 import torch
@@ -27,70 +29,77 @@ if TYPE_CHECKING:
 
 def _fit_groups(cal: AxisCalibration, angles: Tensor, e_bin: Tensor | None) -> Tensor:
     """(B, voxels) table row of every cell during fitting: in the pooled tables of the
-    showers' theta bins (``e_bin`` None) or in those of their (theta, energy) bins."""
+    showers' theta bins (``e_bin`` None) or in those of their (theta, energy and response)
+    bins (``e_bin``: energy bin x n_r + response bin)."""
     local, tbin = cal._local(angles.to(cal.cell_xy), slice(None))
-    table = tbin if e_bin is None else tbin * cal.n_e + e_bin.to(tbin)
+    table = tbin if e_bin is None else tbin * cal.n_sub + e_bin.to(tbin)
     return (table * cal.n_groups)[:, None].cpu() + local.cpu()
 
 
 @torch.no_grad()
 def fit(cal: AxisCalibration, x: Tensor, e_inc: Tensor, angles: Tensor, feats: Tensor,
         gen_ratio: Tensor, threshold_mev: float, zero_width: float, hit_maps: bool = True,
-        min_hits: int = 50) -> None:
+        min_hits: int = 50, occupancy_scale: Tensor | None = None) -> None:
     """Fit every table: training showers ``x`` (N, voxels) at ``e_inc``, ``angles``
     (N, 2); generated raw log features ``feats`` (n, voxels) and visible-energy ratios
     ``gen_ratio`` (n,) at the conditions of the first n training showers.  Without
-    ``hit_maps`` the hit energies keep the identity map."""
+    ``hit_maps`` the hit energies keep the identity map; ``occupancy_scale`` (theta bins x
+    groups): factors on the training occupancy that the cuts aim at
+    (:func:`readout_occupancy_scale`)."""
     n = len(feats)
     _fit_edges(cal, angles[:n, 0].double().cpu())
-    t, g, ne = cal.n_bins, cal.n_groups, cal.n_e
-    pooled = _fit_tables(cal, x, angles, feats, None, t, threshold_mev, zero_width,
-                         hit_maps, min_hits)
-    e_bin = None
-    if ne == 1:
+    # the response first: the response bins are bins of the calibrated response
+    _fit_response(cal, x, e_inc, angles, gen_ratio, threshold_mev)
+    t, g, ns = cal.n_bins, cal.n_groups, cal.n_sub
+    pooled = _fit_tables(cal, x, angles, feats, None, None, t, threshold_mev, zero_width,
+                         hit_maps, min_hits, occupancy_scale)
+    ref_bin = gen_bin = None
+    if ns == 1:
         cut, step, table = pooled[:3]
     else:
-        e_bin = _fit_energy_bins(cal, e_inc.double().cpu(), n)
-        cut, step, table, n_ref = _fit_tables(cal, x, angles, feats, e_bin, t * ne,
-                                              threshold_mev, zero_width, hit_maps, min_hits)
-        # groups with few training hits in an energy bin: their theta bin's pooled table
-        rows = torch.arange(t * ne * g)
-        src = (rows // (ne * g)) * g + rows % g
+        ref_bin, gen_bin = _fit_sub_bins(cal, x, e_inc.cpu(), angles.cpu(), gen_ratio.cpu(),
+                                         threshold_mev)
+        cut, step, table, n_ref = _fit_tables(cal, x, angles, feats, ref_bin, gen_bin, t * ns,
+                                              threshold_mev, zero_width, hit_maps, min_hits,
+                                              occupancy_scale)
+        # groups with few training hits in a sub-bin: their theta bin's pooled table
+        rows = torch.arange(t * ns * g)
+        src = (rows // (ns * g)) * g + rows % g
         few = n_ref < min_hits
         cut = torch.where(few, pooled[0][src], cut)
         step = torch.where(few, pooled[1][src], step)
         table = torch.where(few[:, None], pooled[2][src], table)
-    cal.cut.copy_(cut.view(t * ne, g))
+    cal.cut.copy_(cut.view(t * ns, g))
     cal.hit_step.copy_(step)
     cal.hit_map.copy_(table)
     cal.hit_log_weight.fill_(0.0)
     cal.weighted = False
     if cal.fit_layer_shares:
-        _fit_layer_shares(cal, x, angles, feats, e_bin, threshold_mev, min_hits)
-    _fit_response(cal, x, e_inc, angles, gen_ratio, threshold_mev)
+        _fit_layer_shares(cal, x, angles, feats, ref_bin, gen_bin, threshold_mev, min_hits)
     _fill_empty_bins(cal, angles[:n, 0])
     cal.ready.fill_(1.0)
     cal.is_fitted = True
 
 
 def _fit_layer_shares(cal: AxisCalibration, x: Tensor, angles: Tensor, feats: Tensor,
-                      e_bin: Tensor | None, threshold_mev: float, min_hits: int,
-                      iterations: int = 3) -> None:
+                      ref_bin: Tensor | None, gen_bin: Tensor | None, threshold_mev: float,
+                      min_hits: int, iterations: int = 3) -> None:
     """:attr:`hit_log_weight`: per group, the log of the ratio of the mean share of the layer energy
     in the training showers to that of the calibrated generated ones, iterated
     (weighting one group changes every share of its layer).  Groups with fewer than
     ``min_hits`` training hits keep 1."""
     n_tab = cal.cut.shape[0]
 
-    def rows(i: int, n: int) -> Tensor:
-        return _fit_groups(cal, angles[i:i + n], None if e_bin is None else e_bin[i:i + n])
+    def rows(i: int, n: int, sub: Tensor | None) -> Tensor:
+        return _fit_groups(cal, angles[i:i + n], None if sub is None else sub[i:i + n])
 
     def reference(i: int) -> tuple[Tensor, Tensor]:
         xs = x[i:i + _CHUNK].cpu().float()
-        return torch.where(xs >= threshold_mev, xs, torch.zeros_like(xs)), rows(i, len(xs))
+        return torch.where(xs >= threshold_mev, xs, torch.zeros_like(xs)), \
+            rows(i, len(xs), ref_bin)
 
     def generated(i: int) -> tuple[Tensor, Tensor]:
-        f, grp = feats[i:i + _CHUNK], rows(i, len(feats[i:i + _CHUNK]))
+        f, grp = feats[i:i + _CHUNK], rows(i, len(feats[i:i + _CHUNK]), gen_bin)
         g, cut = cal.read_out(f, grp)
         return torch.where(f >= cut, threshold_mev * torch.exp(g.clamp(0, 20)),
                            torch.zeros_like(f)), grp
@@ -136,6 +145,33 @@ def _mean_shares(cal: AxisCalibration, energies, n: int, n_tab: int,  # noqa: AN
     return shares / per_row.clamp_min(1.0), hits
 
 
+def _fit_sub_bins(cal: AxisCalibration, x: Tensor, e_inc: Tensor, angles: Tensor,
+                  gen_ratio: Tensor, threshold_mev: float) -> tuple[Tensor, Tensor]:
+    """Sub-bin (energy bin x n_r + response bin) of every training and generated
+    shower; fits the energy knots and, with response bins, the response edges: per
+    energy bin, quantiles of the training showers' visible energy relative to the
+    median (after the response table, the generated showers' follow the same
+    distribution)."""
+    n = len(gen_ratio)
+    e_bin = _fit_energy_bins(cal, e_inc.double(), n)
+    if cal.n_r == 1:
+        return e_bin, e_bin[:n]
+    real = torch.cat([(x[i:i + 1000].double() * (x[i:i + 1000] >= threshold_mev)).sum(1)
+                      .cpu() for i in range(0, len(x), 1000)]) / e_inc.double()
+    theta = angles[:, 0].to(cal.theta_edges)
+    e = e_inc.to(cal.resp_log_e)
+    u = cal.relative_response(e, real.to(e), theta).double()
+    levels = torch.arange(1, cal.n_r, dtype=torch.float64) / cal.n_r
+    for k in range(cal.n_e):
+        sel = e_bin == k
+        if bool(sel.any()):
+            cal.response_edges[k] = torch.quantile(u[sel], levels).to(cal.response_edges)
+    gen_cal = cal.calibrated_ratio(e[:n], gen_ratio.to(e), theta[:n])
+    ref_r = cal.response_bin(e, real.to(e), theta)
+    gen_r = cal.response_bin(e[:n], gen_cal, theta[:n])
+    return e_bin * cal.n_r + ref_r, e_bin[:n] * cal.n_r + gen_r
+
+
 def _fit_energy_bins(cal: AxisCalibration, e_inc: Tensor, n: int) -> Tensor:
     """Equal-count log-energy bins of the first ``n`` (calibration) showers; sets the
     knots (each bin's median log E) and returns every shower's bin."""
@@ -151,25 +187,37 @@ def _fit_energy_bins(cal: AxisCalibration, e_inc: Tensor, n: int) -> Tensor:
 
 
 def _fit_tables(cal: AxisCalibration, x: Tensor, angles: Tensor, feats: Tensor,
-                e_bin: Tensor | None, n_tables: int, threshold_mev: float, zero_width: float,
-                hit_maps: bool, min_hits: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+                ref_bin: Tensor | None, gen_bin: Tensor | None, n_tables: int,
+                threshold_mev: float, zero_width: float, hit_maps: bool, min_hits: int,
+                occupancy_scale: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Occupancy cuts, hit-map steps and tables (flat over ``n_tables`` tables of
-    :attr:`n_groups` groups) and the number of training hits per group."""
+    :attr:`n_groups` groups) and the number of training hits per group; ``ref_bin`` /
+    ``gen_bin``: the sub-bin (energy x n_r + response) of every training / generated
+    shower (None: pooled)."""
     n, n_grp = len(feats), n_tables * cal.n_groups
 
-    def rows(i: int) -> Tensor:
+    def ref_rows(i: int) -> Tensor:
         return _fit_groups(cal, angles[i:i + _CHUNK],
-                                None if e_bin is None else e_bin[i:i + _CHUNK])
+                           None if ref_bin is None else ref_bin[i:i + _CHUNK])
+
+    def rows(i: int) -> Tensor:  # generated showers (the conditions of the first n)
+        return _fit_groups(cal, angles[i:i + _CHUNK],
+                           None if gen_bin is None else gen_bin[i:i + _CHUNK])
 
     total, ref_hits, ref_v, ref_g = torch.zeros(n_grp), torch.zeros(n_grp), [], []
     for i in range(0, len(x), _CHUNK):
-        xs, grp = x[i:i + _CHUNK].cpu(), rows(i)
+        xs, grp = x[i:i + _CHUNK].cpu(), ref_rows(i)
         hit = xs >= threshold_mev
         total += torch.bincount(grp.reshape(-1), minlength=n_grp)
         ref_hits += torch.bincount(grp[hit], minlength=n_grp)
         ref_v.append(torch.log(xs[hit] / threshold_mev))
         ref_g.append(grp[hit])
     occ = ref_hits / total.clamp_min(1)
+    if occupancy_scale is not None:  # per (theta bin, group), the same in every sub-bin
+        idx = torch.arange(n_grp)
+        per_theta = n_tables // cal.n_bins * cal.n_groups
+        occ = (occ * occupancy_scale[(idx // per_theta) * cal.n_groups + idx % cal.n_groups]
+               ).clamp(max=1.0)
     cut = _occupancy_cuts(cal, feats, rows, occ, zero_width)
     gen_v, gen_g = [], []
     for i in range(0, n if hit_maps else 0, _CHUNK):
@@ -266,6 +314,63 @@ def _fit_response(cal: AxisCalibration, x: Tensor, e_inc: Tensor, angles: Tensor
     smooth_resolution(cal, centres)
 
 
+@torch.no_grad()
+def readout_occupancy_scale(cal: AxisCalibration, x: Tensor, angles: Tensor,
+                            read_out: Iterable[Tensor], threshold_mev: float,
+                            previous: Tensor | None = None, min_hits: int = 50,
+                            limit: float = 1.5) -> Tensor:
+    """Factors (theta bins x groups) on the occupancy targets of the cuts: training hits
+    over the hits read out with every table (``read_out``: chunks of showers generated
+    at the conditions of the first training showers, in order).  The cuts aim at the
+    training occupancy of the *drawn* features, but the read-out then drops hits (layers
+    whose sampled energy cannot carry them); the cuts of a refit with these factors
+    draw that many more.  Groups with fewer than ``min_hits`` training hits keep 1;
+    ``previous``: the factors of the fit that generated ``read_out`` (multiplied)."""
+    n_grp = cal.n_bins * cal.n_groups
+    ref, gen, start = torch.zeros(n_grp), torch.zeros(n_grp), 0
+    for chunk in read_out:
+        rows = _fit_groups(cal, angles[start:start + len(chunk)], None)
+        xs = x[start:start + len(chunk)].cpu()
+        ref += torch.bincount(rows[xs >= threshold_mev], minlength=n_grp)
+        gen += torch.bincount(rows[chunk.cpu() >= threshold_mev], minlength=n_grp)
+        start += len(chunk)
+    scale = torch.where((ref >= min_hits) & (gen > 0), ref / gen.clamp_min(1), torch.ones(n_grp))
+    if previous is not None:
+        scale = scale * previous
+    return scale.clamp(1.0 / limit, limit)
+
+
+@torch.no_grad()
+def refine_response(cal: AxisCalibration, x: Tensor, e_inc: Tensor, angles: Tensor,
+                    read_out_ratio: Tensor, threshold_mev: float) -> None:
+    """Second pass of the response table: the table is fitted on the flow's raw response
+    but acts on the sampled layer energies, and the read-out with every table (cuts,
+    thinned or empty layers) moves E_vis by a few per cent, differently per energy.
+    ``read_out_ratio`` (n,): E_vis / E_inc of showers generated with the fitted tables
+    at the conditions of the first n training showers; each bin's target median is scaled
+    by training / read-out mu90 and its width ratio by their sigma90 ratio (the read-out
+    response is nearly proportional to the sampled one), then smoothed again."""
+    n = len(read_out_ratio)
+    real = torch.cat([(x[i:i + 1000].double() * (x[i:i + 1000] >= threshold_mev)).sum(1)
+                      .cpu() for i in range(0, len(x), 1000)]) / e_inc.double().cpu()
+    theta = angles[:, 0].to(cal.theta_edges)
+    b_real = cal.theta_bin(theta).cpu()
+    e = e_inc.cpu()
+    centres = torch.full((cal.n_bins,), math.nan, dtype=torch.float64)
+    for b in range(cal.n_bins):
+        sr, sg = b_real == b, b_real[:n] == b
+        table = calib.response_table(e[sr], real[sr], e[:n][sg], read_out_ratio[sg].cpu(),
+                                     cal.resp_log_e.shape[1]) if sg.any() else None
+        if table is None:
+            continue
+        knots, mu_ref, mu_out, k_out = (v.to(cal.resp_log_e) for v in table)
+        at = cal.resp_log_e[b]
+        cal.resp_mu_ref[b] *= calib.interpolate(at, knots, mu_ref / mu_out)
+        cal.resp_k[b] *= calib.interpolate(at, knots, k_out)
+        centres[b] = theta[:n][sg].double().median().cpu()
+    smooth_resolution(cal, centres)
+
+
 def smooth_resolution(cal: AxisCalibration, theta_centres: Tensor) -> None:
     """Replace the width ratios ``resp_k`` of the filled (theta, energy) bins by a
     least-squares surface quadratic in log E and linear in theta.  Each bin's ratio of
@@ -294,7 +399,7 @@ def _fill_empty_bins(cal: AxisCalibration, theta: Tensor) -> None:
     counts = torch.bincount(cal.theta_bin(theta.to(cal.theta_edges)).cpu(),
                             minlength=cal.n_bins)
     filled = torch.nonzero(counts > 0)[:, 0]
-    ne, g = cal.n_e, cal.n_groups
+    ne, g = cal.n_sub, cal.n_groups
     for b in range(cal.n_bins):
         if counts[b] > 0:
             continue

@@ -176,9 +176,16 @@ def calibrate_response(el: Tensor, e_inc: Tensor, knots: Tensor, mu_gen: Tensor,
     """Layer energies ``el`` rescaled so that E_vis / E_inc has the calibrated median and
     width at this incident energy (all layers by one factor per shower); the tables may
     also be (B, K), one row per shower."""
+    r = el.sum(1) / e_inc
+    r_new = response_ratio(r, e_inc, knots, mu_gen, mu_ref, k)
+    return el * (r_new / r.clamp_min(1e-30))[:, None]
+
+
+def response_ratio(r: Tensor, e_inc: Tensor, knots: Tensor, mu_gen: Tensor, mu_ref: Tensor,
+                   k: Tensor) -> Tensor:
+    """Calibrated E_vis / E_inc of showers whose generated ratio is ``r`` (tables as in
+    :func:`calibrate_response`)."""
     log_e = torch.log(e_inc)
     mg, mr = interpolate(log_e, knots, mu_gen), interpolate(log_e, knots, mu_ref)
     kk = interpolate(log_e, knots, k)
-    r = el.sum(1) / e_inc
-    r_new = (mr + kk * (r - mg)).clamp_min(0)
-    return el * (r_new / r.clamp_min(1e-30))[:, None]
+    return (mr + kk * (r - mg)).clamp_min(0)

@@ -32,6 +32,7 @@ follows the shower axis (``axis_frame``, :mod:`caloforge.models.axis_frame`).
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import dataclass
 
 import torch
@@ -51,6 +52,7 @@ from caloforge.models.flows import (
     sample_flow,
     spline_coupling_flow,
 )
+from caloforge.models.l2lflows_calibration import L2LCalibration
 from caloforge.models.l2lflows_generation import L2LGeneration
 from caloforge.models.noise import ShowerNoise, Source, randn
 from caloforge.models.transforms import Standardize
@@ -106,6 +108,20 @@ class L2LFlowsConfig(ModelConfig):
     # ... and weigh each (layer, ring) group's hit energies so that its mean share of the
     # layer energy is the training showers' (the layers' widths).
     calibration_layer_shares: bool = False
+    # ... and the cuts, hit maps and shares also per bin of the shower's calibrated
+    # visible energy (equal training counts within each energy bin): the hit spectrum
+    # follows the shower's response as in the training showers (hadron showers: denser
+    # hits where the electromagnetic fraction, and with it the response, is high; what
+    # software compensation uses).  Needs the response table (calibration_energy_bins).
+    calibration_response_bins: int = 1
+    # ... and refit the response table on showers read out with every table (a second
+    # generation pass): the read-out moves E_vis by a few per cent against the raw
+    # response the table is first fitted on.
+    calibration_response_refine: bool = False
+    # ... and refit the occupancy cuts so that the hits *read out* (not those drawn) match
+    # the training showers' per (layer, ring): layers whose sampled energy cannot carry
+    # every drawn hit lose some at the read-out (a second generation pass and table fit).
+    calibration_occupancy_refine: bool = False
     # Models without angles: fit the tables per ring around the (fixed) shower axis like
     # direction-conditioned models do (one theta bin), which is what the two options above
     # need, instead of per cell.  Direction-conditioned models always do.
@@ -122,6 +138,11 @@ class L2LFlowsConfig(ModelConfig):
     # first layers do, instead of wherever noise put the cell closest to its cut.
     # 0 = the cell closest to its cut.
     rescue_axis_scale: float = 0.0
+    # Read-out: a layer whose sampled energy E is below (drawn hits) x threshold keeps its
+    # floor(E / threshold) hottest hits, which share E, instead of every hit being scaled
+    # down and those pushed below the threshold lost with their energy
+    # (see L2LGeneration._thin_starved_layers).
+    thin_starved_layers: bool = False
     # Shared layer flow only: use AffineCouplingFlow (needs bins = 0), the fast sampler.
     lean_affine: bool = False
     # Models conditioned on the direction (shared flow, log_threshold): the layer flow
@@ -171,6 +192,13 @@ class L2LFlowsConfig(ModelConfig):
         if self.calibration_hit_energy_bins < 1:
             from caloforge.errors import ConfigError
             raise ConfigError("config key 'calibration_hit_energy_bins' must be >= 1")
+        if self.calibration_response_bins < 1:
+            from caloforge.errors import ConfigError
+            raise ConfigError("config key 'calibration_response_bins' must be >= 1")
+        if self.calibration_response_bins > 1 and not self.calibration_energy_bins:
+            from caloforge.errors import ConfigError
+            raise ConfigError("config key 'calibration_response_bins' > 1 needs the "
+                              "response table (calibration_energy_bins > 0)")
         if self.calibration_theta_bins < 1:
             from caloforge.errors import ConfigError
             raise ConfigError("config key 'calibration_theta_bins' must be >= 1")
@@ -182,7 +210,7 @@ class L2LFlowsConfig(ModelConfig):
 
 
 @register("l2lflows")
-class L2LFlows(L2LGeneration, GenerativeModel):
+class L2LFlows(L2LCalibration, L2LGeneration, GenerativeModel):
     """Per-layer conditional spline flows plus a layer-energy flow."""
 
     Config = L2LFlowsConfig
@@ -219,6 +247,11 @@ class L2LFlows(L2LGeneration, GenerativeModel):
             raise GeometryError(f"l2lflows needs at least two non-empty layers; "
                                 f"{geometry.name!r} has {n_e}")
         self.energy_std = Standardize(n_e)
+        # Largest fraction of the incident energy that each layer carries in the training
+        # showers (fit_preprocessing): a sampled layer energy is capped there.  The energy
+        # flow's tails otherwise gave 0.2 % of pion showers a layer with up to 130 times
+        # that (one layer above the incident energy).  inf: no cap (folders saved before).
+        self.register_buffer("layer_cap", torch.full((n_e,), math.inf))
         n_c = self.n_conditions  # energy (+ direction): in the context of every flow
         self.energy_flow = spline_coupling_flow(n_e, n_c, c.energy_transforms, c.energy_bins,
                                                 c.energy_hidden)
@@ -247,7 +280,8 @@ class L2LFlows(L2LGeneration, GenerativeModel):
                                                 c.calibration_cell_rings, k, nb,
                                                 c.calibration_hit_energy_bins,
                                                 c.calibration_layer_shares,
-                                                c.calibration_core_divisions)
+                                                c.calibration_core_divisions,
+                                                c.calibration_response_bins)
         self.shared = bool(c.shared_layer_flow)
         self.frame: AxisFrame | None = None  # the axis frame, where the config asks for it
         if self.shared:
@@ -374,6 +408,7 @@ class L2LFlows(L2LGeneration, GenerativeModel):
                            for i in range(0, len(x), 1000)])
         el = self._layer_energies(x.double()).float()
         self.energy_std.fit(self._energy_features(el, e_inc), e_inc)
+        self.layer_cap.copy_((el / e_inc[:, None].to(el)).amax(0))
         # Fit on the same dequantised fractions that training sees: a cell that is always
         # empty would otherwise get a zero width and blow its noise up to huge values.
         gen = torch.Generator().manual_seed(0)
@@ -553,6 +588,8 @@ class L2LFlows(L2LGeneration, GenerativeModel):
         z[self.mod_index] = self.frame.depth.repeat_interleave(self.n_cells).to(z)
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):  # noqa: ANN001, ANN201
+        if "layer_cap" not in state_dict:  # saved before the cap: none
+            state_dict = {**state_dict, "layer_cap": self.layer_cap.clone()}
         result = super().load_state_dict(state_dict, strict=strict, assign=assign)
         self._sync_axis_depths()
         return result
@@ -583,53 +620,6 @@ class L2LFlows(L2LGeneration, GenerativeModel):
             return self._generate(e_inc, noise,
                                   angles=self.angle_tensor(conditions, len(e_inc)))[0]
 
-    @torch.no_grad()
-    def finalize(self, x: Tensor, e_inc: Tensor, generator: torch.Generator,
-                 angles: Tensor | None = None) -> None:
-        """log_threshold: calibrate the per-cell cuts so that each cell's occupancy in
-        generated showers equals that of the training showers ``x`` (same energies), then
-        the hit-energy maps and the response (:mod:`caloforge.models.calibration`).
-        Models conditioned on the direction fit the same tables per theta bin and per ring
-        around each shower's axis (:mod:`caloforge.models.axis_calibration`)."""
-        n = min(self.config.calibration_showers, len(x))
-        if not self._log_thr or n == 0:
-            return
-        thr = self.geometry.readout_threshold_mev
-        was_training = self.training
-        self.eval()
-        # Generate at the training energies, with the current cuts switched off.
-        parts = [self._generate(e_inc[i:i + 500].to(self.device), generator, calibrated=False,
-                                angles=None if angles is None else angles[i:i + 500].to(self.device))
-                 for i in range(0, n, 500)]
-        feats = torch.cat([p[1].cpu() for p in parts])
-        gen_r = torch.cat([p[0].sum(1).double().cpu() for p in parts]) / e_inc[:n].double().cpu()
-        del parts
-        self.train(was_training)
-        if self.axis_cal is not None and (angles is not None or not self.takes_angles):
-            if angles is None:  # a model without angles: every shower at normal incidence
-                angles = torch.zeros(len(x), 2)
-            self.axis_cal.impact = self._impact()
-            self.axis_cal.fit(x, e_inc, angles, feats, gen_r, thr, self.config.zero_width,
-                              hit_maps=bool(self.config.calibration_quantiles))
-            return
-        occ = calib.occupancy(x, thr)
-        cut = calib.occupancy_cuts(occ, feats, self.config.zero_width)
-        self.cell_cut.copy_(cut.to(self.cell_cut))
-        if self.config.calibration_quantiles:
-            q_gen, q_ref = calib.hit_quantile_maps(x, feats, cut, self.voxel_group.cpu(), thr,
-                                                   self.hit_q_gen.cpu())
-            self.hit_q_gen.copy_(q_gen.to(self.hit_q_gen))
-            self.hit_q_ref.copy_(q_ref.to(self.hit_q_ref))
-        if self.config.calibration_energy_bins:
-            real_r = torch.cat([(x[i:i + 1000].double() * (x[i:i + 1000] >= thr)).sum(1).cpu()
-                                for i in range(0, len(x), 1000)]) / e_inc.double().cpu()
-            table = calib.response_table(e_inc.cpu(), real_r, e_inc[:n].cpu(), gen_r,
-                                         len(self.resp_log_e))
-            if table is not None:
-                for buf, val in zip((self.resp_log_e, self.resp_mu_ref, self.resp_mu_gen,
-                                     self.resp_k), table):
-                    buf.copy_(val.to(buf))
-
     def _generate(self, e_inc: Tensor, generator: Source, calibrated: bool = True,
                   angles: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
         """Voxel energies (MeV) and, in log_threshold mode, the raw log features."""
@@ -641,6 +631,7 @@ class L2LFlows(L2LGeneration, GenerativeModel):
         e_feat = e_feat.clamp(-10, 10)  # guard against rare outliers of the flow's tails
         el = (torch.exp(self.energy_std.inverse(e_feat, e_inc)) - self.config.energy_eps) \
             .clamp_min(0) * e_inc[:, None]
+        el = torch.minimum(el, self.layer_cap * e_inc[:, None])
         axis = self.axis_cal if calibrated and self.axis_cal is not None \
             and self.axis_cal.is_fitted else None
         if axis is not None:
@@ -723,7 +714,9 @@ class L2LFlows(L2LGeneration, GenerativeModel):
                     axis_groups = axis_groups.index_select(1, cols)
             read = iter(self._read_out([f for k, f in zip(self.active, layer_feats)
                                         if k in self.modelled], el, calibrated, axis_groups,
-                                       None if axis is None else axis.energy_offsets(e_inc),
+                                       None if axis is None else axis.energy_offsets(
+                                           e_inc, el.sum(1) / e_inc if axis.n_r > 1 else None,
+                                           angles[:, 0]),
                                        axis_distance))
             layers = [next(read) if t is None else t for t in layers]
         x = torch.cat(layers, 1)

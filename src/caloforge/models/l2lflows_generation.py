@@ -200,6 +200,8 @@ class L2LGeneration:
             if axis_distance is not None:  # prefer cells near the axis
                 margin = margin - 0.5 * (axis_distance / self.config.rescue_axis_scale) ** 2
             cell = self._rescue_empty_layers(cell, margin, target, widths)
+        if self.config.thin_starved_layers:
+            cell = self._thin_starved_layers(cell, target, widths)
         # Rescale the hits to the sampled layer energy (the energy flow knows the
         # correlations between layers, which fix the resolution).  Scale only the energy
         # above threshold where the layer energy allows it, so that rescaling keeps every
@@ -219,6 +221,20 @@ class L2LGeneration:
         shifted = torch.where(hit, thr + (cell - thr) * s_above, cell)
         out = torch.where(ok, shifted, torch.where(filled, cell * scale, torch.zeros_like(cell)))
         return list(out.split(widths, 1))
+
+    def _thin_starved_layers(self, cell: Tensor, target: Tensor, widths: list[int]) -> Tensor:
+        """Cell energies ``cell`` (B, cells of the layers) where every layer whose sampled
+        energy ``target`` (B, layers; MeV, at least the threshold) cannot give each of its
+        drawn hits the readout threshold keeps only its floor(target / threshold) hottest
+        hits (ties: the first cell); the rescaling that follows shares the energy among
+        them.  Without it every hit is scaled down and those that fall below the threshold
+        are not read out: hits near the threshold, and their energy, go missing."""
+        thr = self.geometry.readout_threshold_mev
+        if len(set(widths)) == 1:  # one (B * layers, cells) view
+            b, n = cell.shape[0], widths[0]
+            return _thin_rows(cell.reshape(-1, n), target.reshape(-1), thr).reshape(b, -1)
+        return torch.cat([_thin_rows(c, target[:, i], thr)
+                          for i, c in enumerate(cell.split(widths, 1))], 1)
 
     def _rescue_empty_layers(self, cell: Tensor, margin: Tensor, target: Tensor,
                              widths: list[int]) -> Tensor:
@@ -243,3 +259,35 @@ class L2LGeneration:
             best = F.one_hot(m.argmax(1), c.shape[1]).bool()
             parts.append(torch.where(best & empty, target[:, i:i + 1], c))
         return torch.cat(parts, 1)
+
+
+def _thin_rows(rows: Tensor, target: Tensor, thr: float) -> Tensor:
+    """Rows (R, n) of cell energies with more hits than ``target`` (R,) allows at the
+    threshold ``thr`` (and target >= thr): all but their floor(target / thr) largest cells
+    set to 0.  Row by row (a sort per row), so the result does not depend on the batch;
+    eagerly only the starved rows are sorted, a trace (the exporters) sorts every row."""
+    n_hit = (rows > 0).sum(1)
+    keep_n = torch.floor(target / thr)
+    starved = (n_hit > keep_n) & (keep_n >= 1)
+    if not torch.jit.is_tracing():
+        idx = starved.nonzero()[:, 0]
+        if len(idx) == 0:
+            return rows
+        rows = rows.clone()
+        rows[idx] = _keep_largest(rows[idx], keep_n[idx])
+        return rows
+    return torch.where(starved[:, None], _keep_largest(rows, keep_n), rows)
+
+
+def _keep_largest(rows: Tensor, keep_n: Tensor) -> Tensor:
+    """Rows (R, n) with all but their ``keep_n`` (R,) largest values set to 0."""
+    # stable: of equal values (hits exactly at the threshold) the first cell is kept.
+    # ONNX exports no stable sort, but its TopK puts equal values in index order (the
+    # operator's specification; torch's own topk does not).
+    if torch.onnx.is_in_onnx_export():
+        order = torch.topk(rows, rows.shape[1], dim=1)[1]
+    else:
+        order = torch.sort(rows, stable=True, dim=1, descending=True)[1]
+    rank = torch.empty_like(order).scatter_(
+        1, order, torch.arange(rows.shape[1], device=rows.device).expand_as(order))
+    return torch.where(rank < keep_n[:, None], rows, torch.zeros_like(rows))

@@ -1,0 +1,93 @@
+"""Post-training calibration of :class:`~caloforge.models.l2lflows.L2LFlows`
+(``finalize``), kept apart so that each module reads in one sitting: the per-cell
+tables of :mod:`caloforge.models.calibration` or the ring tables of
+:mod:`caloforge.models.axis_calibration`, with their optional second passes on showers
+read out with every table (occupancy cuts, response).  A mixin: the methods use the
+model's modules, buffers and generation."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from torch import Tensor
+
+from caloforge.models import calibration as calib
+from caloforge.models.axis_calibration_fit import readout_occupancy_scale
+
+
+class L2LCalibration:
+    """``finalize`` of :class:`~caloforge.models.l2lflows.L2LFlows`."""
+
+    @torch.no_grad()
+    def finalize(self, x: Tensor, e_inc: Tensor, generator: torch.Generator,
+                 angles: Tensor | None = None) -> None:
+        """log_threshold: calibrate the per-cell cuts so that each cell's occupancy in
+        generated showers equals that of the training showers ``x`` (same energies), then
+        the hit-energy maps and the response (:mod:`caloforge.models.calibration`).
+        Models conditioned on the direction fit the same tables per theta bin and per ring
+        around each shower's axis (:mod:`caloforge.models.axis_calibration`)."""
+        n = min(self.config.calibration_showers, len(x))
+        if not self._log_thr or n == 0:
+            return
+        thr = self.geometry.readout_threshold_mev
+        was_training = self.training
+        self.eval()
+        # Generate at the training energies, with the current cuts switched off.
+        parts = [self._generate(e_inc[i:i + 500].to(self.device), generator, calibrated=False,
+                                angles=None if angles is None else angles[i:i + 500].to(self.device))
+                 for i in range(0, n, 500)]
+        feats = torch.cat([p[1].cpu() for p in parts])
+        gen_r = torch.cat([p[0].sum(1).double().cpu() for p in parts]) / e_inc[:n].double().cpu()
+        del parts
+        self.train(was_training)
+        if self.axis_cal is not None and (angles is not None or not self.takes_angles):
+            if angles is None:  # a model without angles: every shower at normal incidence
+                angles = torch.zeros(len(x), 2)
+            self.axis_cal.impact = self._impact()
+            hit_maps = bool(self.config.calibration_quantiles)
+            self.axis_cal.fit(x, e_inc, angles, feats, gen_r, thr, self.config.zero_width,
+                              hit_maps=hit_maps)
+            if self.config.calibration_occupancy_refine:
+                scale = readout_occupancy_scale(
+                    self.axis_cal, x, angles, self._calibrated_chunks(e_inc, angles, n, generator),
+                    thr)
+                self.axis_cal.fit(x, e_inc, angles, feats, gen_r, thr, self.config.zero_width,
+                                  hit_maps=hit_maps, occupancy_scale=scale)
+            if self.config.calibration_response_refine and self.config.calibration_energy_bins:
+                read_out = torch.cat([c.sum(1).double() for c in self._calibrated_chunks(
+                    e_inc, angles, n, generator)]) / e_inc[:n].double().cpu()
+                self.axis_cal.refine_response(x, e_inc, angles, read_out, thr)
+            return
+        occ = calib.occupancy(x, thr)
+        cut = calib.occupancy_cuts(occ, feats, self.config.zero_width)
+        self.cell_cut.copy_(cut.to(self.cell_cut))
+        if self.config.calibration_quantiles:
+            q_gen, q_ref = calib.hit_quantile_maps(x, feats, cut, self.voxel_group.cpu(), thr,
+                                                   self.hit_q_gen.cpu())
+            self.hit_q_gen.copy_(q_gen.to(self.hit_q_gen))
+            self.hit_q_ref.copy_(q_ref.to(self.hit_q_ref))
+        if self.config.calibration_energy_bins:
+            real_r = torch.cat([(x[i:i + 1000].double() * (x[i:i + 1000] >= thr)).sum(1).cpu()
+                                for i in range(0, len(x), 1000)]) / e_inc.double().cpu()
+            table = calib.response_table(e_inc.cpu(), real_r, e_inc[:n].cpu(), gen_r,
+                                         len(self.resp_log_e))
+            if table is not None:
+                for buf, val in zip((self.resp_log_e, self.resp_mu_ref, self.resp_mu_gen,
+                                     self.resp_k), table):
+                    buf.copy_(val.to(buf))
+
+    def _calibrated_chunks(self, e_inc: Tensor, angles: Tensor, n: int,
+                           generator: torch.Generator) -> Iterator[Tensor]:
+        """Showers (on the CPU) generated with every table at the first ``n`` conditions,
+        500 at a time: what the calibration's second passes compare with the training."""
+        was_training = self.training
+        self.eval()
+        try:
+            for i in range(0, n, 500):
+                a = angles[i:i + 500].to(self.device) if self.takes_angles else None
+                yield self._generate(e_inc[i:i + 500].to(self.device), generator,
+                                     angles=a)[0].cpu()
+        finally:
+            self.train(was_training)
+
