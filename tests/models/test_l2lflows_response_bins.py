@@ -54,6 +54,11 @@ def test_offsets_select_the_response_bin_of_each_shower(n_e):
     assert w.abs().max() == 0
 
 
+def test_offsets_need_the_response_with_response_bins():
+    with pytest.raises(ValueError, match="response"):
+        _table(2, 3).energy_offsets(torch.full((2,), 5e3))
+
+
 def test_one_bin_keeps_the_tables_and_offsets_of_before():
     cal = AxisCalibration(toy_geometry(), 1, 1, 5, 2, n_hit_energy_bins=1)
     assert cal.energy_offsets(torch.full((2,), 5e3)) is None

@@ -195,6 +195,8 @@ class AxisCalibration(nn.Module):
         if self.n_sub == 1:
             return None
         j, w = self._energy_weight(e_inc)
+        if self.n_r > 1 and (response is None or theta is None):
+            raise ValueError("tables per response bin need each shower's response and theta")
         rb = torch.zeros_like(j) if self.n_r == 1 else \
             self.response_bin(e_inc, response, theta, (j, w))
         lower = (j * self.n_r + rb) * self.n_groups
