@@ -213,8 +213,10 @@ class AxisCalibration(nn.Module):
         return j, ((log_e - x0) / (x1 - x0).clamp_min(1e-9)).clamp(0, 1)
 
     def relative_response(self, e_inc: Tensor, response: Tensor, theta: Tensor) -> Tensor:
-        """(B,) calibrated E_vis / E_inc relative to the training median at (E, theta),
-        minus 1."""
+        """(B,) calibrated E_vis / E_inc relative to the response table's target median
+        at (E, theta), minus 1: the training median (after ``refine_response``, the
+        median the sampled energies aim at so that the read-out has the training one;
+        the bins keep their meaning either way)."""
         b = self.theta_bin(theta)
         median = calib.interpolate(torch.log(e_inc), self.resp_log_e[b], self.resp_mu_ref[b])
         return response / median.clamp_min(1e-30) - 1.0
