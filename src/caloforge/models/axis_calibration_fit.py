@@ -156,8 +156,7 @@ def _fit_sub_bins(cal: AxisCalibration, x: Tensor, e_inc: Tensor, angles: Tensor
     e_bin = _fit_energy_bins(cal, e_inc.double(), n)
     if cal.n_r == 1:
         return e_bin, e_bin[:n]
-    real = torch.cat([(x[i:i + 1000].double() * (x[i:i + 1000] >= threshold_mev)).sum(1)
-                      .cpu() for i in range(0, len(x), 1000)]) / e_inc.double()
+    real = calib.read_out_ratio(x, e_inc, threshold_mev)
     theta = angles[:, 0].to(cal.theta_edges)
     e = e_inc.to(cal.resp_log_e)
     u = cal.relative_response(e, real.to(e), theta).double()
@@ -294,8 +293,7 @@ def fit_hit_maps(ref_v: Tensor, ref_g: Tensor, gen_v: Tensor, gen_g: Tensor, n_g
 def _fit_response(cal: AxisCalibration, x: Tensor, e_inc: Tensor, angles: Tensor,
                   gen_ratio: Tensor, threshold_mev: float) -> None:
     n = len(gen_ratio)
-    real = torch.cat([(x[i:i + 1000].double() * (x[i:i + 1000] >= threshold_mev)).sum(1)
-                      .cpu() for i in range(0, len(x), 1000)]) / e_inc.double().cpu()
+    real = calib.read_out_ratio(x, e_inc, threshold_mev)
     theta = angles[:, 0].to(cal.theta_edges)
     b_real = cal.theta_bin(theta).cpu()
     b_gen = b_real[:n]
@@ -351,8 +349,7 @@ def refine_response(cal: AxisCalibration, x: Tensor, e_inc: Tensor, angles: Tens
     by training / read-out mu90 and its width ratio by their sigma90 ratio (the read-out
     response is nearly proportional to the sampled one), then smoothed again."""
     n = len(read_out_ratio)
-    real = torch.cat([(x[i:i + 1000].double() * (x[i:i + 1000] >= threshold_mev)).sum(1)
-                      .cpu() for i in range(0, len(x), 1000)]) / e_inc.double().cpu()
+    real = calib.read_out_ratio(x, e_inc, threshold_mev)
     theta = angles[:, 0].to(cal.theta_edges)
     b_real = cal.theta_bin(theta).cpu()
     e = e_inc.cpu()

@@ -181,6 +181,14 @@ def calibrate_response(el: Tensor, e_inc: Tensor, knots: Tensor, mu_gen: Tensor,
     return el * (r_new / r.clamp_min(1e-30))[:, None]
 
 
+def read_out_ratio(x: Tensor, e_inc: Tensor, threshold_mev: float) -> Tensor:
+    """(N,) float64 E_vis / E_inc of showers ``x`` (N, voxels) read out at the threshold,
+    on the CPU, 1000 showers at a time (bounded memory)."""
+    vis = torch.cat([(x[i:i + 1000].double() * (x[i:i + 1000] >= threshold_mev)).sum(1).cpu()
+                     for i in range(0, len(x), 1000)])
+    return vis / e_inc.double().cpu()
+
+
 def response_ratio(r: Tensor, e_inc: Tensor, knots: Tensor, mu_gen: Tensor, mu_ref: Tensor,
                    k: Tensor) -> Tensor:
     """Calibrated E_vis / E_inc of showers whose generated ratio is ``r`` (tables as in

@@ -68,8 +68,7 @@ class L2LCalibration:
             self.hit_q_gen.copy_(q_gen.to(self.hit_q_gen))
             self.hit_q_ref.copy_(q_ref.to(self.hit_q_ref))
         if self.config.calibration_energy_bins:
-            real_r = torch.cat([(x[i:i + 1000].double() * (x[i:i + 1000] >= thr)).sum(1).cpu()
-                                for i in range(0, len(x), 1000)]) / e_inc.double().cpu()
+            real_r = calib.read_out_ratio(x, e_inc, thr)
             table = calib.response_table(e_inc.cpu(), real_r, e_inc[:n].cpu(), gen_r,
                                          len(self.resp_log_e))
             if table is not None:
