@@ -105,3 +105,26 @@ def test_refined_response_gives_the_read_out_showers_the_training_response(seed)
     assert np.abs(before[:, 0] / real[:, 0] - 0.95).max() < 0.01
     assert np.abs(after[:, 0] / real[:, 0] - 1).max() < 0.01, (real, after)
     assert np.abs(after[:, 1] / real[:, 1] - 1).max() < 0.06, (real, after)
+
+
+@pytest.mark.parametrize("n_theta_bins", [1, 3])
+def test_width_smoothing_is_the_least_squares_surface_every_time(n_theta_bins):
+    """Width ratios already on a surface quadratic in log E and linear in theta come back
+    unchanged, call after call — also with one theta bin, where the theta columns of the
+    fit are zero (LAPACK's default driver got that case wrong in about half the calls)."""
+    from caloforge.models.axis_calibration_fit import smooth_resolution
+
+    cal = AxisCalibration(toy_geometry(), n_theta_bins=n_theta_bins, inner_rings=1,
+                          n_knots=9, n_energy_bins=3)
+    log_e = torch.linspace(7.6, 11.5, cal.resp_log_e.shape[1], dtype=torch.float64)
+    cal.resp_log_e[:] = log_e.to(cal.resp_log_e)
+    theta = torch.linspace(0.0, 0.6, n_theta_bins, dtype=torch.float64)
+    u = log_e - 9.5
+    surface = torch.exp(-0.2 + 0.05 * u - 0.03 * u * u + 0.1 * theta[:, None] * (1 + 0.2 * u))
+    scratch = torch.arange(30.0, dtype=torch.float64).reshape(6, 5)
+    for i in range(30):
+        # other LAPACK work in between, as a fit does (the wrong answers depended on it)
+        torch.linalg.lstsq(scratch, scratch[:, :1] * i, driver="gelsd")
+        cal.resp_k[:] = surface.to(cal.resp_k)
+        smooth_resolution(cal, theta)
+        torch.testing.assert_close(cal.resp_k.double(), surface, rtol=1e-5, atol=0)

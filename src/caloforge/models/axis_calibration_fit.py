@@ -384,8 +384,12 @@ def smooth_resolution(cal: AxisCalibration, theta_centres: Tensor) -> None:
     v = (th - th.mean()) / th.std().clamp_min(1e-6) if int(filled.sum()) > 1 \
         else torch.zeros_like(th)
     design = torch.stack([torch.ones_like(u), u, u * u, v, u * v], -1).reshape(-1, 5)
+    # a single theta bin makes the theta columns zero; CPU lstsq's default driver (gelsy)
+    # then returned a wrong solution in about half the calls (seen with torch 2.13), so
+    # the constant columns go and the SVD driver solves what is left
+    design = design[:, (design != 0).any(0)]
     k = cal.resp_k[filled].double().reshape(-1)
-    coef = torch.linalg.lstsq(design, torch.log(k)[:, None]).solution
+    coef = torch.linalg.lstsq(design, torch.log(k)[:, None], driver="gelsd").solution
     smooth = torch.exp(design @ coef)[:, 0].reshape(log_e.shape)
     cal.resp_k[filled] = smooth.clamp(0.5, 2.0).to(cal.resp_k)
 
