@@ -128,3 +128,47 @@ def test_width_smoothing_is_the_least_squares_surface_every_time(n_theta_bins):
         cal.resp_k[:] = surface.to(cal.resp_k)
         smooth_resolution(cal, theta)
         torch.testing.assert_close(cal.resp_k.double(), surface, rtol=1e-5, atol=0)
+
+
+def _read_out(cal: AxisCalibration, feats: torch.Tensor, e: torch.Tensor, angles: torch.Tensor,
+              response: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """Hit energies as generation reads them out, each shower's hits then scaled by
+    ``factor`` (the rescale to the sampled layer energy)."""
+    rows = cal.groups(angles, slice(None))
+    energy = cal.energy_offsets(e, response, angles[:, 0])
+    mapped, cut = cal.read_out(feats, rows, energy)
+    hits = torch.where(feats >= cut, THR * torch.exp(mapped), torch.zeros_like(feats))
+    return torch.where(hits * factor[:, None] >= THR, hits * factor[:, None], 0.0)
+
+
+@pytest.mark.parametrize("bins,scale", [((1, 1), 1.2), ((2, 2), 1.25)])
+def test_hit_refine_brings_the_read_out_spectrum_back_to_the_training_one(bins, scale):
+    """A read-out that scales every hit by ``scale`` +- 3 %: its hits come out that much
+    hot; after the hit-map refine their median and quartiles are the training ones.
+    (A cold read-out tests nothing here: hits lost below the threshold leave the
+    exponential spectrum of ``_synthetic`` unchanged.)"""
+    from caloforge.models.axis_calibration_fit import refine_hit_maps
+
+    rng = np.random.default_rng(3)
+    x, e, feats, gen_ratio = _synthetic(rng)
+    angles = torch.zeros(len(e), 2)
+    cal = AxisCalibration(toy_geometry(), n_theta_bins=1, inner_rings=1, n_knots=9,
+                          n_energy_bins=3, n_hit_energy_bins=bins[0], n_response_bins=bins[1])
+    cal.fit(x, e, angles, feats, gen_ratio, THR, zero_width=2.0)
+    response = cal.calibrated_ratio(e, gen_ratio.float(), angles[:, 0])
+    factor = torch.as_tensor(scale * np.exp(rng.normal(0.0, 0.03, len(e))), dtype=torch.float32)
+
+    def log_quartiles(showers: torch.Tensor) -> torch.Tensor:
+        v = torch.log(showers[showers >= THR] / THR).double()
+        return torch.quantile(v, torch.tensor([0.25, 0.5, 0.75], dtype=torch.float64))
+
+    real = log_quartiles(x)
+    before = log_quartiles(_read_out(cal, feats, e, angles, response, factor))
+    assert (before - real).abs().min() > 0.1
+    chunks = [_read_out(cal, feats[i:i + 700], e[i:i + 700], angles[i:i + 700],
+                        response[i:i + 700], factor[i:i + 700]) for i in range(0, len(e), 700)]
+    refine_hit_maps(cal, x, e, angles, chunks, THR)
+    after = log_quartiles(_read_out(cal, feats, e, angles, response, factor))
+    assert (after - real).abs().max() < 0.05, (real, before, after)
+    steps = cal.hit_map[:, 1:] - cal.hit_map[:, :-1]
+    assert (steps >= 0).all() and (cal.hit_map >= 0).all()

@@ -4,6 +4,7 @@ showers of like visible energy."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -23,7 +24,7 @@ CONFIG = {"hidden": [32], "context_embedding": 8, "transforms": 2, "energy_trans
           "calibration_hit_energy_bins": 2, "calibration_response_bins": 3,
           "calibration_energy_bins": 4, "calibration_showers": 500,
           "calibration_response_refine": True, "calibration_occupancy_refine": True,
-          "thin_starved_layers": True}
+          "thin_starved_layers": True, "calibration_hit_refine": 2}
 
 
 def _table(n_e: int, n_r: int) -> AxisCalibration:
@@ -126,9 +127,39 @@ def test_response_bins_change_only_the_hit_tables(trained):
     assert not np.array_equal(own, lowest)
 
 
+def test_each_hit_refine_pass_is_followed_by_a_response_refit(trained, monkeypatch):
+    import copy
+
+    from caloforge.models import l2lflows_calibration
+
+    model, data, _ = trained
+    calls = []
+    monkeypatch.setattr(l2lflows_calibration, "refine_hit_maps",
+                        lambda *a, **k: calls.append("hits"))
+    monkeypatch.setattr(AxisCalibration, "refine_response",
+                        lambda *a, **k: calls.append("response"))
+    again = copy.deepcopy(model)
+    again.finalize(torch.as_tensor(data.energies), torch.as_tensor(data.incident_energy,
+                                                                   dtype=torch.float32),
+                   torch.Generator().manual_seed(0))
+    assert calls == ["hits", "response", "hits", "response"]
+    calls.clear()
+    again.config = dataclasses.replace(again.config, calibration_hit_refine=0)
+    again.finalize(torch.as_tensor(data.energies), torch.as_tensor(data.incident_energy,
+                                                                   dtype=torch.float32),
+                   torch.Generator().manual_seed(0))
+    assert calls == ["response"]
+
+
 @pytest.mark.parametrize("bad", [{"calibration_response_bins": 0},
                                  {"calibration_response_bins": 2,
                                   "calibration_energy_bins": 0}])
 def test_bad_response_bins_are_refused(bad):
     with pytest.raises(ConfigError, match="calibration_response_bins"):
         build("l2lflows", toy_geometry(), config={**CONFIG, **bad}, preset="compact")
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, "two"])
+def test_bad_hit_refine_passes_are_refused(bad):
+    with pytest.raises(ConfigError, match="calibration_hit_refine"):
+        build("l2lflows", toy_geometry(), config={**CONFIG, "calibration_hit_refine": bad}, preset="compact")

@@ -122,6 +122,11 @@ class L2LFlowsConfig(ModelConfig):
     # the training showers' per (layer, ring): layers whose sampled energy cannot carry
     # every drawn hit lose some at the read-out (a second generation pass and table fit).
     calibration_occupancy_refine: bool = False
+    # ... and N passes (one generation each) that compose the hit maps with the map from
+    # the read-out hit spectrum per table row onto the training one: the rescale of
+    # every hit to the sampled layer energy smears the spectrum the maps were fitted
+    # to.  With calibration_response_refine the response table is refitted after each.
+    calibration_hit_refine: int = 0
     # Models without angles: fit the tables per ring around the (fixed) shower axis like
     # direction-conditioned models do (one theta bin), which is what the two options above
     # need, instead of per cell.  Direction-conditioned models always do.
@@ -195,6 +200,9 @@ class L2LFlowsConfig(ModelConfig):
         if self.calibration_response_bins < 1:
             from caloforge.errors import ConfigError
             raise ConfigError("config key 'calibration_response_bins' must be >= 1")
+        if self.calibration_hit_refine < 0:
+            from caloforge.errors import ConfigError
+            raise ConfigError("config key 'calibration_hit_refine' must be >= 0 (passes)")
         if self.calibration_response_bins > 1 and not self.calibration_energy_bins:
             from caloforge.errors import ConfigError
             raise ConfigError("config key 'calibration_response_bins' > 1 needs the "

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from caloforge.models import calibration as calib
-from caloforge.models.axis_calibration_fit import readout_occupancy_scale
+from caloforge.models.axis_calibration_fit import readout_occupancy_scale, refine_hit_maps
 
 
 class L2LCalibration:
@@ -54,10 +54,19 @@ class L2LCalibration:
                     thr)
                 self.axis_cal.fit(x, e_inc, angles, feats, gen_r, thr, self.config.zero_width,
                                   hit_maps=hit_maps, occupancy_scale=scale)
-            if self.config.calibration_response_refine and self.config.calibration_energy_bins:
-                read_out = torch.cat([c.sum(1).double() for c in self._calibrated_chunks(
-                    e_inc, angles, n, generator)]) / e_inc[:n].double().cpu()
-                self.axis_cal.refine_response(x, e_inc, angles, read_out, thr)
+            refine_resp = bool(self.config.calibration_response_refine
+                               and self.config.calibration_energy_bins)
+            hit_passes = self.config.calibration_hit_refine if hit_maps else 0
+            # each hit pass moves the read-out response a little: the response table is
+            # refitted after each
+            for k in range(max(hit_passes, int(refine_resp))):
+                if k < hit_passes:
+                    refine_hit_maps(self.axis_cal, x, e_inc, angles,
+                                    self._calibrated_chunks(e_inc, angles, n, generator), thr)
+                if refine_resp:
+                    read_out = torch.cat([c.sum(1).double() for c in self._calibrated_chunks(
+                        e_inc, angles, n, generator)]) / e_inc[:n].double().cpu()
+                    self.axis_cal.refine_response(x, e_inc, angles, read_out, thr)
             return
         occ = calib.occupancy(x, thr)
         cut = calib.occupancy_cuts(occ, feats, self.config.zero_width)
@@ -85,8 +94,10 @@ class L2LCalibration:
         try:
             for i in range(0, n, 500):
                 a = angles[i:i + 500].to(self.device) if self.takes_angles else None
-                yield self._generate(e_inc[i:i + 500].to(self.device), generator,
-                                     angles=a)[0].cpu()
+                with torch.no_grad():  # also when called outside finalize
+                    showers = self._generate(e_inc[i:i + 500].to(self.device), generator,
+                                             angles=a)[0].cpu()
+                yield showers
         finally:
             self.train(was_training)
 
