@@ -152,7 +152,8 @@ def test_hit_refine_brings_the_read_out_spectrum_back_to_the_training_one(bins, 
     rng = np.random.default_rng(3)
     x, e, feats, gen_ratio = _synthetic(rng)
     angles = torch.zeros(len(e), 2)
-    cal = AxisCalibration(toy_geometry(), n_theta_bins=1, inner_rings=1, n_knots=9,
+    # two theta bins, every shower at normal incidence: the second bin is a copy
+    cal = AxisCalibration(toy_geometry(), n_theta_bins=2, inner_rings=1, n_knots=9,
                           n_energy_bins=3, n_hit_energy_bins=bins[0], n_response_bins=bins[1])
     cal.fit(x, e, angles, feats, gen_ratio, THR, zero_width=2.0)
     response = cal.calibrated_ratio(e, gen_ratio.float(), angles[:, 0])
@@ -170,5 +171,7 @@ def test_hit_refine_brings_the_read_out_spectrum_back_to_the_training_one(bins, 
     refine_hit_maps(cal, x, e, angles, chunks, THR)
     after = log_quartiles(_read_out(cal, feats, e, angles, response, factor))
     assert (after - real).abs().max() < 0.05, (real, before, after)
+    per_bin = cal.hit_map.view(2, -1, cal.hit_map.shape[1])
+    assert torch.equal(per_bin[1], per_bin[0])  # the empty bin copied the refined tables
     steps = cal.hit_map[:, 1:] - cal.hit_map[:, :-1]
     assert (steps >= 0).all() and (cal.hit_map >= 0).all()

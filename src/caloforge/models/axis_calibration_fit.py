@@ -393,6 +393,7 @@ def refine_hit_maps(cal: AxisCalibration, x: Tensor, e_inc: Tensor, angles: Tens
     # a table stays non-decreasing and non-negative (a hit at least at the threshold)
     moved = torch.cummax(moved.clamp_min(0), 1).values
     cal.hit_map.copy_(torch.where(ok[:, None], moved, cal.hit_map))
+    _fill_empty_bins(cal, angles[:start, 0])  # theta bins without showers: copies again
 
 
 @torch.no_grad()
