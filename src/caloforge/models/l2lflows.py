@@ -128,7 +128,7 @@ class L2LFlowsConfig(ModelConfig):
     # to.  With calibration_response_refine the response table is refitted after each.
     calibration_hit_refine: int = 0
     # Models without angles: fit the tables per ring around the (fixed) shower axis like
-    # direction-conditioned models do (one theta bin), which is what the two options above
+    # direction-conditioned models do (one theta bin), which is what the options above
     # need, instead of per cell.  Direction-conditioned models always do.
     calibration_axis_tables: bool = False
     # Rings of the axis tables inside calibration_cell_rings pitches: 1/N of a pitch wide.
