@@ -376,11 +376,12 @@ def refine_hit_maps(cal: AxisCalibration, x: Tensor, e_inc: Tensor, angles: Tens
 
     ref_v, ref_g, out_v, out_g, start = [], [], [], [], 0
     for chunk in read_out:
-        chunk = chunk.cpu().float()
-        for side, xs in ((0, x[start:start + len(chunk)].cpu().float()), (1, chunk)):
-            v, r = hits(xs, start)
-            (ref_v if side == 0 else out_v).append(v)
-            (ref_g if side == 0 else out_g).append(r)
+        v, r = hits(x[start:start + len(chunk)].cpu().float(), start)
+        ref_v.append(v)
+        ref_g.append(r)
+        v, r = hits(chunk.cpu().float(), start)
+        out_v.append(v)
+        out_g.append(r)
         start += len(chunk)
     q_ref, n_ref = calib.group_quantiles(torch.cat(ref_v), torch.cat(ref_g), n_grp, m)
     q_out, n_out = calib.group_quantiles(torch.cat(out_v), torch.cat(out_g), n_grp, m)
