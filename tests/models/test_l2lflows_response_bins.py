@@ -10,13 +10,16 @@ import math
 import numpy as np
 import pytest
 import torch
-from test_models import assert_same_showers  # same folder: on sys.path under pytest
+from test_models import (  # same folder: on sys.path under pytest
+    assert_batch_independent_and_reloads,
+    assert_tables_change_only_the_hits,
+    train_compact_toy,
+)
 
 from caloforge.errors import ConfigError
-from caloforge.models import build, load
+from caloforge.models import build
 from caloforge.models.axis_calibration import AxisCalibration
-from caloforge.models.toy import toy_geometry, toy_showers
-from caloforge.training import TrainConfig, train
+from caloforge.models.toy import toy_geometry
 
 # the compact preset (shared lean flow: bit-identical at any batch size), made small
 CONFIG = {"hidden": [32], "context_embedding": 8, "transforms": 2, "energy_transforms": 2,
@@ -69,16 +72,7 @@ def test_one_bin_keeps_the_tables_and_offsets_of_before():
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    geo = toy_geometry()
-    rng = np.random.default_rng(21)
-    e = np.exp(rng.uniform(np.log(2e3), np.log(5e4), 600))
-    data = toy_showers(geo, e, rng)
-    torch.manual_seed(0)
-    out = tmp_path_factory.mktemp("resp") / "run"
-    model = train("l2lflows", data, out, preset="compact", model_config=CONFIG,
-                  train_config=TrainConfig(steps=60, batch_size=64, validate_every=0),
-                  progress=False)
-    return model, data, out
+    return train_compact_toy(tmp_path_factory.mktemp("resp") / "run", CONFIG, 21)
 
 
 def test_response_edges_split_the_training_showers_evenly(trained):
@@ -97,34 +91,15 @@ def test_response_edges_split_the_training_showers_evenly(trained):
 
 def test_generation_with_response_bins_is_batch_independent_and_reloads(trained):
     model, _, out = trained
-    e = np.exp(np.random.default_rng(3).uniform(np.log(2e3), np.log(5e4), 21))
-    ref = model.sample(e, 9, batch_size=21).energies
-    # equal up to the rounding of batched matrix products
-    assert_same_showers(model.sample(e, 9, batch_size=1).energies, ref)
-    assert_same_showers(model.sample(e, 9, batch_size=7).energies, ref)
-    again = load(out / "model")
-    assert again.config.calibration_response_bins == 3
-    assert np.array_equal(again.sample(e, 9, batch_size=21).energies, ref)
+    assert model.config.calibration_response_bins == 3
+    assert_batch_independent_and_reloads(model, out / "model", 3, "calibration_response_bins")
 
 
 def test_response_bins_change_only_the_hit_tables(trained):
     """Same draws, tables of one response bin for every shower vs their own: the layer
     energies are the response table's either way; the hits differ."""
     model, _, _ = trained
-    e = np.full(200, 2e4)
-    own = model.sample(e, 4).energies
-    cal = model.axis_cal
-    saved = cal.response_edges.clone()
-    cal.response_edges.fill_(math.inf)  # every shower in the lowest response bin
-    try:
-        lowest = model.sample(e, 4).energies
-    finally:
-        cal.response_edges.copy_(saved)
-    geo = model.geometry
-    np.testing.assert_allclose(own.reshape(200, geo.n_layers, -1).sum(2).sum(1),
-                               lowest.reshape(200, geo.n_layers, -1).sum(2).sum(1),
-                               rtol=0.02)
-    assert not np.array_equal(own, lowest)
+    assert_tables_change_only_the_hits(model, model.axis_cal.response_edges, 4)
 
 
 def test_each_hit_refine_pass_is_followed_by_a_response_refit(trained, monkeypatch):

@@ -31,7 +31,14 @@ Here every table is indexed by the cell's position *relative to the shower axis*
   uses); pooled tables impose one hit spectrum whatever the response, and cut the
   generated showers' correlation between the two from 0.55 (reference) to 0.2 (90 GeV
   pions).  Per response bin each shower's hits follow the training showers of like
-  response.
+  response;
+- optionally also per *layer-energy bin* (``n_layer_energy_bins``): the layer's own
+  sampled energy, in bins of equal training counts per layer (edges in log MeV, saved).
+  The group is then (layer, layer-energy bin, ring).  Which hits a layer holds depends
+  on its energy far more than on the shower's: a pion layer before the interaction
+  holds one MIP on the beam line, a late layer of a few MeV a few isolated hits far
+  apart; tables pooled over layer energies split the first into two hits and bunch the
+  second around the axis (late AHCAL layers: mean x width 39 mm against 67 mm).
 
 Rings are symmetric around the axis, so no table depends on phi, while every shower's
 cells are classified at its own phi; a per-cell table per theta bin would instead have
@@ -85,7 +92,7 @@ class AxisCalibration(nn.Module):
     def __init__(self, geometry: Geometry, n_theta_bins: int, inner_rings: int,
                  n_knots: int, n_energy_bins: int, n_hit_energy_bins: int = 1,
                  layer_shares: bool = False, core_divisions: int = 2,
-                 n_response_bins: int = 1) -> None:
+                 n_response_bins: int = 1, n_layer_energy_bins: int = 1) -> None:
         super().__init__()
         self.fit_layer_shares = bool(layer_shares)  # fit :attr:`hit_log_weight` (else 0)
         centres = np.array(geometry.cell_centres, dtype=np.float64)  # a writable copy
@@ -99,7 +106,9 @@ class AxisCalibration(nn.Module):
         self.ring_count = self.core_divisions * self.inner_rings + int(math.ceil(extent)) + 1
         layer = np.asarray(geometry.layer_of_voxel, dtype=np.int64)
         self.n_layers = int(geometry.n_layers)
-        self.n_groups = self.n_layers * self.ring_count  # per theta bin
+        self.n_le = max(int(n_layer_energy_bins), 1)  # layer-energy bins per layer
+        self.layer_rows = self.n_le * self.ring_count  # groups per layer
+        self.n_groups = self.n_layers * self.layer_rows  # per theta bin
         self.n_bins = int(n_theta_bins)
         self.n_e = max(int(n_hit_energy_bins), 1)  # energy bins of the cuts and hit maps
         self.n_r = max(int(n_response_bins), 1)  # response bins within each energy bin
@@ -108,8 +117,9 @@ class AxisCalibration(nn.Module):
                              persistent=False)
         self.register_buffer("cell_z", torch.as_tensor(centres[:, 2], dtype=torch.float32),
                              persistent=False)
-        self.register_buffer("cell_offset", torch.as_tensor(layer * self.ring_count),
+        self.register_buffer("cell_offset", torch.as_tensor(layer * self.layer_rows),
                              persistent=False)
+        self.register_buffer("cell_layer", torch.as_tensor(layer), persistent=False)
         t, g, m, nb = self.n_bins, self.n_groups, max(n_knots, 2), max(n_energy_bins, 1)
         # cuts and hit maps: one table per (theta bin, energy bin, response bin),
         # theta-major
@@ -121,6 +131,9 @@ class AxisCalibration(nn.Module):
         self.register_buffer("energy_knots", torch.linspace(0.0, 1.0, self.n_e))
         # inner edges of the response bins per energy bin, in E_vis / median - 1
         self.register_buffer("response_edges", torch.zeros(self.n_e, max(self.n_r - 1, 1)))
+        # inner edges of the layer-energy bins per layer, log(E_layer / MeV)
+        self.register_buffer("layer_energy_edges",
+                             torch.full((self.n_layers, max(self.n_le - 1, 1)), math.inf))
         self.register_buffer("cut", torch.zeros(n_tab, g))
         # Hit maps are tabulated at h_j = (j step)^2, j = 0 .. m-1: uniform in sqrt(h), so
         # that the many hits just above the cut (a tenth of a group's hits within
@@ -163,6 +176,9 @@ class AxisCalibration(nn.Module):
             state_dict = {**state_dict, prefix + "energy_knots": self.energy_knots.clone()}
         if prefix + "response_edges" not in state_dict and self.n_r == 1:  # before them
             state_dict = {**state_dict, prefix + "response_edges": self.response_edges.clone()}
+        if prefix + "layer_energy_edges" not in state_dict and self.n_le == 1:  # before them
+            state_dict = {**state_dict,
+                          prefix + "layer_energy_edges": self.layer_energy_edges.clone()}
         if prefix + "hit_grid_sqrt" not in state_dict:  # tables uniform in h (before)
             state_dict = {**state_dict, prefix + "hit_grid_sqrt": torch.zeros(())}
         if prefix + "hit_log_weight" not in state_dict:  # before the layer-share weights
@@ -178,12 +194,28 @@ class AxisCalibration(nn.Module):
         """(B,) theta bin of each shower (inner edges, right-closed)."""
         return torch.searchsorted(self.theta_edges, theta.contiguous(), right=True)
 
-    def groups(self, angles: Tensor, cells: slice) -> Tensor:
-        """(B, cells) flat group index (theta bin, layer, ring around the axis) of the
-        voxels ``cells`` for showers of direction ``angles`` (B, 2) in rad, in the tables
-        of the first energy bin (:meth:`energy_offsets` gives the others)."""
-        local, tbin = self._local(angles, cells)
+    def groups(self, angles: Tensor, cells: slice, layer_energy: Tensor | None = None
+               ) -> Tensor:
+        """(B, cells) flat group index (theta bin, layer, layer-energy bin, ring around
+        the axis) of the voxels ``cells`` for showers of direction ``angles`` (B, 2) in
+        rad and layer energies ``layer_energy`` (B, layers of the geometry; MeV; needed
+        with layer-energy bins), in the tables of the first energy bin
+        (:meth:`energy_offsets` gives the others)."""
+        local, tbin = self._local(angles, cells, layer_energy)
         return (tbin * (self.n_sub * self.n_groups))[:, None] + local
+
+    def layer_energy_bin(self, layer_energy: Tensor) -> Tensor:
+        """(B, layers) bin of each layer's energy (MeV; 0: the lowest bin)."""
+        log_e = torch.log(layer_energy.to(self.layer_energy_edges).clamp_min(1e-30))
+        # a sum of comparisons rather than searchsorted: the same in a trace (the exporters)
+        return (log_e[:, :, None] > self.layer_energy_edges[None]).sum(2)
+
+    def layer_energies(self, x: Tensor, threshold_mev: float) -> Tensor:
+        """(B, layers) energy (MeV) of each layer of showers ``x`` (B, voxels) in its cells
+        at or above ``threshold_mev`` (the read-out; 0: every cell)."""
+        xs = x.to(self.cell_xy)
+        xs = torch.where(xs >= threshold_mev, xs, torch.zeros_like(xs))
+        return xs.new_zeros(len(xs), self.n_layers).index_add_(1, self.cell_layer, xs)
 
     def energy_offsets(self, e_inc: Tensor, response: Tensor | None = None,
                        theta: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor] | None:
@@ -250,16 +282,24 @@ class AxisCalibration(nn.Module):
         dy = (self.cell_xy[cells, 1] - self.impact[1]) - z * (tan * torch.sin(phi))[:, None]
         return torch.sqrt(dx * dx + dy * dy) * (1.0 / self.pitch)
 
-    def _local(self, angles: Tensor, cells: slice) -> tuple[Tensor, Tensor]:
-        """(B, cells) group within a table (layer, ring around the axis) and (B,) theta
-        bin."""
+    def _local(self, angles: Tensor, cells: slice, layer_energy: Tensor | None = None
+               ) -> tuple[Tensor, Tensor]:
+        """(B, cells) group within a table (layer, layer-energy bin, ring around the
+        axis) and (B,) theta bin."""
         theta = angles[:, 0]
         d = self.axis_distance(angles, cells)
         # fine rings below c pitches, then one pitch wide: k c + floor(d - c)
         c, k = self.inner_rings, self.core_divisions
         ring = torch.floor(torch.where(d < c, k * d, d + (k - 1) * c)) \
             .clamp(max=self.ring_count - 1)
-        return self.cell_offset[cells][None] + ring.long(), self.theta_bin(theta)
+        local = self.cell_offset[cells][None] + ring.long()
+        if self.n_le > 1:
+            if layer_energy is None:
+                raise ValueError("tables per layer-energy bin need each shower's layer "
+                                 "energies")
+            lbin = self.layer_energy_bin(layer_energy).index_select(1, self.cell_layer[cells])
+            local = local + lbin * self.ring_count
+        return local, self.theta_bin(theta)
 
     # ---- generation ----------------------------------------------------------------------------
     def read_out(self, f: Tensor, group: Tensor,
@@ -340,12 +380,14 @@ class AxisCalibration(nn.Module):
 
     def fit(self, x: Tensor, e_inc: Tensor, angles: Tensor, feats: Tensor, gen_ratio: Tensor,
             threshold_mev: float, zero_width: float, hit_maps: bool = True,
-            min_hits: int = 50, occupancy_scale: Tensor | None = None) -> None:
+            min_hits: int = 50, occupancy_scale: Tensor | None = None,
+            gen_layer_energy: Tensor | None = None) -> None:
         """Fit every table: training showers ``x`` (N, voxels) at ``e_inc``, ``angles``
         (N, 2); generated raw log features ``feats`` (n, voxels) and visible-energy ratios
-        ``gen_ratio`` (n,) at the conditions of the first n training showers.  Without
-        ``hit_maps`` the hit energies keep the identity map."""
+        ``gen_ratio`` (n,) at the conditions of the first n training showers, and with
+        layer-energy bins their layer energies ``gen_layer_energy`` (n, layers; MeV).
+        Without ``hit_maps`` the hit energies keep the identity map."""
         from caloforge.models.axis_calibration_fit import fit
 
         fit(self, x, e_inc, angles, feats, gen_ratio, threshold_mev, zero_width, hit_maps,
-            min_hits, occupancy_scale)
+            min_hits, occupancy_scale, gen_layer_energy)

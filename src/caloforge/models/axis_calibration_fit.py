@@ -27,32 +27,77 @@ if TYPE_CHECKING:
     from caloforge.models.axis_calibration import AxisCalibration
 
 
-def _fit_groups(cal: AxisCalibration, angles: Tensor, e_bin: Tensor | None) -> Tensor:
+def _fit_groups(cal: AxisCalibration, angles: Tensor, e_bin: Tensor | None,
+                layer_energy: Tensor | None = None) -> Tensor:
     """(B, voxels) table row of every cell during fitting: in the pooled tables of the
     showers' theta bins (``e_bin`` None) or in those of their (theta, energy and response)
-    bins (``e_bin``: energy bin x n_r + response bin)."""
-    local, tbin = cal._local(angles.to(cal.cell_xy), slice(None))
+    bins (``e_bin``: energy bin x n_r + response bin); ``layer_energy`` (B, layers; MeV):
+    the showers' layer energies, for the layer-energy bins."""
+    le = None if layer_energy is None else layer_energy.to(cal.cell_xy)
+    local, tbin = cal._local(angles.to(cal.cell_xy), slice(None), le)
     table = tbin if e_bin is None else tbin * cal.n_sub + e_bin.to(tbin)
     return (table * cal.n_groups)[:, None].cpu() + local.cpu()
+
+
+def _part(v: Tensor | None, i: int, n: int) -> Tensor | None:
+    return None if v is None else v[i:i + n]
+
+
+def _layer_energies(cal: AxisCalibration, x: Tensor, threshold_mev: float) -> Tensor | None:
+    """(N, layers) layer energies of showers ``x`` in their cells at or above
+    ``threshold_mev`` with layer-energy bins, on the CPU, a chunk at a time; None
+    without them."""
+    if cal.n_le == 1:
+        return None
+    return torch.cat([cal.layer_energies(x[i:i + _CHUNK], threshold_mev).cpu()
+                      for i in range(0, len(x), _CHUNK)])
+
+
+def _fit_layer_energy_edges(cal: AxisCalibration, layer_energy: Tensor,
+                            threshold_mev: float) -> None:
+    """Per layer, inner edges of equal-count bins of log E_layer over the training
+    layers read out with some energy (a layer that never has any: one bin)."""
+    levels = torch.arange(1, cal.n_le, dtype=torch.float64) / cal.n_le
+    edges = torch.full_like(cal.layer_energy_edges, math.inf)
+    for k in range(cal.n_layers):
+        v = layer_energy[:, k].double()
+        v = v[v >= threshold_mev]
+        if len(v):
+            edges[k] = torch.quantile(torch.log(v), levels).to(edges)
+    cal.layer_energy_edges.copy_(edges)
 
 
 @torch.no_grad()
 def fit(cal: AxisCalibration, x: Tensor, e_inc: Tensor, angles: Tensor, feats: Tensor,
         gen_ratio: Tensor, threshold_mev: float, zero_width: float, hit_maps: bool = True,
-        min_hits: int = 50, occupancy_scale: Tensor | None = None) -> None:
+        min_hits: int = 50, occupancy_scale: Tensor | None = None,
+        gen_layer_energy: Tensor | None = None) -> None:
     """Fit every table: training showers ``x`` (N, voxels) at ``e_inc``, ``angles``
     (N, 2); generated raw log features ``feats`` (n, voxels) and visible-energy ratios
     ``gen_ratio`` (n,) at the conditions of the first n training showers.  Without
     ``hit_maps`` the hit energies keep the identity map; ``occupancy_scale`` (theta bins x
     groups): factors on the training occupancy that the cuts aim at
-    (:func:`readout_occupancy_scale`)."""
+    (:func:`readout_occupancy_scale`); ``gen_layer_energy`` (n, layers; MeV): the
+    generated showers' layer energies before the response table (needed with
+    layer-energy bins)."""
     n = len(feats)
     _fit_edges(cal, angles[:n, 0].double().cpu())
     # the response first: the response bins are bins of the calibrated response
     _fit_response(cal, x, e_inc, angles, gen_ratio, threshold_mev)
+    ref_le = gen_le = None
+    if cal.n_le > 1:
+        if gen_layer_energy is None:
+            raise ValueError("tables per layer-energy bin need the generated layer energies")
+        ref_le = _layer_energies(cal, x, threshold_mev)
+        _fit_layer_energy_edges(cal, ref_le, threshold_mev)
+        # the layer energies as generation will bin them: after the response table
+        e, theta = e_inc[:n].to(cal.resp_log_e), angles[:n, 0].to(cal.theta_edges)
+        raw = gen_ratio.to(e)
+        factor = cal.calibrated_ratio(e, raw, theta) / raw.clamp_min(1e-30)
+        gen_le = gen_layer_energy.cpu().double() * factor.cpu().double()[:, None]
     t, g, ns = cal.n_bins, cal.n_groups, cal.n_sub
     pooled = _fit_tables(cal, x, angles, feats, None, None, t, threshold_mev, zero_width,
-                         hit_maps, min_hits, occupancy_scale)
+                         hit_maps, min_hits, occupancy_scale, ref_le, gen_le)
     ref_bin = gen_bin = None
     if ns == 1:
         cut, step, table = pooled[:3]
@@ -61,7 +106,7 @@ def fit(cal: AxisCalibration, x: Tensor, e_inc: Tensor, angles: Tensor, feats: T
                                          threshold_mev)
         cut, step, table, n_ref = _fit_tables(cal, x, angles, feats, ref_bin, gen_bin, t * ns,
                                               threshold_mev, zero_width, hit_maps, min_hits,
-                                              occupancy_scale)
+                                              occupancy_scale, ref_le, gen_le)
         # groups with few training hits in a sub-bin: their theta bin's pooled table
         rows = torch.arange(t * ns * g)
         src = (rows // (ns * g)) * g + rows % g
@@ -75,7 +120,8 @@ def fit(cal: AxisCalibration, x: Tensor, e_inc: Tensor, angles: Tensor, feats: T
     cal.hit_log_weight.fill_(0.0)
     cal.weighted = False
     if cal.fit_layer_shares:
-        _fit_layer_shares(cal, x, angles, feats, ref_bin, gen_bin, threshold_mev, min_hits)
+        _fit_layer_shares(cal, x, angles, feats, ref_bin, gen_bin, threshold_mev, min_hits,
+                          ref_le=ref_le, gen_le=gen_le)
     _fill_empty_bins(cal, angles[:n, 0])
     cal.ready.fill_(1.0)
     cal.is_fitted = True
@@ -83,23 +129,25 @@ def fit(cal: AxisCalibration, x: Tensor, e_inc: Tensor, angles: Tensor, feats: T
 
 def _fit_layer_shares(cal: AxisCalibration, x: Tensor, angles: Tensor, feats: Tensor,
                       ref_bin: Tensor | None, gen_bin: Tensor | None, threshold_mev: float,
-                      min_hits: int, iterations: int = 3) -> None:
+                      min_hits: int, iterations: int = 3, ref_le: Tensor | None = None,
+                      gen_le: Tensor | None = None) -> None:
     """:attr:`hit_log_weight`: per group, the log of the ratio of the mean share of the layer energy
     in the training showers to that of the calibrated generated ones, iterated
     (weighting one group changes every share of its layer).  Groups with fewer than
     ``min_hits`` training hits keep 1."""
     n_tab = cal.cut.shape[0]
 
-    def rows(i: int, n: int, sub: Tensor | None) -> Tensor:
-        return _fit_groups(cal, angles[i:i + n], None if sub is None else sub[i:i + n])
+    def rows(i: int, n: int, sub: Tensor | None, le: Tensor | None) -> Tensor:
+        return _fit_groups(cal, angles[i:i + n], _part(sub, i, n), _part(le, i, n))
 
     def reference(i: int) -> tuple[Tensor, Tensor]:
         xs = x[i:i + _CHUNK].cpu().float()
         return torch.where(xs >= threshold_mev, xs, torch.zeros_like(xs)), \
-            rows(i, len(xs), ref_bin)
+            rows(i, len(xs), ref_bin, ref_le)
 
     def generated(i: int) -> tuple[Tensor, Tensor]:
-        f, grp = feats[i:i + _CHUNK], rows(i, len(feats[i:i + _CHUNK]), gen_bin)
+        f = feats[i:i + _CHUNK]
+        grp = rows(i, len(f), gen_bin, gen_le)
         g, cut = cal.read_out(f, grp)
         return torch.where(f >= cut, threshold_mev * torch.exp(g.clamp(0, 20)),
                            torch.zeros_like(f)), grp
@@ -123,12 +171,17 @@ def _mean_shares(cal: AxisCalibration, energies, n: int, n_tab: int,  # noqa: AN
     """Per group: the mean over showers of the share of its layer's energy in the
     group (layers with at least 20 thresholds of energy), and its number of hits.
     ``energies(i)``: read-out energies (B, voxels) of the showers from ``i`` and
-    their table rows."""
+    their table rows.  A share is averaged over the showers whose layer falls in the
+    group's (layer, layer-energy bin)."""
     g, n_l, r = cal.n_groups, cal.n_layers, cal.ring_count
-    layer = (cal.cell_offset // r).cpu()
+    n_slot = g // r  # (layer, layer-energy bin) per table
+    layer = cal.cell_layer.cpu()
+    # a cell of each layer (a layer without cells: any; its energy is 0, never counted)
+    first = torch.zeros(n_l, dtype=torch.long).scatter_reduce(
+        0, layer, torch.arange(len(layer)), "amin", include_self=False)
     shares = torch.zeros(n_tab * g, dtype=torch.float64)
     hits = torch.zeros(n_tab * g, dtype=torch.float64)
-    valid = torch.zeros(n_tab * n_l, dtype=torch.float64)
+    valid = torch.zeros(n_tab * n_slot, dtype=torch.float64)
     for i in range(0, n, _CHUNK):
         e, grp = energies(i)
         e = e.double()
@@ -137,11 +190,10 @@ def _mean_shares(cal: AxisCalibration, energies, n: int, n_tab: int,  # noqa: AN
         share = e / sums.clamp_min(1e-30)[:, layer] * ok[:, layer]
         shares += torch.bincount(grp.reshape(-1), share.reshape(-1), minlength=n_tab * g)
         hits += torch.bincount(grp[e > 0], minlength=n_tab * g).double()
-        table = grp[:, :1] // g  # every cell of a shower is in its shower's table
-        valid += torch.bincount((table * n_l + torch.arange(n_l)).reshape(-1),
-                                ok.double().reshape(-1), minlength=n_tab * n_l)
-    rows = torch.arange(n_tab * g)
-    per_row = valid[(rows // g) * n_l + (rows % g) // r]
+        slot = grp[:, first] // r  # (B, layers): table x n_slot + slot of each layer
+        valid += torch.bincount(slot.reshape(-1), ok.double().reshape(-1),
+                                minlength=n_tab * n_slot)
+    per_row = valid[torch.arange(n_tab * g) // r]
     return shares / per_row.clamp_min(1.0), hits
 
 
@@ -188,7 +240,8 @@ def _fit_energy_bins(cal: AxisCalibration, e_inc: Tensor, n: int) -> Tensor:
 def _fit_tables(cal: AxisCalibration, x: Tensor, angles: Tensor, feats: Tensor,
                 ref_bin: Tensor | None, gen_bin: Tensor | None, n_tables: int,
                 threshold_mev: float, zero_width: float, hit_maps: bool, min_hits: int,
-                occupancy_scale: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+                occupancy_scale: Tensor | None = None, ref_le: Tensor | None = None,
+                gen_le: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Occupancy cuts, hit-map steps and tables (flat over ``n_tables`` tables of
     :attr:`n_groups` groups) and the number of training hits per group; ``ref_bin`` /
     ``gen_bin``: the sub-bin (energy x n_r + response) of every training / generated
@@ -196,12 +249,12 @@ def _fit_tables(cal: AxisCalibration, x: Tensor, angles: Tensor, feats: Tensor,
     n, n_grp = len(feats), n_tables * cal.n_groups
 
     def ref_rows(i: int) -> Tensor:
-        return _fit_groups(cal, angles[i:i + _CHUNK],
-                           None if ref_bin is None else ref_bin[i:i + _CHUNK])
+        return _fit_groups(cal, angles[i:i + _CHUNK], _part(ref_bin, i, _CHUNK),
+                           _part(ref_le, i, _CHUNK))
 
     def rows(i: int) -> Tensor:  # generated showers (the conditions of the first n)
-        return _fit_groups(cal, angles[i:i + _CHUNK],
-                           None if gen_bin is None else gen_bin[i:i + _CHUNK])
+        return _fit_groups(cal, angles[i:i + _CHUNK], _part(gen_bin, i, _CHUNK),
+                           _part(gen_le, i, _CHUNK))
 
     total, ref_hits, ref_v, ref_g = torch.zeros(n_grp), torch.zeros(n_grp), [], []
     for i in range(0, len(x), _CHUNK):
@@ -327,10 +380,14 @@ def readout_occupancy_scale(cal: AxisCalibration, x: Tensor, angles: Tensor,
     n_grp = cal.n_bins * cal.n_groups
     ref, gen, start = torch.zeros(n_grp), torch.zeros(n_grp), 0
     for chunk in read_out:
-        rows = _fit_groups(cal, angles[start:start + len(chunk)], None)
-        xs = x[start:start + len(chunk)].cpu()
-        ref += torch.bincount(rows[xs >= threshold_mev], minlength=n_grp)
-        gen += torch.bincount(rows[chunk.cpu() >= threshold_mev], minlength=n_grp)
+        a = angles[start:start + len(chunk)]
+        xs, chunk = x[start:start + len(chunk)].cpu(), chunk.cpu()
+        # layer bins: training layers by their read-out energy, generated ones by their
+        # sampled energy (all the cells, as generation bins them)
+        for showers, counts, floor in ((xs, ref, threshold_mev), (chunk, gen, 0.0)):
+            le = _layer_energies(cal, showers, floor)
+            rows = _fit_groups(cal, a, None, le)
+            counts += torch.bincount(rows[showers >= threshold_mev], minlength=n_grp)
         start += len(chunk)
     scale = torch.where((ref >= min_hits) & (gen > 0), ref / gen.clamp_min(1), torch.ones(n_grp))
     if previous is not None:
@@ -368,18 +425,19 @@ def refine_hit_maps(cal: AxisCalibration, x: Tensor, e_inc: Tensor, angles: Tens
         r_bin = cal.response_bin(e.to(cal.resp_log_e), ratio, theta.to(cal.theta_edges))
         return e_bin * cal.n_r + r_bin.cpu()
 
-    def hits(xs: Tensor, i: int) -> tuple[Tensor, Tensor]:
+    def hits(xs: Tensor, i: int, floor: float) -> tuple[Tensor, Tensor]:
         e, a = e_inc[i:i + len(xs)].cpu(), angles[i:i + len(xs)].cpu()
-        rows = _fit_groups(cal, a, sub_bin(xs, e, a[:, 0]))
+        rows = _fit_groups(cal, a, sub_bin(xs, e, a[:, 0]),
+                           _layer_energies(cal, xs, floor))
         hit = xs >= threshold_mev
         return torch.log(xs[hit] / threshold_mev), rows[hit]
 
     ref_v, ref_g, out_v, out_g, start = [], [], [], [], 0
     for chunk in read_out:
-        v, r = hits(x[start:start + len(chunk)].cpu().float(), start)
+        v, r = hits(x[start:start + len(chunk)].cpu().float(), start, threshold_mev)
         ref_v.append(v)
         ref_g.append(r)
-        v, r = hits(chunk.cpu().float(), start)
+        v, r = hits(chunk.cpu().float(), start, 0.0)  # layer bins: sampled energies
         out_v.append(v)
         out_g.append(r)
         start += len(chunk)

@@ -114,6 +114,12 @@ class L2LFlowsConfig(ModelConfig):
     # hits where the electromagnetic fraction, and with it the response, is high; what
     # software compensation uses).  Needs the response table (calibration_energy_bins).
     calibration_response_bins: int = 1
+    # ... and per bin of each layer's own sampled energy (equal training counts per
+    # layer): the hits of a layer follow training layers of like energy.  A pion's
+    # layers before its interaction hold one MIP in the cell on the beam line, and a
+    # late layer of a few MeV holds isolated hits far apart; tables pooled over layer
+    # energies split the first and bunch the second.  1 = pooled.
+    calibration_layer_energy_bins: int = 1
     # ... and refit the response table on showers read out with every table (a second
     # generation pass): the read-out moves E_vis by a few per cent against the raw
     # response the table is first fitted on.
@@ -200,6 +206,9 @@ class L2LFlowsConfig(ModelConfig):
         if self.calibration_response_bins < 1:
             from caloforge.errors import ConfigError
             raise ConfigError("config key 'calibration_response_bins' must be >= 1")
+        if self.calibration_layer_energy_bins < 1:
+            from caloforge.errors import ConfigError
+            raise ConfigError("config key 'calibration_layer_energy_bins' must be >= 1")
         if self.calibration_hit_refine < 0:
             from caloforge.errors import ConfigError
             raise ConfigError("config key 'calibration_hit_refine' must be >= 0 (passes)")
@@ -282,6 +291,12 @@ class L2LFlows(L2LCalibration, L2LGeneration, GenerativeModel):
             self.register_buffer("resp_mu_gen", torch.ones(nb))
             self.register_buffer("resp_mu_ref", torch.ones(nb))
             self.register_buffer("resp_k", torch.ones(nb))
+            if c.calibration_layer_energy_bins > 1 and not (self.takes_angles
+                                                            or c.calibration_axis_tables):
+                from caloforge.errors import ConfigError
+                raise ConfigError("config key 'calibration_layer_energy_bins' > 1 needs the "
+                                  "axis tables (calibration_axis_tables: true, or a model "
+                                  "conditioned on the direction)")
             if self.takes_angles or c.calibration_axis_tables:
                 self.axis_cal = AxisCalibration(geometry, c.calibration_theta_bins
                                                 if self.takes_angles else 1,
@@ -289,7 +304,8 @@ class L2LFlows(L2LCalibration, L2LGeneration, GenerativeModel):
                                                 c.calibration_hit_energy_bins,
                                                 c.calibration_layer_shares,
                                                 c.calibration_core_divisions,
-                                                c.calibration_response_bins)
+                                                c.calibration_response_bins,
+                                                c.calibration_layer_energy_bins)
         self.shared = bool(c.shared_layer_flow)
         self.frame: AxisFrame | None = None  # the axis frame, where the config asks for it
         if self.shared:
@@ -628,6 +644,13 @@ class L2LFlows(L2LCalibration, L2LGeneration, GenerativeModel):
             return self._generate(e_inc, noise,
                                   angles=self.angle_tensor(conditions, len(e_inc)))[0]
 
+    def _geometry_layers(self, el: Tensor) -> Tensor:
+        """(B, layers of the geometry) from per-active-layer values ``el`` (0 elsewhere)."""
+        if len(self.active) == self.geometry.n_layers:
+            return el
+        out = el.new_zeros(el.shape[0], self.geometry.n_layers)
+        return out.index_copy(1, torch.as_tensor(self.active, device=el.device), el)
+
     def _generate(self, e_inc: Tensor, generator: Source, calibrated: bool = True,
                   angles: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
         """Voxel energies (MeV) and, in log_threshold mode, the raw log features."""
@@ -713,7 +736,8 @@ class L2LFlows(L2LCalibration, L2LGeneration, GenerativeModel):
             axis_groups = axis_distance = None
             if axis is not None:  # one call for all cells (element-wise: the same values)
                 cols = self._modelled_columns()[0]
-                axis_groups = axis.groups(angles, slice(None))
+                axis_groups = axis.groups(angles, slice(None), self._geometry_layers(el)
+                                          if axis.n_le > 1 else None)
                 if self.config.rescue_empty_layers and self.config.rescue_axis_scale > 0:
                     axis_distance = axis.axis_distance(angles, slice(None))
                     if len(cols) != axis_distance.shape[1]:

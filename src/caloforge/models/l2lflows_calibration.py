@@ -39,6 +39,12 @@ class L2LCalibration:
                  for i in range(0, n, 500)]
         feats = torch.cat([p[1].cpu() for p in parts])
         gen_r = torch.cat([p[0].sum(1).double().cpu() for p in parts]) / e_inc[:n].double().cpu()
+        gen_le = None
+        if self.axis_cal is not None and self.axis_cal.n_le > 1:
+            # the sampled layer energies (every cell: the raw read-out is rescaled to
+            # them), which generation bins; read out above the threshold, a layer with
+            # more drawn hits than its energy carries would look empty
+            gen_le = torch.cat([self.axis_cal.layer_energies(p[0], 0.0).cpu() for p in parts])
         del parts
         self.train(was_training)
         if self.axis_cal is not None and (angles is not None or not self.takes_angles):
@@ -47,13 +53,14 @@ class L2LCalibration:
             self.axis_cal.impact = self._impact()
             hit_maps = bool(self.config.calibration_quantiles)
             self.axis_cal.fit(x, e_inc, angles, feats, gen_r, thr, self.config.zero_width,
-                              hit_maps=hit_maps)
+                              hit_maps=hit_maps, gen_layer_energy=gen_le)
             if self.config.calibration_occupancy_refine:
                 scale = readout_occupancy_scale(
                     self.axis_cal, x, angles, self._calibrated_chunks(e_inc, angles, n, generator),
                     thr)
                 self.axis_cal.fit(x, e_inc, angles, feats, gen_r, thr, self.config.zero_width,
-                                  hit_maps=hit_maps, occupancy_scale=scale)
+                                  hit_maps=hit_maps, occupancy_scale=scale,
+                                  gen_layer_energy=gen_le)
             refine_resp = bool(self.config.calibration_response_refine
                                and self.config.calibration_energy_bins)
             hit_passes = self.config.calibration_hit_refine if hit_maps else 0
