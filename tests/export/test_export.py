@@ -149,8 +149,11 @@ def test_noise_input_reproduces_generate(name, trained):
     sampler = Sampler(model, "ddml-grid", internal_noise=False)
     e = np.array([3e3, 2e4, 6e4])
     ref = model.sample(e, seed=9).energies
-    x = sampler(torch.tensor(e[:, None] / 1e3, dtype=torch.float32), torch.zeros(3, 1),
-                torch.zeros(3, 1), shower_normals(9, range(3), sampler.noise_dim))
+    # without gradients, as the exporters trace it: run alone (not after an export of
+    # the same fixture model, which freezes its weights) the output would carry a graph
+    with torch.no_grad():
+        x = sampler(torch.tensor(e[:, None] / 1e3, dtype=torch.float32), torch.zeros(3, 1),
+                    torch.zeros(3, 1), shower_normals(9, range(3), sampler.noise_dim))
     np.testing.assert_allclose(x.numpy(), ref, rtol=1e-5, atol=1e-6)
 
 
