@@ -28,19 +28,37 @@ if TYPE_CHECKING:
 
 
 def _fit_groups(cal: AxisCalibration, angles: Tensor, e_bin: Tensor | None,
-                layer_energy: Tensor | None = None) -> Tensor:
+                layer_energy: Tensor | None = None, centre: Tensor | None = None) -> Tensor:
     """(B, voxels) table row of every cell during fitting: in the pooled tables of the
     showers' theta bins (``e_bin`` None) or in those of their (theta, energy and response)
     bins (``e_bin``: energy bin x n_r + response bin); ``layer_energy`` (B, layers; MeV):
-    the showers' layer energies, for the layer-energy bins."""
+    the showers' layer energies, for the layer-energy bins; ``centre``: their rings'
+    centres (:func:`_centres`), for rings around the core."""
     le = None if layer_energy is None else layer_energy.to(cal.cell_xy)
-    local, tbin = cal._local(angles.to(cal.cell_xy), slice(None), le)
+    c = None if centre is None else centre.to(cal.cell_xy)
+    local, tbin = cal._local(angles.to(cal.cell_xy), slice(None), le, c)
     table = tbin if e_bin is None else tbin * cal.n_sub + e_bin.to(tbin)
     return (table * cal.n_groups)[:, None].cpu() + local.cpu()
 
 
 def _part(v: Tensor | None, i: int, n: int) -> Tensor | None:
     return None if v is None else v[i:i + n]
+
+
+def _centres(cal: AxisCalibration, values: Tensor, angles: Tensor,
+             threshold_mev: float | None = None) -> Tensor | None:
+    """(N, layers, 2) ring centres (:meth:`AxisCalibration.core_centres`) of showers
+    ``values`` (MeV, read out at ``threshold_mev``) or, without ``threshold_mev``, of
+    drawn log features; on the CPU, a chunk at a time; None without core rings."""
+    if cal.core_window < 0:
+        return None
+    out = []
+    for i in range(0, len(values), _CHUNK):
+        v = values[i:i + _CHUNK].to(cal.cell_xy)
+        f = v if threshold_mev is None else torch.log(v.clamp_min(1e-30) / threshold_mev)
+        out.append(cal.core_centres(cal.core_weights(f),
+                                    angles[i:i + _CHUNK].to(cal.cell_xy)).cpu())
+    return torch.cat(out)
 
 
 def _layer_energies(cal: AxisCalibration, x: Tensor, threshold_mev: float) -> Tensor | None:
@@ -96,8 +114,9 @@ def fit(cal: AxisCalibration, x: Tensor, e_inc: Tensor, angles: Tensor, feats: T
         factor = cal.calibrated_ratio(e, raw, theta) / raw.clamp_min(1e-30)
         gen_le = gen_layer_energy.cpu().double() * factor.cpu().double()[:, None]
     t, g, ns = cal.n_bins, cal.n_groups, cal.n_sub
+    centres = (_centres(cal, x, angles, threshold_mev), _centres(cal, feats, angles[:n]))
     pooled = _fit_tables(cal, x, angles, feats, None, None, t, threshold_mev, zero_width,
-                         hit_maps, min_hits, occupancy_scale, ref_le, gen_le)
+                         hit_maps, min_hits, occupancy_scale, ref_le, gen_le, centres)
     ref_bin = gen_bin = None
     if ns == 1:
         cut, step, table = pooled[:3]
@@ -106,7 +125,7 @@ def fit(cal: AxisCalibration, x: Tensor, e_inc: Tensor, angles: Tensor, feats: T
                                          threshold_mev)
         cut, step, table, n_ref = _fit_tables(cal, x, angles, feats, ref_bin, gen_bin, t * ns,
                                               threshold_mev, zero_width, hit_maps, min_hits,
-                                              occupancy_scale, ref_le, gen_le)
+                                              occupancy_scale, ref_le, gen_le, centres)
         # groups with few training hits in a sub-bin: their theta bin's pooled table
         rows = torch.arange(t * ns * g)
         src = (rows // (ns * g)) * g + rows % g
@@ -121,7 +140,7 @@ def fit(cal: AxisCalibration, x: Tensor, e_inc: Tensor, angles: Tensor, feats: T
     cal.weighted = False
     if cal.fit_layer_shares:
         _fit_layer_shares(cal, x, angles, feats, ref_bin, gen_bin, threshold_mev, min_hits,
-                          ref_le=ref_le, gen_le=gen_le)
+                          ref_le=ref_le, gen_le=gen_le, centres=centres)
     _fill_empty_bins(cal, angles[:n, 0])
     cal.ready.fill_(1.0)
     cal.is_fitted = True
@@ -130,24 +149,27 @@ def fit(cal: AxisCalibration, x: Tensor, e_inc: Tensor, angles: Tensor, feats: T
 def _fit_layer_shares(cal: AxisCalibration, x: Tensor, angles: Tensor, feats: Tensor,
                       ref_bin: Tensor | None, gen_bin: Tensor | None, threshold_mev: float,
                       min_hits: int, iterations: int = 3, ref_le: Tensor | None = None,
-                      gen_le: Tensor | None = None) -> None:
+                      gen_le: Tensor | None = None,
+                      centres: tuple[Tensor | None, Tensor | None] = (None, None)) -> None:
     """:attr:`hit_log_weight`: per group, the log of the ratio of the mean share of the layer energy
     in the training showers to that of the calibrated generated ones, iterated
     (weighting one group changes every share of its layer).  Groups with fewer than
     ``min_hits`` training hits keep 1."""
     n_tab = cal.cut.shape[0]
 
-    def rows(i: int, n: int, sub: Tensor | None, le: Tensor | None) -> Tensor:
-        return _fit_groups(cal, angles[i:i + n], _part(sub, i, n), _part(le, i, n))
+    def rows(i: int, n: int, sub: Tensor | None, le: Tensor | None,
+             centre: Tensor | None) -> Tensor:
+        return _fit_groups(cal, angles[i:i + n], _part(sub, i, n), _part(le, i, n),
+                           _part(centre, i, n))
 
     def reference(i: int) -> tuple[Tensor, Tensor]:
         xs = x[i:i + _CHUNK].cpu().float()
         return torch.where(xs >= threshold_mev, xs, torch.zeros_like(xs)), \
-            rows(i, len(xs), ref_bin, ref_le)
+            rows(i, len(xs), ref_bin, ref_le, centres[0])
 
     def generated(i: int) -> tuple[Tensor, Tensor]:
         f = feats[i:i + _CHUNK]
-        grp = rows(i, len(f), gen_bin, gen_le)
+        grp = rows(i, len(f), gen_bin, gen_le, centres[1])
         g, cut = cal.read_out(f, grp)
         return torch.where(f >= cut, threshold_mev * torch.exp(g.clamp(0, 20)),
                            torch.zeros_like(f)), grp
@@ -241,7 +263,9 @@ def _fit_tables(cal: AxisCalibration, x: Tensor, angles: Tensor, feats: Tensor,
                 ref_bin: Tensor | None, gen_bin: Tensor | None, n_tables: int,
                 threshold_mev: float, zero_width: float, hit_maps: bool, min_hits: int,
                 occupancy_scale: Tensor | None = None, ref_le: Tensor | None = None,
-                gen_le: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+                gen_le: Tensor | None = None,
+                centres: tuple[Tensor | None, Tensor | None] = (None, None)
+                ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Occupancy cuts, hit-map steps and tables (flat over ``n_tables`` tables of
     :attr:`n_groups` groups) and the number of training hits per group; ``ref_bin`` /
     ``gen_bin``: the sub-bin (energy x n_r + response) of every training / generated
@@ -250,11 +274,11 @@ def _fit_tables(cal: AxisCalibration, x: Tensor, angles: Tensor, feats: Tensor,
 
     def ref_rows(i: int) -> Tensor:
         return _fit_groups(cal, angles[i:i + _CHUNK], _part(ref_bin, i, _CHUNK),
-                           _part(ref_le, i, _CHUNK))
+                           _part(ref_le, i, _CHUNK), _part(centres[0], i, _CHUNK))
 
     def rows(i: int) -> Tensor:  # generated showers (the conditions of the first n)
         return _fit_groups(cal, angles[i:i + _CHUNK], _part(gen_bin, i, _CHUNK),
-                           _part(gen_le, i, _CHUNK))
+                           _part(gen_le, i, _CHUNK), _part(centres[1], i, _CHUNK))
 
     total, ref_hits, ref_v, ref_g = torch.zeros(n_grp), torch.zeros(n_grp), [], []
     for i in range(0, len(x), _CHUNK):
@@ -386,7 +410,7 @@ def readout_occupancy_scale(cal: AxisCalibration, x: Tensor, angles: Tensor,
         # sampled energy (all the cells, as generation bins them)
         for showers, counts, floor in ((xs, ref, threshold_mev), (chunk, gen, 0.0)):
             le = _layer_energies(cal, showers, floor)
-            rows = _fit_groups(cal, a, None, le)
+            rows = _fit_groups(cal, a, None, le, _centres(cal, showers, a, threshold_mev))
             counts += torch.bincount(rows[showers >= threshold_mev], minlength=n_grp)
         start += len(chunk)
     scale = torch.where((ref >= min_hits) & (gen > 0), ref / gen.clamp_min(1), torch.ones(n_grp))
@@ -428,7 +452,7 @@ def refine_hit_maps(cal: AxisCalibration, x: Tensor, e_inc: Tensor, angles: Tens
     def hits(xs: Tensor, i: int, floor: float) -> tuple[Tensor, Tensor]:
         e, a = e_inc[i:i + len(xs)].cpu(), angles[i:i + len(xs)].cpu()
         rows = _fit_groups(cal, a, sub_bin(xs, e, a[:, 0]),
-                           _layer_energies(cal, xs, floor))
+                           _layer_energies(cal, xs, floor), _centres(cal, xs, a, threshold_mev))
         hit = xs >= threshold_mev
         return torch.log(xs[hit] / threshold_mev), rows[hit]
 

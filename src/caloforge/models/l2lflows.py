@@ -120,6 +120,12 @@ class L2LFlowsConfig(ModelConfig):
     # late layer of a few MeV holds isolated hits far apart; tables pooled over layer
     # energies split the first and bunch the second.  1 = pooled.
     calibration_layer_energy_bins: int = 1
+    # ... and the rings go around each shower's own core in each layer (the centroid of
+    # layers k - w .. k + w, w this value, weighted by log(E / threshold); generation:
+    # of the flow's drawn features) instead of around the direction's axis: a hadron
+    # shower's core wanders off the beam line, and rings around the fixed line cut it
+    # away layer by layer, decorrelating the layers' centroids.  -1 = around the axis.
+    calibration_core_window: int = -1
     # ... and refit the response table on showers read out with every table (a second
     # generation pass): the read-out moves E_vis by a few per cent against the raw
     # response the table is first fitted on.
@@ -206,6 +212,10 @@ class L2LFlowsConfig(ModelConfig):
         if self.calibration_response_bins < 1:
             from caloforge.errors import ConfigError
             raise ConfigError("config key 'calibration_response_bins' must be >= 1")
+        if self.calibration_core_window < -1:
+            from caloforge.errors import ConfigError
+            raise ConfigError("config key 'calibration_core_window' must be -1 (rings around "
+                              "the axis) or a number of layers >= 0")
         if self.calibration_layer_energy_bins < 1:
             from caloforge.errors import ConfigError
             raise ConfigError("config key 'calibration_layer_energy_bins' must be >= 1")
@@ -291,12 +301,14 @@ class L2LFlows(L2LCalibration, L2LGeneration, GenerativeModel):
             self.register_buffer("resp_mu_gen", torch.ones(nb))
             self.register_buffer("resp_mu_ref", torch.ones(nb))
             self.register_buffer("resp_k", torch.ones(nb))
-            if c.calibration_layer_energy_bins > 1 and not (self.takes_angles
-                                                            or c.calibration_axis_tables):
-                from caloforge.errors import ConfigError
-                raise ConfigError("config key 'calibration_layer_energy_bins' > 1 needs the "
-                                  "axis tables (calibration_axis_tables: true, or a model "
-                                  "conditioned on the direction)")
+            for key, on in (("calibration_layer_energy_bins > 1",
+                             c.calibration_layer_energy_bins > 1),
+                            ("calibration_core_window >= 0", c.calibration_core_window >= 0)):
+                if on and not (self.takes_angles or c.calibration_axis_tables):
+                    from caloforge.errors import ConfigError
+                    raise ConfigError(f"config key '{key}' needs the axis tables "
+                                      "(calibration_axis_tables: true, or a model "
+                                      "conditioned on the direction)")
             if self.takes_angles or c.calibration_axis_tables:
                 self.axis_cal = AxisCalibration(geometry, c.calibration_theta_bins
                                                 if self.takes_angles else 1,
@@ -305,7 +317,8 @@ class L2LFlows(L2LCalibration, L2LGeneration, GenerativeModel):
                                                 c.calibration_layer_shares,
                                                 c.calibration_core_divisions,
                                                 c.calibration_response_bins,
-                                                c.calibration_layer_energy_bins)
+                                                c.calibration_layer_energy_bins,
+                                                c.calibration_core_window)
         self.shared = bool(c.shared_layer_flow)
         self.frame: AxisFrame | None = None  # the axis frame, where the config asks for it
         if self.shared:
@@ -644,6 +657,15 @@ class L2LFlows(L2LCalibration, L2LGeneration, GenerativeModel):
             return self._generate(e_inc, noise,
                                   angles=self.angle_tensor(conditions, len(e_inc)))[0]
 
+    def _core_weights(self, layer_feats: list[Tensor], cols: Tensor, b: int) -> Tensor:
+        """(B, voxels) centroid weights of the drawn features of the modelled layers
+        (:meth:`AxisCalibration.core_weights`; 0 elsewhere)."""
+        f = torch.cat([f for k, f in zip(self.active, layer_feats) if k in self.modelled], 1)
+        w = self.axis_cal.core_weights(f)
+        if len(cols) == self.geometry.n_voxels:
+            return w
+        return w.new_zeros(b, self.geometry.n_voxels).index_copy(1, cols, w)
+
     def _geometry_layers(self, el: Tensor) -> Tensor:
         """(B, layers of the geometry) from per-active-layer values ``el`` (0 elsewhere)."""
         if len(self.active) == self.geometry.n_layers:
@@ -736,8 +758,12 @@ class L2LFlows(L2LCalibration, L2LGeneration, GenerativeModel):
             axis_groups = axis_distance = None
             if axis is not None:  # one call for all cells (element-wise: the same values)
                 cols = self._modelled_columns()[0]
+                centre = None
+                if axis.core_window >= 0:  # rings around the drawn core
+                    centre = axis.core_centres(self._core_weights(layer_feats, cols, b),
+                                               angles)
                 axis_groups = axis.groups(angles, slice(None), self._geometry_layers(el)
-                                          if axis.n_le > 1 else None)
+                                          if axis.n_le > 1 else None, centre)
                 if self.config.rescue_empty_layers and self.config.rescue_axis_scale > 0:
                     axis_distance = axis.axis_distance(angles, slice(None))
                     if len(cols) != axis_distance.shape[1]:
