@@ -47,7 +47,9 @@ Here every table is indexed by the cell's position *relative to the shower axis*
   axis cut an off-axis core away with the cuts of outer rings and let noise through on
   the axis, which took the layer-to-layer correlation of the pion centroids from 0.36 /
   0.44 / 0.51 (the flow's own, layers 10 / 20 / 30; simulation 0.35 / 0.44 / 0.52) to
-  0.16 / 0.24 / 0.34.
+  0.16 / 0.24 / 0.34.  Measured on the pion default: its software-compensated width
+  came 13.2 -> 9.8 % off, while the correlation stayed low (the hits that the cuts add
+  from the flow's empty mode, a quarter of them, lie anywhere in the layer).
 
 Rings are symmetric around the axis, so no table depends on phi, while every shower's
 cells are classified at its own phi; a per-cell table per theta bin would instead have
