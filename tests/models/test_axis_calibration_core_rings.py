@@ -165,3 +165,21 @@ def test_core_rings_change_the_hits_not_the_layer_energies(trained):
         model.axis_cal.core_window = 1
     np.testing.assert_allclose(own.sum(1), axis.sum(1), rtol=0.02)
     assert not np.array_equal(own, axis)
+
+
+def test_a_model_with_core_rings_exports_to_onnx(trained, tmp_path):
+    """The rings' per-layer sums are traced without index_add (which the ONNX exporter
+    refuses with repeated indices): the runtime gives the showers of ``sample``."""
+    ort = pytest.importorskip("onnxruntime")
+    from caloforge.export import export_model
+    from caloforge.export.graph import shower_normals
+
+    model, _, _ = trained
+    meta = export_model(model, tmp_path / "m.onnx", to="onnx", noise="input")
+    e = np.array([4e3, 3e4])
+    sess = ort.InferenceSession(str(tmp_path / "m.onnx"))
+    names = [i.name for i in sess.get_inputs()]
+    ins = [(e[:, None] / 1e3).astype(np.float32), np.zeros((2, 1), np.float32),
+           np.zeros((2, 1), np.float32), shower_normals(4, range(2), meta["noise_width"]).numpy()]
+    (out,) = sess.run(None, dict(zip(names, ins)))
+    np.testing.assert_allclose(out, model.sample(e, seed=4).energies, rtol=1e-4, atol=1e-5)

@@ -152,7 +152,8 @@ class PointSampler(nn.Module):
         mask = slots[None] < s.n_points[:, None]
         context = torch.cat([cond, m.count_feature(s.n_points)], 1)
         feats = m.sample_points(mask, context, noise)
-        xy, layer, e = m.place_in_layers(feats, mask, s)
+        xy, layer, e = m.place_in_layers(feats, mask, s, e_inc,
+                                         angles if m.takes_angles else None)
         points = torch.cat([xy, layer.to(xy.dtype)[..., None], e.clamp_min(0)[..., None]], 2)
         return s.layer_counts.to(xy.dtype), points * mask[..., None].to(xy.dtype)
 

@@ -317,9 +317,15 @@ class AxisCalibration(nn.Module):
         :meth:`core_weights`); where those layers hold nothing, the direction's axis
         (``angles`` (B, 2), rad).  Row by row, so independent of the batch."""
         w = weights.to(self.cell_xy)
-        b, n_l, k = len(w), self.n_layers, max(self.core_window, 0)
-        sums = torch.stack([w.new_zeros(b, n_l).index_add_(1, self.cell_layer, v)
-                            for v in (w, w * self.cell_xy[:, 0], w * self.cell_xy[:, 1])], 1)
+        b, n_l, k = w.shape[0], self.n_layers, max(self.core_window, 0)
+
+        def per_layer(v: Tensor) -> Tensor:
+            if torch.jit.is_tracing():  # the ONNX exporter refuses repeated index_add indices
+                return w.new_zeros(b, n_l).scatter_add_(1, self.cell_layer.expand(b, -1), v)
+            return w.new_zeros(b, n_l).index_add_(1, self.cell_layer, v)
+
+        sums = torch.stack([per_layer(v) for v in (w, w * self.cell_xy[:, 0],
+                                                   w * self.cell_xy[:, 1])], 1)
         if k:  # layers k - w .. k + w (those that exist)
             pad = torch.nn.functional.pad(sums, (k, k))
             sums = sum(pad[:, :, j:j + n_l] for j in range(2 * k + 1))

@@ -54,6 +54,7 @@ from caloforge.models.flows import (
 )
 from caloforge.models.l2lflows_calibration import L2LCalibration
 from caloforge.models.l2lflows_generation import L2LGeneration
+from caloforge.models.layer_moments import LayerMoments
 from caloforge.models.noise import ShowerNoise, Source, randn
 from caloforge.models.transforms import Standardize
 
@@ -126,6 +127,14 @@ class L2LFlowsConfig(ModelConfig):
     # shower's core wanders off the beam line, and rings around the fixed line cut it
     # away layer by layer, decorrelating the layers' centroids.  -1 = around the axis.
     calibration_core_window: int = -1
+    # ... and, last, map each layer's centre and width (in the frame of the shower's
+    # direction) shower by shower onto the training showers' distribution by sharing the
+    # layer's energy differently among its hits (:mod:`caloforge.models.layer_moments`;
+    # the high-level classifier's features): this many quantile knots per map, 0 = off;
+    # maps per theta bin (models conditioned on the direction) and incident-energy bin.
+    calibration_layer_moments: int = 0
+    calibration_moment_theta_bins: int = 8
+    calibration_moment_energy_bins: int = 3
     # ... and refit the response table on showers read out with every table (a second
     # generation pass): the read-out moves E_vis by a few per cent against the raw
     # response the table is first fitted on.
@@ -229,6 +238,14 @@ class L2LFlowsConfig(ModelConfig):
         if self.calibration_theta_bins < 1:
             from caloforge.errors import ConfigError
             raise ConfigError("config key 'calibration_theta_bins' must be >= 1")
+        if self.calibration_layer_moments < 0 or self.calibration_layer_moments == 1:
+            from caloforge.errors import ConfigError
+            raise ConfigError("config key 'calibration_layer_moments' must be 0 (off) or "
+                              ">= 2 quantile knots")
+        if min(self.calibration_moment_theta_bins, self.calibration_moment_energy_bins) < 1:
+            from caloforge.errors import ConfigError
+            raise ConfigError("config keys 'calibration_moment_theta_bins' and "
+                              "'calibration_moment_energy_bins' must be >= 1")
         if self.axis_frame and not (self.shared_layer_flow
                                     and self.cell_feature == "log_threshold"):
             from caloforge.errors import ConfigError
@@ -319,6 +336,13 @@ class L2LFlows(L2LCalibration, L2LGeneration, GenerativeModel):
                                                 c.calibration_response_bins,
                                                 c.calibration_layer_energy_bins,
                                                 c.calibration_core_window)
+        # per-shower centre and width of every layer (fitted last in finalize)
+        self.moments: LayerMoments | None = None
+        if c.calibration_layer_moments:
+            self.moments = LayerMoments(geometry, c.calibration_moment_theta_bins
+                                        if self.takes_angles else 1,
+                                        c.calibration_moment_energy_bins,
+                                        c.calibration_layer_moments)
         self.shared = bool(c.shared_layer_flow)
         self.frame: AxisFrame | None = None  # the axis frame, where the config asks for it
         if self.shared:
@@ -619,6 +643,9 @@ class L2LFlows(L2LCalibration, L2LGeneration, GenerativeModel):
     def _sync_axis_depths(self) -> None:
         """The axis calibration's rings go around the frame's line too: each modelled
         cell at its layer's fitted depth."""
+        if self.frame is not None and self.moments is not None:
+            self.moments.depth[torch.as_tensor(self.modelled)] = self.frame.depth.to(
+                self.moments.depth)
         if self.frame is None or self.axis_cal is None:
             return
         z = self.axis_cal.cell_z
@@ -778,5 +805,8 @@ class L2LFlows(L2LCalibration, L2LGeneration, GenerativeModel):
                                        axis_distance))
             layers = [next(read) if t is None else t for t in layers]
         x = torch.cat(layers, 1)
+        if calibrated and self.moments is not None and self.moments.is_fitted:
+            self.moments.impact = self._impact()
+            x = self.moments(x, e_inc, angles if angles is not None else c.new_zeros(b, 2))
         feats = torch.cat(layer_feats, 1) if self._log_thr else None
         return x, feats

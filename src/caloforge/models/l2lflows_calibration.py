@@ -22,6 +22,40 @@ class L2LCalibration:
     @torch.no_grad()
     def finalize(self, x: Tensor, e_inc: Tensor, generator: torch.Generator,
                  angles: Tensor | None = None) -> None:
+        """The tables below (:meth:`_fit_tables`), then, where the config asks for them,
+        the per-shower maps of the layers' centres and widths
+        (:mod:`caloforge.models.layer_moments`) on showers generated with every table."""
+        if self.moments is not None:  # identity while the other tables are fitted
+            self.moments.reset()
+        self._fit_tables(x, e_inc, generator, angles)
+        n = min(self.config.calibration_showers, len(x))
+        if self.moments is not None and n > 0:
+            self.fit_layer_moments(x[:n], e_inc[:n], generator, angles)
+
+    @torch.no_grad()
+    def fit_layer_moments(self, x: Tensor, e_inc: Tensor, generator: torch.Generator,
+                          angles: Tensor | None = None) -> None:
+        """Fit the layer-moment maps on training showers ``x`` against showers generated
+        at their conditions with every other table (the maps off meanwhile)."""
+        self.moments.reset()
+        self.moments.impact = self._impact()
+        if angles is None:
+            angles = torch.zeros(len(x), 2)
+        n, step = len(x), 500
+
+        def reference() -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+            for i in range(0, n, step):
+                yield x[i:i + step], e_inc[i:i + step], angles[i:i + step]
+
+        def generated() -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+            chunks = self._calibrated_chunks(e_inc, angles, n, generator)
+            for i, showers in zip(range(0, n, step), chunks):
+                yield showers, e_inc[i:i + step], angles[i:i + step]
+
+        self.moments.fit(reference(), generated())
+
+    def _fit_tables(self, x: Tensor, e_inc: Tensor, generator: torch.Generator,
+                    angles: Tensor | None = None) -> None:
         """log_threshold: calibrate the per-cell cuts so that each cell's occupancy in
         generated showers equals that of the training showers ``x`` (same energies), then
         the hit-energy maps and the response (:mod:`caloforge.models.calibration`).

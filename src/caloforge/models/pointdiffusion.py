@@ -28,6 +28,7 @@ depend on the other showers of a chunk nor on how far the chunk is padded.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +43,7 @@ from caloforge.models.base import GenerativeModel, StepContext, TrainBatch
 from caloforge.models.config import ModelConfig, positive
 from caloforge.models.noise import ShowerNoise, Source, subset
 from caloforge.models.occupancy import fit_count_scale
+from caloforge.models.point_moments import PointMoments
 from caloforge.models.pointnets import PointDenoiser
 from caloforge.models.showerflow import ShowerFlow, ShowerSummary, summarise
 
@@ -68,6 +70,13 @@ class PointModelConfig(ModelConfig):
     # after training: training showers for the occupancy calibration (0: none) and its steps
     occupancy_showers: int = 2000
     occupancy_iterations: int = 3
+    # ... then per-shower maps of each layer's centre and width (point_moments; the
+    # high-level classifier's features) on this many training clouds: quantile knots
+    # (0 = off), theta bins (models conditioned on the direction) and energy bins
+    moment_knots: int = 0
+    moment_theta_bins: int = 8
+    moment_energy_bins: int = 3
+    moment_showers: int = 10000
 
     def validate(self) -> None:
         super().validate()
@@ -75,7 +84,11 @@ class PointModelConfig(ModelConfig):
                  "lr_flow", "max_points_factor")
         if not 0 < self.showerflow_fraction < 1:
             raise ConfigError("config key 'showerflow_fraction' must lie in (0, 1)")
-        for key in ("occupancy_showers", "occupancy_iterations"):
+        if self.moment_knots == 1 or min(self.moment_theta_bins, self.moment_energy_bins) < 1:
+            raise ConfigError("config key 'moment_knots' must be 0 (off) or >= 2, and "
+                              "'moment_theta_bins' and 'moment_energy_bins' >= 1")
+        for key in ("occupancy_showers", "occupancy_iterations", "moment_knots",
+                    "moment_showers"):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ConfigError(f"config key {key!r} must be an integer >= 0, got {value!r}")
@@ -117,6 +130,11 @@ class PointDiffusionModel(GenerativeModel):
         # per-layer point-count scale of the occupancy calibration (None: not calibrated);
         # kept in model.yaml, so folders written before it existed still load
         self.count_scale: tuple[float, ...] | None = None
+        self.moments: PointMoments | None = None  # the layers' centres and widths
+        if config.moment_knots:
+            self.moments = PointMoments(geometry, config.moment_theta_bins
+                                        if self.takes_angles else 1,
+                                        config.moment_energy_bins, config.moment_knots)
 
     # ---- data -----------------------------------------------------------------------------
     def layers_of(self, z: Tensor) -> Tensor:
@@ -231,7 +249,7 @@ class PointDiffusionModel(GenerativeModel):
             feats = self.sample_points(mask, context, noise)
         else:
             feats = self._sample_by_size(s.n_points, context, noise)
-        return self.place(feats, mask, s), mask
+        return self.place(feats, mask, s, e_inc, angles), mask
 
     def draw_summary(self, cond: Tensor, noise: Source, e_inc: Tensor, max_points: int
                      ) -> ShowerSummary:
@@ -250,6 +268,55 @@ class PointDiffusionModel(GenerativeModel):
                  angles: Tensor | None = None, mask: Tensor | None = None) -> None:
         """Occupancy calibration (:mod:`caloforge.models.occupancy`) on up to
         ``occupancy_showers`` of the training clouds ``x``."""
+        if self.moments is not None:  # identity while the occupancy is fitted
+            self.moments.reset()
+        self._fit_occupancy(x, e_inc, generator, angles, mask)
+        n = min(self.config.moment_showers, len(x))
+        if self.moments is not None and n > 0 and mask is not None:
+            self.fit_moments(x[:n], e_inc[:n], generator, angles, mask[:n])
+
+    @torch.no_grad()
+    def fit_moments(self, x: Tensor, e_inc: Tensor, generator: torch.Generator,
+                    angles: Tensor | None, mask: Tensor) -> None:
+        """Fit the layer-moment maps (:mod:`caloforge.models.point_moments`) on training
+        clouds ``x`` (B, P, 4) against clouds generated at their conditions."""
+        self.moments.reset()
+        self.moments.impact = self._impact()
+        n = len(x)
+        ang = torch.zeros(n, 2) if angles is None else angles
+        seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+
+        def split(points: Tensor, m: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+            m = m & (points[..., 3] > 0)
+            return (points[..., :2].float(), self.layers_of(points[..., 2].float()),
+                    points[..., 3].float() * m)
+
+        def reference() -> Iterator[tuple[tuple[Tensor, ...], Tensor, Tensor]]:
+            for i in range(0, n, 256):
+                yield split(x[i:i + 256], mask[i:i + 256]), e_inc[i:i + 256], ang[i:i + 256]
+
+        def generated() -> Iterator[tuple[tuple[Tensor, ...], Tensor, Tensor]]:
+            for i in range(0, n, 256):
+                j = min(i + 256, n)
+                noise = ShowerNoise.for_showers(seed, range(i, j), self.device)
+                points, m = self._generate(e_inc[i:j].to(self.device), noise,
+                                           None if angles is None else ang[i:j].to(self.device))
+                yield split(points.cpu(), m.cpu()), e_inc[i:j], ang[i:j]
+
+        was_training = self.training
+        self.eval()
+        try:
+            self.moments.fit(reference(), generated())
+        finally:
+            self.train(was_training)
+
+    def _impact(self) -> tuple[float, float]:
+        """The fixed impact point (mm) of the training showers."""
+        x, y = self.condition_space.fixed.get("impact", (0.0, 0.0))
+        return float(x), float(y)
+
+    def _fit_occupancy(self, x: Tensor, e_inc: Tensor, generator: torch.Generator,
+                       angles: Tensor | None, mask: Tensor | None) -> None:
         n = min(self.config.occupancy_showers, len(x))
         if n == 0 or mask is None:
             return
@@ -295,18 +362,21 @@ class PointDiffusionModel(GenerativeModel):
             feats[rows, :p] = self.sample_points(mask, context[rows], subset(noise, rows))
         return feats
 
-    def place(self, feats: Tensor, mask: Tensor, s: ShowerSummary) -> Tensor:
+    def place(self, feats: Tensor, mask: Tensor, s: ShowerSummary, e_inc: Tensor,
+              angles: Tensor | None) -> Tensor:
         """Standardised points -> ``(B, P, 4)`` x, y, z (mm), E (MeV) matching the shower
         summary: layers by rank of the layer coordinate, energies scaled per layer, cloud
         shifted to the centre of gravity (see the module docstring)."""
-        xy, layer, e = self.place_in_layers(feats, mask, s)
+        xy, layer, e = self.place_in_layers(feats, mask, s, e_inc, angles)
         out = torch.cat([xy, self.layer_z[layer][..., None], e[..., None]], 2)
         return out * mask[..., None]
 
-    def place_in_layers(self, feats: Tensor, mask: Tensor, s: ShowerSummary
+    def place_in_layers(self, feats: Tensor, mask: Tensor, s: ShowerSummary,
+                        e_inc: Tensor, angles: Tensor | None
                         ) -> tuple[Tensor, Tensor, Tensor]:
         """:meth:`place` as ``(xy (B, P, 2) mm, layer index (B, P), E (B, P) MeV)``,
-        not yet masked (the export writes layer indices)."""
+        not yet masked (the export writes layer indices); the layer-moment maps applied
+        where fitted."""
         raw = feats * self.feat_std + self.feat_mean
         n_l = self.geometry.n_layers
         depth = raw[..., 2].masked_fill(~mask, float("inf"))
@@ -323,7 +393,12 @@ class PointDiffusionModel(GenerativeModel):
         e = e * torch.gather(s.layer_energy / sums.clamp_min(1e-30), 1, layer)
         dxy = raw[..., :2]
         centre = (dxy * e[..., None]).sum(1) / e.sum(1).clamp_min(1e-30)[:, None]
-        return dxy - centre[:, None] + s.cog[:, None], layer, e
+        xy = dxy - centre[:, None] + s.cog[:, None]
+        if self.moments is not None and self.moments.is_fitted:
+            if angles is None:
+                angles = xy.new_zeros(xy.shape[0], 2)
+            xy = self.moments(xy, layer, e, e_inc, angles)
+        return xy, layer, e
 
     def metadata(self) -> dict[str, Any]:
         return {**super().metadata(), "sampler": self.sampler_settings(),

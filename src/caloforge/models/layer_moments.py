@@ -1,0 +1,437 @@
+"""Per-shower calibration of each layer's centre and width (the high-level features).
+
+Applied to read-out voxel showers after every other table.  In each layer of a shower,
+the energy-weighted centre and width of its hits are measured in the frame of the
+shower's direction (u along the azimuth, v across it, from the direction's axis at the
+layer's depth) and mapped from the generated onto the training showers' distribution:
+monotone quantile maps per (theta bin, incident-energy bin, layer, moment), interpolated
+linearly in log E between the energy bins.  The layer then reaches its mapped moments by
+sharing its energy differently among the same hits:
+
+    w_i = 1 + t * beta . (phi_i - <phi>),    phi = (du, dv, du^2, dv^2)
+
+(du, dv from the layer's centre) with beta solving the four moment equations, which are
+linear in beta, so the mapped moments are met exactly at t = 1; t <= 1 is the largest
+step that keeps every hit within [w_min, w_max] of its energy and at or above the
+readout threshold.  The layer's energy and its hits are unchanged
+(sum_i E_i (phi_i - <phi>) = 0); only layers with at least ``min_hits`` hits are mapped.
+
+Why: a generator whose layers have the right energies and hit counts can still scatter
+their centres and widths from shower to shower more (or less) than the simulation does.
+The L2LFlows layer flow draws too few hits, and the occupancy cuts make up the count
+with cells the flow left empty, which lie anywhere in their ring; the CaloChallenge
+high-level classifier (per-layer energies, centres and widths) sees exactly that.  The
+maps keep each shower's rank among the generated ones, so the correlations between
+layers stay the generator's.
+
+Everything is per shower (no batch statistics) and in elementwise, gather and reduction
+operations, so generation stays independent of the batch and exports to ONNX.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from caloforge.geometry import Geometry
+
+MOMENTS = ("centre_u", "centre_v", "width_u", "width_v")
+MIN_FIT_LAYERS = 50  # fewer eligible layers in a (theta, energy) bin: identity map there
+
+
+def _layer_table(geometry: Geometry) -> tuple[np.ndarray, np.ndarray]:
+    """(layers, C) voxel index of each layer's cells, padded with ``n_voxels`` (a zero
+    column appended at use), and (voxels,) each voxel's position in that table."""
+    layer = np.asarray(geometry.layer_of_voxel, dtype=np.int64)
+    n_l, n_v = int(geometry.n_layers), int(geometry.n_voxels)
+    counts = np.bincount(layer, minlength=n_l)
+    width = max(int(counts.max()), 1)
+    table = np.full((n_l, width), n_v, dtype=np.int64)
+    where = np.empty(n_v, dtype=np.int64)
+    for k in range(n_l):
+        cells = np.flatnonzero(layer == k)
+        table[k, :len(cells)] = cells
+        where[cells] = k * width + np.arange(len(cells))
+    return table, where
+
+
+def _map(v: Tensor, q_gen: Tensor, q_ref: Tensor) -> Tensor:
+    """Piecewise-linear map of ``v`` (...) from knots ``q_gen`` onto ``q_ref`` (..., K);
+    unit slope beyond the outer knots.  Comparisons and gathers only (ONNX)."""
+    k = q_gen.shape[-1]
+    j = ((v[..., None] > q_gen).sum(-1).clamp(1, k - 1) - 1)[..., None]
+    x0, x1 = q_gen.gather(-1, j)[..., 0], q_gen.gather(-1, j + 1)[..., 0]
+    y0, y1 = q_ref.gather(-1, j)[..., 0], q_ref.gather(-1, j + 1)[..., 0]
+    out = y0 + ((v - x0) / (x1 - x0).clamp_min(1e-9)).clamp(0, 1) * (y1 - y0)
+    out = torch.where(v < q_gen[..., 0], q_ref[..., 0] + (v - q_gen[..., 0]), out)
+    return torch.where(v > q_gen[..., -1], q_ref[..., -1] + (v - q_gen[..., -1]), out)
+
+
+def solve_spd4(a: Tensor, r: Tensor) -> Tensor:
+    """Solve ``a`` x = ``r`` for symmetric positive-definite (..., 4, 4) ``a`` by an
+    unrolled Cholesky factorisation (elementwise: ONNX has no linear solver, and each
+    system's result does not depend on the others in the batch)."""
+    n = 4
+    low = [[None] * n for _ in range(n)]
+    for i in range(n):
+        for j in range(i + 1):
+            s = a[..., i, j]
+            for k in range(j):
+                s = s - low[i][k] * low[j][k]
+            low[i][j] = torch.sqrt(s.clamp_min(1e-30)) if i == j else s / low[j][j]
+    y = []
+    for i in range(n):
+        s = r[..., i]
+        for k in range(i):
+            s = s - low[i][k] * y[k]
+        y.append(s / low[i][i])
+    x = [None] * n
+    for i in reversed(range(n)):
+        s = y[i]
+        for k in range(i + 1, n):
+            s = s - low[k][i] * x[k]
+        x[i] = s / low[i][i]
+    return torch.stack(x, -1)
+
+
+class MomentMaps(nn.Module):
+    """Quantile maps of every layer's centre and width (u, v) per (theta bin, energy
+    bin, layer), and the axis they are measured from; subclasses measure and move the
+    showers (voxels: :class:`LayerMoments`; point clouds:
+    :class:`~caloforge.models.point_moments.PointMoments`).  Identity until :meth:`fit`.
+
+    ``fit_depth``: :meth:`fit` also sets the depth at which the direction's axis crosses
+    each layer to where the training showers' centres lie (least squares in tan theta),
+    so that the centres measured from it do not drift with theta inside a theta bin."""
+
+    def __init__(self, layer_depth: np.ndarray, n_theta_bins: int = 8,
+                 n_energy_bins: int = 3, n_knots: int = 33, min_hits: int = 3,
+                 fit_depth: bool = False) -> None:
+        super().__init__()
+        self.n_layers = len(layer_depth)
+        self.n_theta, self.n_energy = max(int(n_theta_bins), 1), max(int(n_energy_bins), 1)
+        self.n_knots, self.min_hits = max(int(n_knots), 2), int(min_hits)
+        self.fit_depth = bool(fit_depth)
+        self.impact = (0.0, 0.0)  # mm, the model's fixed impact point (set by the model)
+        # depth (mm) at which the direction's axis crosses each layer
+        self.register_buffer("depth", torch.as_tensor(layer_depth, dtype=torch.float32))
+        t, e, k = self.n_theta, self.n_energy, self.n_knots
+        self.register_buffer("ready", torch.zeros(()))
+        self.register_buffer("theta_edges", torch.full((max(t - 1, 1),), math.inf))
+        self.register_buffer("energy_knots", torch.linspace(0.0, 1.0, e))  # log(E / MeV)
+        ident = torch.linspace(-1.0, 1.0, k).expand(t, e, self.n_layers, len(MOMENTS), k)
+        self.register_buffer("q_gen", ident.clone())
+        self.register_buffer("q_ref", ident.clone())
+        self.is_fitted = False  # python mirror of ``ready`` (no tensor test while tracing)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        if prefix + "depth" not in state_dict:  # folders saved before it was: the layers'
+            state_dict = {**state_dict, prefix + "depth": self.depth.clone()}
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self.is_fitted = bool(self.ready > 0)
+
+    def reset(self) -> None:
+        """Back to the identity (the maps are refitted)."""
+        ident = torch.linspace(-1.0, 1.0, self.n_knots).to(self.q_gen)
+        self.q_gen.copy_(ident.expand_as(self.q_gen))
+        self.q_ref.copy_(ident.expand_as(self.q_ref))
+        self.ready.zero_()
+        self.is_fitted = False
+
+    def _axis(self, angles: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Where each shower's axis crosses each layer (B, L; mm) and cos, sin of phi (B,)."""
+        # trigonometry in float64, then rounded: the same float32 values whichever
+        # vectorised path a batch's row takes
+        a = angles.double()  # (tan as sin / cos: ONNX Runtime has no float64 Tan)
+        tan = (torch.sin(a[:, 0]) / torch.cos(a[:, 0])).float()
+        # at normal incidence the azimuth names no direction: the frame is x, y then, so
+        # that phi changes nothing (as everywhere else in the models)
+        phi = torch.where(a[:, 0] == 0, torch.zeros_like(a[:, 1]), a[:, 1])
+        cos, sin = torch.cos(phi).float(), torch.sin(phi).float()
+        ax = self.impact[0] + self.depth[None] * (tan * cos)[:, None]
+        ay = self.impact[1] + self.depth[None] * (tan * sin)[:, None]
+        return ax, ay, cos, sin
+
+    def _targets(self, mom: Tensor, e_inc: Tensor, theta: Tensor) -> Tensor:
+        """(B, L, 4) mapped moments: the maps of the shower's theta bin, linear in log E
+        between the energy bins' (constant beyond the outer ones)."""
+        tb = (theta.to(self.theta_edges)[:, None] >= self.theta_edges[None]).sum(1)
+        tb = tb.clamp(max=self.n_theta - 1)
+        log_e = torch.log(e_inc.double()).float()
+        knots = self.energy_knots
+        if self.n_energy == 1:
+            lo = hi = torch.zeros_like(tb)
+            w = torch.zeros_like(log_e)
+        else:
+            lo = ((log_e[:, None] > knots[None]).sum(1).clamp(1, self.n_energy - 1) - 1)
+            hi = lo + 1
+            w = ((log_e - knots[lo]) / (knots[hi] - knots[lo]).clamp_min(1e-9)).clamp(0, 1)
+        mom = mom.to(self.q_gen)
+        a = _map(mom, self.q_gen[tb, lo], self.q_ref[tb, lo])
+        b = _map(mom, self.q_gen[tb, hi], self.q_ref[tb, hi])
+        return (a + w[:, None, None] * (b - a)).double()
+
+    # ---- fit ----------------------------------------------------------------------------------
+    @torch.no_grad()
+    def fit(self, reference: Iterable[tuple[Tensor, Tensor, Tensor]],
+            generated: Iterable[tuple[Tensor, Tensor, Tensor]]) -> None:
+        """Fit the maps from chunks (showers, e_inc (B,), angles (B, 2)) of training
+        showers and of showers generated at training conditions with every other table
+        (the maps must be the identity while those are generated); the showers as
+        :meth:`layer_moments` takes them."""
+        ref = self._collect(reference)
+        gen = self._collect(generated)
+        if self.fit_depth:
+            self._fit_depth(ref, gen)
+        theta = ref[2]
+        if self.n_theta > 1:
+            qs = torch.linspace(0, 1, self.n_theta + 1, dtype=torch.float64)[1:-1]
+            self.theta_edges.copy_(torch.quantile(theta.double(), qs).float())
+        log_e = ref[1]
+        edges = torch.quantile(log_e.double(), torch.linspace(0, 1, self.n_energy + 1,
+                                                              dtype=torch.float64)).float()
+        knots = torch.stack([log_e[(log_e >= edges[i]) & (log_e <= edges[i + 1])].median()
+                             for i in range(self.n_energy)])
+        if self.n_energy > 1:
+            self.energy_knots.copy_(knots)
+        qs = torch.linspace(0, 1, self.n_knots, dtype=torch.float64)
+        q_gen, q_ref = self.q_gen.clone(), self.q_ref.clone()
+        rb, gb = self._bins(ref, edges), self._bins(gen, edges)
+        for t in range(self.n_theta):
+            for j in range(self.n_energy):
+                rs, gs = rb == t * self.n_energy + j, gb == t * self.n_energy + j
+                for k in range(self.n_layers):
+                    rm = ref[0][rs, k][ref[3][rs, k]]
+                    gm = gen[0][gs, k][gen[3][gs, k]]
+                    if len(rm) < MIN_FIT_LAYERS or len(gm) < MIN_FIT_LAYERS:
+                        continue  # identity
+                    q_ref[t, j, k] = torch.quantile(rm.double(), qs, dim=0).t().float()
+                    q_gen[t, j, k] = torch.quantile(gm.double(), qs, dim=0).t().float()
+        self.q_gen.copy_(q_gen)
+        self.q_ref.copy_(q_ref)
+        self.ready.fill_(1.0)
+        self.is_fitted = True
+
+    def _collect(self, chunks: Iterable[tuple[Tensor, Tensor, Tensor]]
+                 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Moments, log E, theta and eligibility of all showers of ``chunks``."""
+        mom, log_e, theta, ok = [], [], [], []
+        device = self.q_gen.device
+        for x, e_inc, angles in chunks:
+            x = tuple(v.to(device) for v in x) if isinstance(x, tuple) else x.to(device)
+            m, o = self.layer_moments(x, angles.to(device))
+            mom.append(m.cpu())
+            ok.append(o.cpu())
+            log_e.append(torch.log(e_inc.double().cpu()).float())
+            theta.append(angles[:, 0].float().cpu())
+        return torch.cat(mom), torch.cat(log_e), torch.cat(theta), torch.cat(ok)
+
+    def _bins(self, data: tuple[Tensor, Tensor, Tensor, Tensor], edges: Tensor) -> Tensor:
+        """(N,) flat (theta bin, energy bin) of each shower (energy bins by ``edges``)."""
+        tb = (data[2][:, None] >= self.theta_edges.cpu()[None]).sum(1).clamp(
+            max=self.n_theta - 1)
+        eb = (data[1][:, None] > edges[1:-1][None]).sum(1)
+        return tb * self.n_energy + eb
+
+    def _fit_depth(self, ref: tuple[Tensor, ...], gen: tuple[Tensor, ...]) -> None:
+        """Move each layer's axis depth to where the training centres lie along the
+        azimuth, c_u = delta tan(theta) (least squares over eligible layers), and shift
+        the collected centres of both samples to the new axis."""
+        tan = torch.tan(ref[2].double())[:, None]
+        ok = ref[3].double()
+        num = (ref[0][..., 0] * tan * ok).sum(0)
+        den = (tan * tan * ok).sum(0)
+        delta = torch.where(den > 1e-9, num / den.clamp_min(1e-9), torch.zeros_like(num))
+        self.depth += delta.to(self.depth)
+        for data in (ref, gen):
+            data[0][..., 0] -= delta[None] * torch.tan(data[2].double())[:, None]
+
+    def layer_moments(self, x: Tensor | tuple[Tensor, ...], angles: Tensor
+                      ) -> tuple[Tensor, Tensor]:  # pragma: no cover - abstract
+        """(B, L, 4) centre u, centre v, width u, width v (mm) and (B, L) eligibility."""
+        raise NotImplementedError
+
+class LayerMoments(MomentMaps):
+    """The maps applied to voxel showers by sharing each layer's energy differently
+    among its hits (see the module docstring)."""
+
+    def __init__(self, geometry: Geometry, n_theta_bins: int = 8, n_energy_bins: int = 3,
+                 n_knots: int = 33, min_hits: int = 3, w_min: float = 0.3,
+                 w_max: float = 3.0) -> None:
+        centres = np.array(geometry.cell_centres, dtype=np.float64)  # a writable copy
+        # the cells' depth unless the model knows better (its fitted axis frame)
+        z = np.zeros(int(geometry.n_layers))
+        z[np.asarray(geometry.layer_of_voxel)] = centres[:, 2]
+        super().__init__(z, n_theta_bins, n_energy_bins, n_knots, min_hits)
+        table, where = _layer_table(geometry)
+        padded = np.concatenate([centres, np.zeros((1, 3))])[table]  # (L, C, 3)
+        self.w_min, self.w_max = float(w_min), float(w_max)
+        self.threshold = float(geometry.readout_threshold_mev)
+        self.register_buffer("table", torch.as_tensor(table.reshape(-1)), persistent=False)
+        self.register_buffer("where", torch.as_tensor(where), persistent=False)
+        self.register_buffer("cell_xy", torch.as_tensor(centres[:, :2], dtype=torch.float32),
+                             persistent=False)
+        self.register_buffer("cell_layer", torch.as_tensor(
+            np.asarray(geometry.layer_of_voxel, dtype=np.int64)), persistent=False)
+        self.register_buffer("cell_x", torch.as_tensor(padded[..., 0], dtype=torch.float32),
+                             persistent=False)
+        self.register_buffer("cell_y", torch.as_tensor(padded[..., 1], dtype=torch.float32),
+                             persistent=False)
+
+    # ---- the layers' moments --------------------------------------------------------------
+    def _hits(self, x: Tensor, angles: Tensor) -> tuple[Tensor, ...]:
+        """The read-out hits of ``x`` (B, voxels): shower, voxel, energy (float64), flat
+        (shower, layer) key and u, v (mm, float64) in the frame of the direction."""
+        rows, cols = torch.nonzero(x >= self.threshold, as_tuple=True)
+        e = x[rows, cols].double()
+        layer = self.cell_layer[cols]
+        ax, ay, cos, sin = self._axis(angles)
+        dx = (self.cell_xy[cols, 0] - ax[rows, layer]).double()
+        dy = (self.cell_xy[cols, 1] - ay[rows, layer]).double()
+        c, s = cos[rows].double(), sin[rows].double()
+        return rows, cols, e, rows * self.n_layers + layer, dx * c + dy * s, dy * c - dx * s
+
+    def _dense(self, x: Tensor, angles: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Hit energies (B, L, C; 0 below the threshold) and every cell's u, v (mm), in
+        float64 as the eager path's hits: the traced path (the exporters), the same
+        arithmetic on every cell."""
+        b = x.shape[0]
+        xs = torch.cat([x.to(self.cell_x), x.new_zeros(b, 1).to(self.cell_x)], 1)
+        xs = xs.index_select(1, self.table).view(b, self.n_layers, -1)
+        e = torch.where(xs >= self.threshold, xs, torch.zeros_like(xs))
+        ax, ay, cos, sin = self._axis(angles)
+        dx = self.cell_x[None] - ax[:, :, None]
+        dy = self.cell_y[None] - ay[:, :, None]
+        c, s = cos[:, None, None].double(), sin[:, None, None].double()
+        dx, dy = dx.double(), dy.double()
+        return e.double(), dx * c + dy * s, dy * c - dx * s
+
+    @staticmethod
+    def _monomials(u: Tensor, v: Tensor) -> list[Tensor]:
+        uu, vv = u * u, v * v
+        return [u, v, uu, u * v, vv, uu * u, uu * v, u * vv, vv * v, uu * uu, uu * vv, vv * vv]
+
+    def _sums(self, x: Tensor, angles: Tensor) -> tuple[Tensor, Tensor, tuple]:
+        """(B, L, 13) energy-weighted sums of 1, u, v, ..., v^4 over each layer's hits
+        (float64), (B, L) hit counts, and the hits (sparse in eager mode, dense traced)."""
+        b = x.shape[0]
+        if torch.jit.is_tracing():
+            e, u, v = self._dense(x, angles)
+            sums = torch.stack([e.sum(-1)] + [(e * m).sum(-1) for m in self._monomials(u, v)],
+                               -1)
+            return sums, (e > 0).sum(-1), (e, u, v)
+        rows, cols, e, key, u, v = hits = self._hits(x, angles)
+        terms = torch.stack([e] + [e * m for m in self._monomials(u, v)], 1)
+        sums = terms.new_zeros(b * self.n_layers, terms.shape[1]).index_add_(0, key, terms)
+        count = torch.zeros(b * self.n_layers, dtype=torch.long, device=x.device)
+        count.index_add_(0, key, torch.ones_like(key))
+        return sums.view(b, self.n_layers, -1), count.view(b, self.n_layers), hits
+
+    @staticmethod
+    def _central(sums: Tensor) -> dict[str, Tensor]:
+        """Per layer (B, L; float64): energy, centre and central moments up to 4th order."""
+        tot = sums[..., 0]
+        m = sums[..., 1:] / tot.clamp_min(1e-30)[..., None]
+        a, b = m[..., 0], m[..., 1]
+        euu, euv, evv = m[..., 2], m[..., 3], m[..., 4]
+        euuu, euuv, euvv, evvv, euuuu, euuvv, evvvv = (m[..., k] for k in range(5, 12))
+        return {
+            "total": tot, "cu": a, "cv": b, "uu": euu - a * a, "vv": evv - b * b,
+            "uv": euv - a * b,
+            "uuu": euuu - 3 * a * euu + 2 * a ** 3, "vvv": evvv - 3 * b * evv + 2 * b ** 3,
+            "uuv": euuv - b * euu - 2 * a * euv + 2 * a * a * b,
+            "uvv": euvv - a * evv - 2 * b * euv + 2 * a * b * b,
+            "uuuu": euuuu - 4 * a * euuu + 6 * a * a * euu - 3 * a ** 4,
+            "vvvv": evvvv - 4 * b * evvv + 6 * b * b * evv - 3 * b ** 4,
+            "uuvv": (euuvv - 2 * b * euuv - 2 * a * euvv + b * b * euu + a * a * evv
+                     + 4 * a * b * euv - 3 * a * a * b * b)}
+
+    @staticmethod
+    def _moments(st: dict[str, Tensor]) -> Tensor:
+        return torch.stack([st["cu"], st["cv"], st["uu"].clamp_min(0).sqrt(),
+                            st["vv"].clamp_min(0).sqrt()], -1)
+
+    def layer_moments(self, x: Tensor, angles: Tensor) -> tuple[Tensor, Tensor]:
+        """(B, L, 4) centre u, centre v, width u, width v (mm; float64) of every layer of
+        read-out showers ``x`` (B, voxels) and (B, L) whether it has ``min_hits`` hits."""
+        sums, count, _ = self._sums(x, angles)
+        return self._moments(self._central(sums)), count >= self.min_hits
+
+    # ---- generation ------------------------------------------------------------------------
+    def _weight_polynomial(self, st: dict[str, Tensor], tgt: Tensor) -> Tensor:
+        """(B, L, 5) coefficients (1, u, v, u^2, v^2) of d = beta . (phi - <phi>), whose
+        weights 1 + d move each layer's moments onto ``tgt`` (B, L, 4) exactly."""
+        shift_u, shift_v = tgt[..., 0] - st["cu"], tgt[..., 1] - st["cv"]
+        wu, wv = tgt[..., 2].clamp_min(0), tgt[..., 3].clamp_min(0)
+        rhs = torch.stack([shift_u, shift_v, wu * wu + shift_u * shift_u - st["uu"],
+                           wv * wv + shift_v * shift_v - st["vv"]], -1)
+        uu, vv = st["uu"], st["vv"]
+        cov = torch.stack([
+            torch.stack([uu, st["uv"], st["uuu"], st["uvv"]], -1),
+            torch.stack([st["uv"], vv, st["uuv"], st["vvv"]], -1),
+            torch.stack([st["uuu"], st["uuv"], st["uuuu"] - uu * uu, st["uuvv"] - uu * vv], -1),
+            torch.stack([st["uvv"], st["vvv"], st["uuvv"] - uu * vv, st["vvvv"] - vv * vv], -1),
+        ], -2)
+        # a ridge of 1e-4 of each diagonal element keeps near-degenerate layers (three
+        # hits, hits in one row) solvable; their step is then limited by the weight bounds
+        diag = torch.stack([cov[..., i, i] for i in range(4)], -1)  # (ONNX: no Diagonal)
+        eye = torch.eye(4, dtype=cov.dtype, device=cov.device)
+        cov = cov + eye * (1e-4 * diag + 1e-12)[..., None, :]
+        # one LAPACK call per system in eager mode (fewer operations at batch 1); the
+        # unrolled Cholesky where traced (ONNX has no solver)
+        beta = solve_spd4(cov, rhs) if torch.jit.is_tracing() else \
+            torch.linalg.solve(cov, rhs[..., None])[..., 0]
+        b1, b2, b3, b4 = beta.unbind(-1)
+        a, b = st["cu"], st["cv"]
+        const = -b1 * a - b2 * b + b3 * (a * a - uu) + b4 * (b * b - vv)
+        poly = torch.stack([const, b1 - 2 * b3 * a, b2 - 2 * b4 * b, b3, b4], -1)
+        return torch.where(torch.isfinite(poly), poly, torch.zeros_like(poly))
+
+    def _limit(self, e: Tensor, d: Tensor) -> Tensor:
+        """Largest step t of each hit (energy ``e``, direction ``d``) keeping its weight
+        1 + t d within [w_min, w_max] and its energy at or above the threshold."""
+        low = torch.clamp(self.threshold * (1 + 1e-4) / e.clamp_min(1e-30), min=self.w_min)
+        big = torch.full_like(d, math.inf)
+        return torch.where(d < 0, (1 - low) / (-d).clamp_min(1e-30),
+                           torch.where(d > 0, (self.w_max - 1) / d.clamp_min(1e-30), big))
+
+    def forward(self, x: Tensor, e_inc: Tensor, angles: Tensor) -> Tensor:
+        """Showers ``x`` (B, voxels; MeV) with each eligible layer's hits reweighted to
+        its mapped centre and width; ``e_inc`` (B,) MeV, ``angles`` (B, 2) rad."""
+        sums, count, hits = self._sums(x, angles)
+        st = self._central(sums)
+        poly = self._weight_polynomial(st, self._targets(self._moments(st), e_inc,
+                                                         angles[:, 0]))
+        ok = count >= self.min_hits
+        b, n_l = x.shape[0], self.n_layers
+        if torch.jit.is_tracing():
+            e, u, v = hits
+            p = poly.to(e)[..., None, :].unbind(-1)  # each (B, L, 1)
+            d = p[0] + p[1] * u + p[2] * v + p[3] * u * u + p[4] * v * v
+            lim = torch.where(e > 0, self._limit(e, d), torch.full_like(d, math.inf))
+            step = torch.where(ok, lim.amin(-1).clamp(0, 1), torch.zeros_like(lim[..., 0]))
+            moved = e * (1 + step[..., None] * d)
+            # sum_i E_i d_i = 0 up to rounding, which a near-degenerate layer's large beta
+            # can make visible: restore its energy (a common factor keeps its moments)
+            moved = moved * (e.sum(-1) / moved.sum(-1).clamp_min(1e-30))[..., None]
+            out = moved.reshape(b, -1).to(self.cell_x)
+            out = torch.cat([out, out.new_zeros(b, 1)], 1).index_select(1, self.where)
+            x32 = x.to(out)
+            return torch.where(x32 >= self.threshold, out, x32).to(x.dtype)
+        rows, cols, e, key, u, v = hits
+        p = poly.reshape(b * n_l, 5)[key].unbind(-1)
+        d = p[0] + p[1] * u + p[2] * v + p[3] * u * u + p[4] * v * v
+        step = torch.ones(b * n_l, dtype=d.dtype, device=d.device)
+        step = step.scatter_reduce(0, key, self._limit(e, d), "amin").clamp(0, 1)
+        step = torch.where(ok.reshape(-1), step, torch.zeros_like(step))
+        moved = e * (1 + step[key] * d)
+        total = sums.reshape(b * n_l, -1)[:, 0]
+        new_total = torch.zeros_like(total).index_add_(0, key, moved)
+        moved = moved * (total / new_total.clamp_min(1e-30))[key]  # as in the traced path
+        out = x.clone()
+        out[rows, cols] = moved.to(x.dtype)
+        return out
