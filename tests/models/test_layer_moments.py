@@ -58,9 +58,9 @@ def test_reachable_targets_are_met_exactly_with_energy_and_hits_kept():
     e, angles = torch.full((40,), 2e4), torch.zeros(40, 2)
     module = LayerMoments(GEO, n_theta_bins=1, n_energy_bins=1, n_knots=K)
     set_maps(module, 1.5, 0.93)
-    before, _ = module.layer_moments(x, angles)
+    before = module.layer_moments(x, angles)[0]
     out = module(x, e, angles)
-    after, _ = module.layer_moments(out, angles)
+    after = module.layer_moments(out, angles)[0]
     want = before.clone()
     want[..., 0] += 1.5
     want[..., 2] *= 0.93
@@ -74,9 +74,9 @@ def test_out_of_reach_targets_stop_at_the_weight_bounds():
     e, angles = torch.full((30,), 2e4), torch.zeros(30, 2)
     module = LayerMoments(GEO, n_theta_bins=1, n_energy_bins=1, n_knots=K)
     set_maps(module, 40.0, 1.0)  # far outside every layer
-    before, _ = module.layer_moments(x, angles)
+    before = module.layer_moments(x, angles)[0]
     out = module(x, e, angles)
-    after, _ = module.layer_moments(out, angles)
+    after = module.layer_moments(out, angles)[0]
     w = out[x > 0] / x[x > 0]
     assert w.min() >= module.w_min - 1e-5 and w.max() <= module.w_max + 1e-5
     assert (out[x > 0] >= THR).all()
@@ -115,9 +115,9 @@ def test_fitted_maps_bring_generated_moments_onto_the_reference(seed):
     module.fit([(ref, e, angles)], [(gen, e, angles)])
     fresh_ref = _blobs(rng, n, (9.0, 1.0), 1.5, angles)
     fresh_gen = _blobs(rng, n, (11.0, 2.5), 4.0, angles)
-    want, _ = module.layer_moments(fresh_ref, angles)
-    got_before, _ = module.layer_moments(fresh_gen, angles)
-    got, _ = module.layer_moments(module(fresh_gen, e, angles), angles)
+    want = module.layer_moments(fresh_ref, angles)[0]
+    got_before = module.layer_moments(fresh_gen, angles)[0]
+    got = module.layer_moments(module(fresh_gen, e, angles), angles)[0]
     for q in range(4):  # centre u, v, width u, v
         err_before = abs(got_before[..., q].std() - want[..., q].std())
         err_after = abs(got[..., q].std() - want[..., q].std())
@@ -153,7 +153,8 @@ def test_the_unrolled_solver_solves():
 @pytest.mark.parametrize("key,bad", [("calibration_layer_moments", 1),
                                      ("calibration_layer_moments", -3),
                                      ("calibration_moment_theta_bins", 0),
-                                     ("calibration_moment_energy_bins", 0)])
+                                     ("calibration_moment_energy_bins", 0),
+                                     ("calibration_moment_layer_bins", 0)])
 def test_bad_moment_options_are_refused(key, bad):
     with pytest.raises(ConfigError, match=key):
         build("l2lflows", GEO, config={"calibration_layer_moments": 9, key: bad},
@@ -163,7 +164,8 @@ def test_bad_moment_options_are_refused(key, bad):
 CONFIG = {"hidden": [32], "context_embedding": 8, "transforms": 2, "energy_transforms": 2,
           "energy_bins": 4, "energy_hidden": [32], "calibration_axis_tables": True,
           "calibration_energy_bins": 4, "calibration_showers": 500,
-          "calibration_layer_moments": 9, "calibration_moment_energy_bins": 2}
+          "calibration_layer_moments": 9, "calibration_moment_energy_bins": 2,
+          "calibration_moment_layer_bins": 2}
 
 
 @pytest.fixture(scope="module")

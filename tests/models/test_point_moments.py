@@ -51,9 +51,9 @@ def test_points_move_onto_the_mapped_centre_and_width():
     xy, layer, e = _clouds(rng, 30, (6.0, 1.0), 2.0, angles)
     module = PointMoments(GEO, 1, 1, K)
     set_maps(module, 2.5, 0.8, width=3)
-    before, ok = module.layer_moments((xy, layer, e), angles)
+    before, ok, _ = module.layer_moments((xy, layer, e), angles)
     moved = module(xy, layer, e, torch.full((30,), 2e4), angles)
-    after, _ = module.layer_moments((moved, layer, e), angles)
+    after = module.layer_moments((moved, layer, e), angles)[0]
     want = before.clone()
     want[..., 0] += 2.5
     want[..., 3] *= 0.8
@@ -82,10 +82,10 @@ def test_the_fit_finds_the_axis_depth_and_brings_the_moments_onto_the_reference(
     np.testing.assert_allclose(module.depth.numpy(), true_depth, atol=0.5)
     fresh_ref = _clouds(rng, n, (6.0, 0.7), 1.0, angles, true_depth)
     fresh_gen = _clouds(rng, n, (8.0, 2.0), 3.0, angles, true_depth)
-    want, _ = module.layer_moments(fresh_ref, angles)
-    before, _ = module.layer_moments(fresh_gen, angles)
+    want = module.layer_moments(fresh_ref, angles)[0]
+    before = module.layer_moments(fresh_gen, angles)[0]
     moved = module(*fresh_gen, e_inc, angles)
-    got, _ = module.layer_moments((moved, *fresh_gen[1:]), angles)
+    got = module.layer_moments((moved, *fresh_gen[1:]), angles)[0]
     for q in range(4):
         err_before = abs(before[..., q].std() - want[..., q].std())
         assert abs(got[..., q].std() - want[..., q].std()) < 0.1 * err_before, q
@@ -93,7 +93,8 @@ def test_the_fit_finds_the_axis_depth_and_brings_the_moments_onto_the_reference(
 
 
 @pytest.mark.parametrize("key,bad", [("moment_knots", 1), ("moment_knots", -1),
-                                     ("moment_theta_bins", 0), ("moment_showers", -5)])
+                                     ("moment_theta_bins", 0), ("moment_layer_bins", 0),
+                                     ("moment_showers", -5)])
 def test_bad_moment_options_are_refused(key, bad):
     from caloforge.errors import ConfigError
 
@@ -122,3 +123,40 @@ def test_a_trained_point_model_fits_the_maps_and_keeps_them(write_toy_points, tm
     np.testing.assert_array_equal(plain.energy, mapped.energy)
     np.testing.assert_array_equal(plain.z, mapped.z)
     assert not np.allclose(plain.x, mapped.x)
+
+
+def _energy_width_clouds(rng: np.random.Generator, n: int, follow: bool):
+    """Clouds at normal incidence whose layers carry a random energy scale; the width
+    follows it (``follow``) or is drawn independently with the same spread."""
+    n_l, points = GEO.n_layers, 10
+    log_s = rng.normal(0, 1, (n, n_l))
+    width = 6 + 2 * np.tanh(log_s if follow else rng.normal(0, 1, (n, n_l)))
+    xy = width[:, :, None, None] * rng.normal(size=(n, n_l, points, 2))
+    e = np.exp(log_s)[:, :, None] * rng.uniform(0.5, 1.5, (n, n_l, points))
+    layer = np.broadcast_to(np.arange(n_l)[None, :, None], (n, n_l, points))
+    return (torch.as_tensor(xy.reshape(n, -1, 2), dtype=torch.float32),
+            torch.as_tensor(layer.reshape(n, -1)),
+            torch.as_tensor(e.reshape(n, -1), dtype=torch.float32))
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_layer_energy_bins_give_the_width_its_dependence_on_the_layer_energy(seed):
+    rng = np.random.default_rng(seed)
+    n = 3000
+    e_inc, angles = torch.full((n,), 2e4), torch.zeros(n, 2)
+    ref, gen = _energy_width_clouds(rng, n, True), _energy_width_clouds(rng, n, False)
+    fresh = _energy_width_clouds(rng, n, False)
+
+    def correlation(clouds) -> float:  # width u with log layer energy, pooled
+        mom, _, energy = module.layer_moments(clouds, angles)
+        return float(np.corrcoef(mom[..., 2].flatten().numpy(),
+                                 np.log(energy.flatten().numpy()))[0, 1])
+
+    got = {}
+    for bins in (1, 3):
+        module = PointMoments(GEO, 1, 1, 17, n_layer_bins=bins)
+        module.fit([(ref, e_inc, angles)], [(gen, e_inc, angles)])
+        got[bins] = correlation((module(*fresh, e_inc, angles), *fresh[1:]))
+    want = correlation(ref)
+    assert want > 0.5 and abs(got[1]) < 0.15, (want, got)
+    assert got[3] > 0.6 * want, (want, got)

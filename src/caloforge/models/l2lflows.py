@@ -135,6 +135,7 @@ class L2LFlowsConfig(ModelConfig):
     calibration_layer_moments: int = 0
     calibration_moment_theta_bins: int = 8
     calibration_moment_energy_bins: int = 3
+    calibration_moment_layer_bins: int = 1  # ... and bins of each layer's own energy
     # ... and refit the response table on showers read out with every table (a second
     # generation pass): the read-out moves E_vis by a few per cent against the raw
     # response the table is first fitted on.
@@ -242,10 +243,12 @@ class L2LFlowsConfig(ModelConfig):
             from caloforge.errors import ConfigError
             raise ConfigError("config key 'calibration_layer_moments' must be 0 (off) or "
                               ">= 2 quantile knots")
-        if min(self.calibration_moment_theta_bins, self.calibration_moment_energy_bins) < 1:
+        if min(self.calibration_moment_theta_bins, self.calibration_moment_energy_bins,
+               self.calibration_moment_layer_bins) < 1:
             from caloforge.errors import ConfigError
-            raise ConfigError("config keys 'calibration_moment_theta_bins' and "
-                              "'calibration_moment_energy_bins' must be >= 1")
+            raise ConfigError("config keys 'calibration_moment_theta_bins', "
+                              "'calibration_moment_energy_bins' and "
+                              "'calibration_moment_layer_bins' must be >= 1")
         if self.axis_frame and not (self.shared_layer_flow
                                     and self.cell_feature == "log_threshold"):
             from caloforge.errors import ConfigError
@@ -342,7 +345,8 @@ class L2LFlows(L2LCalibration, L2LGeneration, GenerativeModel):
             self.moments = LayerMoments(geometry, c.calibration_moment_theta_bins
                                         if self.takes_angles else 1,
                                         c.calibration_moment_energy_bins,
-                                        c.calibration_layer_moments)
+                                        c.calibration_layer_moments,
+                                        n_layer_bins=c.calibration_moment_layer_bins)
         self.shared = bool(c.shared_layer_flow)
         self.frame: AxisFrame | None = None  # the axis frame, where the config asks for it
         if self.shared:

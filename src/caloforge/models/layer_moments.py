@@ -110,9 +110,12 @@ class MomentMaps(nn.Module):
 
     def __init__(self, layer_depth: np.ndarray, n_theta_bins: int = 8,
                  n_energy_bins: int = 3, n_knots: int = 33, min_hits: int = 3,
-                 fit_depth: bool = False) -> None:
+                 fit_depth: bool = False, n_layer_bins: int = 1) -> None:
         super().__init__()
         self.n_layers = len(layer_depth)
+        # maps also per bin of the layer's own energy (equal training counts per layer):
+        # a layer's width goes with how much of the shower it holds
+        self.n_lb = max(int(n_layer_bins), 1)
         self.n_theta, self.n_energy = max(int(n_theta_bins), 1), max(int(n_energy_bins), 1)
         self.n_knots, self.min_hits = max(int(n_knots), 2), int(min_hits)
         self.fit_depth = bool(fit_depth)
@@ -123,14 +126,18 @@ class MomentMaps(nn.Module):
         self.register_buffer("ready", torch.zeros(()))
         self.register_buffer("theta_edges", torch.full((max(t - 1, 1),), math.inf))
         self.register_buffer("energy_knots", torch.linspace(0.0, 1.0, e))  # log(E / MeV)
-        ident = torch.linspace(-1.0, 1.0, k).expand(t, e, self.n_layers, len(MOMENTS), k)
+        self.register_buffer("layer_edges",  # inner edges per layer, log(E_layer / MeV)
+                             torch.full((self.n_layers, max(self.n_lb - 1, 1)), math.inf))
+        ident = torch.linspace(-1.0, 1.0, k).expand(t, e, self.n_layers * self.n_lb,
+                                                    len(MOMENTS), k)
         self.register_buffer("q_gen", ident.clone())
         self.register_buffer("q_ref", ident.clone())
         self.is_fitted = False  # python mirror of ``ready`` (no tensor test while tracing)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
-        if prefix + "depth" not in state_dict:  # folders saved before it was: the layers'
-            state_dict = {**state_dict, prefix + "depth": self.depth.clone()}
+        for key in ("depth", "layer_edges"):  # folders saved before them: the defaults
+            if prefix + key not in state_dict:
+                state_dict = {**state_dict, prefix + key: getattr(self, key).clone()}
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         self.is_fitted = bool(self.ready > 0)
 
@@ -156,9 +163,17 @@ class MomentMaps(nn.Module):
         ay = self.impact[1] + self.depth[None] * (tan * sin)[:, None]
         return ax, ay, cos, sin
 
-    def _targets(self, mom: Tensor, e_inc: Tensor, theta: Tensor) -> Tensor:
-        """(B, L, 4) mapped moments: the maps of the shower's theta bin, linear in log E
-        between the energy bins' (constant beyond the outer ones)."""
+    def _layer_rows(self, layer_energy: Tensor) -> Tensor:
+        """(B, L) row of each layer's maps: layer x its layer-energy bin."""
+        log_e = torch.log(layer_energy.to(self.layer_edges).clamp_min(1e-30))
+        lb = (log_e[..., None] > self.layer_edges[None]).sum(-1)
+        return torch.arange(self.n_layers, device=lb.device) * self.n_lb + lb
+
+    def _targets(self, mom: Tensor, e_inc: Tensor, theta: Tensor,
+                 layer_energy: Tensor) -> Tensor:
+        """(B, L, 4) mapped moments: the maps of the shower's theta bin and each layer's
+        energy bin, linear in log E between the energy bins' (constant beyond the outer
+        ones)."""
         tb = (theta.to(self.theta_edges)[:, None] >= self.theta_edges[None]).sum(1)
         tb = tb.clamp(max=self.n_theta - 1)
         log_e = torch.log(e_inc.double()).float()
@@ -171,8 +186,14 @@ class MomentMaps(nn.Module):
             hi = lo + 1
             w = ((log_e - knots[lo]) / (knots[hi] - knots[lo]).clamp_min(1e-9)).clamp(0, 1)
         mom = mom.to(self.q_gen)
-        a = _map(mom, self.q_gen[tb, lo], self.q_ref[tb, lo])
-        b = _map(mom, self.q_gen[tb, hi], self.q_ref[tb, hi])
+        rows = self._layer_rows(layer_energy)[..., None, None].expand(
+            -1, -1, len(MOMENTS), self.n_knots)
+
+        def maps(table: Tensor, j: Tensor) -> Tensor:
+            return table[tb, j] if self.n_lb == 1 else table[tb, j].gather(1, rows)
+
+        a = _map(mom, maps(self.q_gen, lo), maps(self.q_ref, lo))
+        b = _map(mom, maps(self.q_gen, hi), maps(self.q_ref, hi))
         return (a + w[:, None, None] * (b - a)).double()
 
     # ---- fit ----------------------------------------------------------------------------------
@@ -198,37 +219,53 @@ class MomentMaps(nn.Module):
                              for i in range(self.n_energy)])
         if self.n_energy > 1:
             self.energy_knots.copy_(knots)
+        if self.n_lb > 1:
+            self._fit_layer_edges(ref)
         qs = torch.linspace(0, 1, self.n_knots, dtype=torch.float64)
         q_gen, q_ref = self.q_gen.clone(), self.q_ref.clone()
         rb, gb = self._bins(ref, edges), self._bins(gen, edges)
+        r_rows, g_rows = self._layer_rows(ref[4]).cpu(), self._layer_rows(gen[4]).cpu()
         for t in range(self.n_theta):
             for j in range(self.n_energy):
                 rs, gs = rb == t * self.n_energy + j, gb == t * self.n_energy + j
-                for k in range(self.n_layers):
-                    rm = ref[0][rs, k][ref[3][rs, k]]
-                    gm = gen[0][gs, k][gen[3][gs, k]]
+                for row in range(self.n_layers * self.n_lb):
+                    k = row // self.n_lb
+                    rm = ref[0][rs, k][ref[3][rs, k] & (r_rows[rs, k] == row)]
+                    gm = gen[0][gs, k][gen[3][gs, k] & (g_rows[gs, k] == row)]
                     if len(rm) < MIN_FIT_LAYERS or len(gm) < MIN_FIT_LAYERS:
                         continue  # identity
-                    q_ref[t, j, k] = torch.quantile(rm.double(), qs, dim=0).t().float()
-                    q_gen[t, j, k] = torch.quantile(gm.double(), qs, dim=0).t().float()
+                    q_ref[t, j, row] = torch.quantile(rm.double(), qs, dim=0).t().float()
+                    q_gen[t, j, row] = torch.quantile(gm.double(), qs, dim=0).t().float()
         self.q_gen.copy_(q_gen)
         self.q_ref.copy_(q_ref)
         self.ready.fill_(1.0)
         self.is_fitted = True
 
+    def _fit_layer_edges(self, ref: tuple[Tensor, ...]) -> None:
+        """Inner edges of each layer's energy bins: equal counts of eligible training
+        layers."""
+        qs = torch.linspace(0, 1, self.n_lb + 1, dtype=torch.float64)[1:-1]
+        for k in range(self.n_layers):
+            e = ref[4][:, k][ref[3][:, k]]
+            if len(e) >= self.n_lb * MIN_FIT_LAYERS:
+                self.layer_edges[k] = torch.quantile(
+                    torch.log(e.double().clamp_min(1e-30)), qs).to(self.layer_edges)
+
     def _collect(self, chunks: Iterable[tuple[Tensor, Tensor, Tensor]]
-                 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """Moments, log E, theta and eligibility of all showers of ``chunks``."""
-        mom, log_e, theta, ok = [], [], [], []
+                 ) -> tuple[Tensor, ...]:
+        """Moments, log E, theta, eligibility and layer energies of all showers."""
+        mom, log_e, theta, ok, layer_e = [], [], [], [], []
         device = self.q_gen.device
         for x, e_inc, angles in chunks:
             x = tuple(v.to(device) for v in x) if isinstance(x, tuple) else x.to(device)
-            m, o = self.layer_moments(x, angles.to(device))
+            m, o, le = self.layer_moments(x, angles.to(device))
             mom.append(m.cpu())
             ok.append(o.cpu())
+            layer_e.append(le.cpu())
             log_e.append(torch.log(e_inc.double().cpu()).float())
             theta.append(angles[:, 0].float().cpu())
-        return torch.cat(mom), torch.cat(log_e), torch.cat(theta), torch.cat(ok)
+        return (torch.cat(mom), torch.cat(log_e), torch.cat(theta), torch.cat(ok),
+                torch.cat(layer_e))
 
     def _bins(self, data: tuple[Tensor, Tensor, Tensor, Tensor], edges: Tensor) -> Tensor:
         """(N,) flat (theta bin, energy bin) of each shower (energy bins by ``edges``)."""
@@ -248,11 +285,12 @@ class MomentMaps(nn.Module):
         delta = torch.where(den > 1e-9, num / den.clamp_min(1e-9), torch.zeros_like(num))
         self.depth += delta.to(self.depth)
         for data in (ref, gen):
-            data[0][..., 0] -= delta[None] * torch.tan(data[2].double())[:, None]
+            data[0][..., 0] -= (delta[None] * torch.tan(data[2].double())[:, None]).to(data[0])
 
     def layer_moments(self, x: Tensor | tuple[Tensor, ...], angles: Tensor
-                      ) -> tuple[Tensor, Tensor]:  # pragma: no cover - abstract
-        """(B, L, 4) centre u, centre v, width u, width v (mm) and (B, L) eligibility."""
+                      ) -> tuple[Tensor, Tensor, Tensor]:  # pragma: no cover - abstract
+        """(B, L, 4) centre u, centre v, width u, width v (mm), (B, L) eligibility and
+        (B, L) layer energies (MeV)."""
         raise NotImplementedError
 
 class LayerMoments(MomentMaps):
@@ -261,12 +299,13 @@ class LayerMoments(MomentMaps):
 
     def __init__(self, geometry: Geometry, n_theta_bins: int = 8, n_energy_bins: int = 3,
                  n_knots: int = 33, min_hits: int = 3, w_min: float = 0.3,
-                 w_max: float = 3.0) -> None:
+                 w_max: float = 3.0, n_layer_bins: int = 1) -> None:
         centres = np.array(geometry.cell_centres, dtype=np.float64)  # a writable copy
         # the cells' depth unless the model knows better (its fitted axis frame)
         z = np.zeros(int(geometry.n_layers))
         z[np.asarray(geometry.layer_of_voxel)] = centres[:, 2]
-        super().__init__(z, n_theta_bins, n_energy_bins, n_knots, min_hits)
+        super().__init__(z, n_theta_bins, n_energy_bins, n_knots, min_hits,
+                         n_layer_bins=n_layer_bins)
         table, where = _layer_table(geometry)
         padded = np.concatenate([centres, np.zeros((1, 3))])[table]  # (L, C, 3)
         self.w_min, self.w_max = float(w_min), float(w_max)
@@ -355,11 +394,13 @@ class LayerMoments(MomentMaps):
         return torch.stack([st["cu"], st["cv"], st["uu"].clamp_min(0).sqrt(),
                             st["vv"].clamp_min(0).sqrt()], -1)
 
-    def layer_moments(self, x: Tensor, angles: Tensor) -> tuple[Tensor, Tensor]:
+    def layer_moments(self, x: Tensor, angles: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """(B, L, 4) centre u, centre v, width u, width v (mm; float64) of every layer of
-        read-out showers ``x`` (B, voxels) and (B, L) whether it has ``min_hits`` hits."""
+        read-out showers ``x`` (B, voxels), (B, L) whether it has ``min_hits`` hits and
+        (B, L) its read-out energy (MeV)."""
         sums, count, _ = self._sums(x, angles)
-        return self._moments(self._central(sums)), count >= self.min_hits
+        st = self._central(sums)
+        return self._moments(st), count >= self.min_hits, st["total"]
 
     # ---- generation ------------------------------------------------------------------------
     def _weight_polynomial(self, st: dict[str, Tensor], tgt: Tensor) -> Tensor:
@@ -405,7 +446,7 @@ class LayerMoments(MomentMaps):
         sums, count, hits = self._sums(x, angles)
         st = self._central(sums)
         poly = self._weight_polynomial(st, self._targets(self._moments(st), e_inc,
-                                                         angles[:, 0]))
+                                                         angles[:, 0], st["total"]))
         ok = count >= self.min_hits
         b, n_l = x.shape[0], self.n_layers
         if torch.jit.is_tracing():

@@ -30,9 +30,11 @@ class PointMoments(MomentMaps):
     (B, P) MeV, 0 for padding)."""
 
     def __init__(self, geometry: Geometry, n_theta_bins: int = 8, n_energy_bins: int = 3,
-                 n_knots: int = 33, min_points: int = 3, max_scale: float = 3.0) -> None:
+                 n_knots: int = 33, min_points: int = 3, max_scale: float = 3.0,
+                 n_layer_bins: int = 1) -> None:
         super().__init__(np.asarray(geometry.layer_z_mm, dtype=np.float64), n_theta_bins,
-                         n_energy_bins, n_knots, min_points, fit_depth=True)
+                         n_energy_bins, n_knots, min_points, fit_depth=True,
+                         n_layer_bins=n_layer_bins)
         self.max_scale = float(max_scale)
 
     def _frame(self, xy: Tensor, layer: Tensor, e: Tensor, angles: Tensor
@@ -62,17 +64,19 @@ class PointMoments(MomentMaps):
         """(B, L, 4) centre u, centre v, width u, width v (mm) of every layer
         of clouds ``x`` = (xy, layer, energy) and (B, L) whether it holds
         ``min_hits`` points with energy."""
-        _, _, _, count, cu, cv, vu, vv, _ = self._frame(*x, angles)
-        return torch.stack([cu, cv, vu.sqrt(), vv.sqrt()], -1), count >= self.min_hits
+        _, _, total, count, cu, cv, vu, vv, _ = self._frame(*x, angles)
+        return (torch.stack([cu, cv, vu.sqrt(), vv.sqrt()], -1), count >= self.min_hits,
+                total)
 
     def forward(self, xy: Tensor, layer: Tensor, e: Tensor, e_inc: Tensor,
                 angles: Tensor) -> Tensor:
         """The points' positions ``xy`` (B, P, 2; mm) moved so that every eligible
         layer's centre and width are the mapped ones (``e_inc`` (B,) MeV, ``angles``
         (B, 2) rad)."""
-        u, v, _, count, cu, cv, vu, vv, (axis, c, s) = self._frame(xy, layer, e, angles)
+        u, v, total, count, cu, cv, vu, vv, (axis, c, s) = self._frame(xy, layer, e, angles)
         wu, wv = vu.sqrt(), vv.sqrt()
-        tgt = self._targets(torch.stack([cu, cv, wu, wv], -1), e_inc, angles[:, 0]).to(u)
+        tgt = self._targets(torch.stack([cu, cv, wu, wv], -1), e_inc, angles[:, 0],
+                            total).to(u)
         lo, hi = 1.0 / self.max_scale, self.max_scale
         su = torch.where(wu > 1e-6, tgt[..., 2] / wu.clamp_min(1e-6), torch.ones_like(wu))
         sv = torch.where(wv > 1e-6, tgt[..., 3] / wv.clamp_min(1e-6), torch.ones_like(wv))

@@ -76,6 +76,7 @@ class PointModelConfig(ModelConfig):
     moment_knots: int = 0
     moment_theta_bins: int = 8
     moment_energy_bins: int = 3
+    moment_layer_bins: int = 1  # ... and bins of each layer's energy (equal counts)
     moment_showers: int = 10000
 
     def validate(self) -> None:
@@ -84,9 +85,11 @@ class PointModelConfig(ModelConfig):
                  "lr_flow", "max_points_factor")
         if not 0 < self.showerflow_fraction < 1:
             raise ConfigError("config key 'showerflow_fraction' must lie in (0, 1)")
-        if self.moment_knots == 1 or min(self.moment_theta_bins, self.moment_energy_bins) < 1:
+        if self.moment_knots == 1 or min(self.moment_theta_bins, self.moment_energy_bins,
+                                         self.moment_layer_bins) < 1:
             raise ConfigError("config key 'moment_knots' must be 0 (off) or >= 2, and "
-                              "'moment_theta_bins' and 'moment_energy_bins' >= 1")
+                              "'moment_theta_bins', 'moment_energy_bins' and "
+                              "'moment_layer_bins' >= 1")
         for key in ("occupancy_showers", "occupancy_iterations", "moment_knots",
                     "moment_showers"):
             value = getattr(self, key)
@@ -134,7 +137,8 @@ class PointDiffusionModel(GenerativeModel):
         if config.moment_knots:
             self.moments = PointMoments(geometry, config.moment_theta_bins
                                         if self.takes_angles else 1,
-                                        config.moment_energy_bins, config.moment_knots)
+                                        config.moment_energy_bins, config.moment_knots,
+                                        n_layer_bins=config.moment_layer_bins)
 
     # ---- data -----------------------------------------------------------------------------
     def layers_of(self, z: Tensor) -> Tensor:
