@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from test_models import (  # same folder: on sys.path under pytest
+    SMALL_AXIS_TOY,
     assert_batch_independent_and_reloads,
     train_compact_toy,
 )
@@ -132,8 +133,7 @@ def test_core_rings_need_the_axis_tables():
                                        "calibration_core_window": 1}, preset="compact")
 
 
-CONFIG = {"hidden": [32], "context_embedding": 8, "transforms": 2, "energy_transforms": 2,
-          "energy_bins": 4, "energy_hidden": [32], "calibration_axis_tables": True,
+CONFIG = {**SMALL_AXIS_TOY,
           "calibration_hit_energy_bins": 2, "calibration_response_bins": 2,
           "calibration_layer_energy_bins": 2, "calibration_core_window": 1,
           "calibration_energy_bins": 4, "calibration_showers": 500,

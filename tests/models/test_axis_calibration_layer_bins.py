@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from test_models import (  # same folder: on sys.path under pytest
+    SMALL_AXIS_TOY,
     assert_batch_independent_and_reloads,
     assert_tables_change_only_the_hits,
     train_compact_toy,
@@ -123,8 +124,7 @@ def test_layer_energy_bins_need_the_axis_tables():
                                        "calibration_layer_energy_bins": 2}, preset="compact")
 
 
-CONFIG = {"hidden": [32], "context_embedding": 8, "transforms": 2, "energy_transforms": 2,
-          "energy_bins": 4, "energy_hidden": [32], "calibration_axis_tables": True,
+CONFIG = {**SMALL_AXIS_TOY,
           "calibration_hit_energy_bins": 2, "calibration_response_bins": 2,
           "calibration_layer_energy_bins": 3, "calibration_energy_bins": 4,
           "calibration_showers": 500, "calibration_response_refine": True,

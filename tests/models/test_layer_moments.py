@@ -8,7 +8,11 @@ import numpy as np
 import pytest
 import torch
 from test_axis_calibration_core_rings import GEO, LAYER, THR, XY  # the toy layout (6 x 6 x 6)
-from test_models import assert_batch_independent_and_reloads, train_compact_toy
+from test_models import (  # same folder: on sys.path under pytest
+    SMALL_AXIS_TOY,
+    assert_batch_independent_and_reloads,
+    train_compact_toy,
+)
 
 from caloforge.errors import ConfigError
 from caloforge.models import build
@@ -161,8 +165,7 @@ def test_bad_moment_options_are_refused(key, bad):
               preset="compact")
 
 
-CONFIG = {"hidden": [32], "context_embedding": 8, "transforms": 2, "energy_transforms": 2,
-          "energy_bins": 4, "energy_hidden": [32], "calibration_axis_tables": True,
+CONFIG = {**SMALL_AXIS_TOY,
           "calibration_energy_bins": 4, "calibration_showers": 500,
           "calibration_layer_moments": 9, "calibration_moment_energy_bins": 2,
           "calibration_moment_layer_bins": 2}

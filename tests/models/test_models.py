@@ -181,6 +181,12 @@ def assert_batch_independent_and_reloads(model, folder, seed: int, config_key: s
     assert np.array_equal(again.sample(e, 9, batch_size=21).energies, ref)
 
 
+# small networks with the ring (axis) tables: the base of the calibration tests' configs
+SMALL_AXIS_TOY = {"hidden": [32], "context_embedding": 8, "transforms": 2,
+                  "energy_transforms": 2, "energy_bins": 4, "energy_hidden": [32],
+                  "calibration_axis_tables": True}
+
+
 def train_compact_toy(out, config: dict, seed: int):  # noqa: ANN001, ANN201
     """A small ``compact`` l2lflows model with ``config`` trained 60 steps on 600 toy
     showers of 2-50 GeV in ``out``: (model, training showers, out)."""

@@ -160,3 +160,25 @@ def test_layer_energy_bins_give_the_width_its_dependence_on_the_layer_energy(see
     want = correlation(ref)
     assert want > 0.5 and abs(got[1]) < 0.15, (want, got)
     assert got[3] > 0.6 * want, (want, got)
+
+
+def test_the_maps_measure_from_the_trained_impact_point_after_reloading(write_toy_points,
+                                                                        tmp_path):
+    """A model trained at a fixed impact point off the origin measures its layers from
+    that point's axis also when loaded again (not from the origin)."""
+    path = write_toy_points(tmp_path / "points.h5", 96, seed=6)
+    cfg = TrainConfig(steps=4, batch_size=16, validate_every=0, checkpoint_every=0)
+    model = train("caloclouds2", path, tmp_path / "run", preset="tiny", train_config=cfg,
+                  model_config={"moment_knots": 9, "moment_theta_bins": 1,
+                                "moment_energy_bins": 1, "occupancy_showers": 0},
+                  progress=False)
+    set_maps(model.moments, 0.0, 1.0)
+    model.moments.q_ref[..., 0, :] *= 0.5  # centres pulled halfway to the axis
+    e = np.geomspace(3e3, 4e4, 6)
+    at_origin = model.sample(e, 2).x
+    model.condition_space.fixed["impact"] = [12.0, -7.0]
+    moved = model.sample(e, 2).x
+    assert not np.allclose(moved, at_origin)  # the axis starts at the impact point
+    model.save(tmp_path / "moved")
+    again = load(tmp_path / "moved")
+    np.testing.assert_array_equal(again.sample(e, 2).x, moved)

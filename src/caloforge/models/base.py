@@ -341,6 +341,11 @@ class GenerativeModel(nn.Module):
         """Width of :meth:`condition_features`."""
         return 3 if self.takes_angles else 1
 
+    def _impact(self) -> tuple[float, float]:
+        """The fixed impact point (mm) of the training showers: where shower axes start."""
+        x, y = self.condition_space.fixed.get("impact", (0.0, 0.0))
+        return float(x), float(y)
+
     def angle_tensor(self, conditions: Conditions | None, n: int) -> Tensor | None:
         """(n, 2) theta, phi of ``conditions`` on the model device, the fixed values of
         the training data where a request leaves them out; None if the model takes no

@@ -621,11 +621,6 @@ class L2LFlows(L2LCalibration, L2LGeneration, GenerativeModel):
             parts.append(extras[:, i])
         return torch.cat(parts, 1)
 
-    def _impact(self) -> tuple[float, float]:
-        """The fixed impact point (mm) of the training showers: where shower axes start."""
-        x, y = self.condition_space.fixed.get("impact", (0.0, 0.0))
-        return float(x), float(y)
-
     def _axis_offsets(self, angles: Tensor | None, n: int) -> tuple[Tensor, Tensor]:
         """Axis frame: whole-cell shift and remainder of every modelled layer (B, m, 2)."""
         if angles is None:

@@ -314,11 +314,6 @@ class PointDiffusionModel(GenerativeModel):
         finally:
             self.train(was_training)
 
-    def _impact(self) -> tuple[float, float]:
-        """The fixed impact point (mm) of the training showers."""
-        x, y = self.condition_space.fixed.get("impact", (0.0, 0.0))
-        return float(x), float(y)
-
     def _fit_occupancy(self, x: Tensor, e_inc: Tensor, generator: torch.Generator,
                        angles: Tensor | None, mask: Tensor | None) -> None:
         n = min(self.config.occupancy_showers, len(x))
@@ -401,6 +396,7 @@ class PointDiffusionModel(GenerativeModel):
         if self.moments is not None and self.moments.is_fitted:
             if angles is None:
                 angles = xy.new_zeros(xy.shape[0], 2)
+            self.moments.impact = self._impact()  # as the axis tables: from the model
             xy = self.moments(xy, layer, e, e_inc, angles)
         return xy, layer, e
 
