@@ -331,7 +331,7 @@ def test_shipped_default_reproduces_generate(name, fmt, tmp_path):
     # ... and the per-shower maps of the layers' centres and widths (the traced path)
     ("l2lflows", {"cell_feature": "log_threshold", "calibration_layer_moments": 9,
                   "calibration_moment_theta_bins": 1, "calibration_moment_energy_bins": 1,
-                  "calibration_moment_layer_bins": 2}),
+                  "calibration_moment_layer_bins": 2, "calibration_moment_copula": True}),
     # ... drawing its layers in the frame that follows the shower axis
     ("l2lflows", {"cell_feature": "log_threshold", "shared_layer_flow": True,
                   "axis_frame": True})])
@@ -360,6 +360,8 @@ def test_angle_conditioned_model_takes_theta_phi_in_degrees(name, config, tmp_pa
     if config.get("calibration_layer_moments"):
         assert model.moments.is_fitted and not torch.equal(model.moments.q_gen,
                                                            model.moments.q_ref)
+        assert not torch.equal(model.moments.mixing.matrix,
+                               torch.eye(len(model.moments.mixing.matrix)))
     meta = export_model(model, tmp_path / "m.onnx", noise="input")
     assert meta["conditions_taken"] == ["theta", "phi"]
     theta, phi = np.array([5.0, 25.0]), np.array([40.0, 300.0])

@@ -30,8 +30,10 @@ def runs(write_toy_points, tmp_path_factory):
         train(name, data, root / name, preset="tiny", train_config=TrainConfig(**cfg),
               progress=False)
     teacher = str(root / "caloclouds2" / "model")
+    # the student with the layer-moment maps and their copula: part of the graph too
     train("caloclouds2-cm", data, root / "cm", preset="tiny",
-          train_config=TrainConfig(**cfg, frozen_models={"teacher": teacher}), progress=False)
+          train_config=TrainConfig(**cfg, frozen_models={"teacher": teacher}), progress=False,
+          model_config={"moment_knots": 9, "moment_energy_bins": 1, "moment_copula": True})
     return {"caloclouds2-cm": root / "cm" / "model", "caloclouds2": root / "caloclouds2" /
             "model", "caloclouds": root / "caloclouds" / "model"}
 
@@ -63,6 +65,8 @@ def check_layout(out, n_layers, max_points):
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
 def test_point_runtime_equals_pytorch_for_the_same_noise(fmt, runs, tmp_path):
     model = load(runs["caloclouds2-cm"])
+    assert model.moments.is_fitted and not torch.equal(model.moments.mixing.matrix,
+                                                       model.moments.mixing._identity())
     path = tmp_path / f"cm.{fmt}"
     meta = export_model(model, path, to=fmt, convention="ddml-pointcloud", noise="input")
     p, n_l = meta["max_points"], model.geometry.n_layers

@@ -25,12 +25,15 @@ Z = np.array([np.asarray(GEO.cell_centres)[LAYER == k, 2][0] for k in range(GEO.
 
 
 def _blobs(rng: np.random.Generator, n: int, width: tuple[float, float],
-           offset: float, angles: torch.Tensor | None = None) -> torch.Tensor:
+           offset: float, angles: torch.Tensor | None = None,
+           common: float = 0.0) -> torch.Tensor:
     """Showers whose layers are Gaussian blobs (every cell a hit, far above the
-    threshold) of random width (mean, sd; mm) around a random centre (sd ``offset``)
-    off the axis of the direction ``angles`` (B, 2; rad; None: normal incidence)."""
+    threshold) of random width (mean, sd; mm) around a random centre (sd ``offset``;
+    a share ``common`` of its variance the same in every layer of the shower) off the
+    axis of the direction ``angles`` (B, 2; rad; None: normal incidence)."""
     w = np.clip(rng.normal(*width, (n, GEO.n_layers)), 4.0, None)
-    c = rng.normal(0.0, offset, (n, GEO.n_layers, 2))
+    c = np.sqrt(1 - common) * rng.normal(0.0, offset, (n, GEO.n_layers, 2))
+    c += np.sqrt(common) * rng.normal(0.0, offset, (n, 1, 2))
     if angles is not None:
         a = angles.double().numpy()
         along = np.tan(a[:, 0])[:, None] * Z[None]
@@ -168,7 +171,7 @@ def test_bad_moment_options_are_refused(key, bad):
 CONFIG = {**SMALL_AXIS_TOY,
           "calibration_energy_bins": 4, "calibration_showers": 500,
           "calibration_layer_moments": 9, "calibration_moment_energy_bins": 2,
-          "calibration_moment_layer_bins": 2}
+          "calibration_moment_layer_bins": 2, "calibration_moment_copula": True}
 
 
 @pytest.fixture(scope="module")
@@ -180,6 +183,7 @@ def test_generation_with_moment_maps_is_batch_independent_and_reloads(trained):
     model, _, out = trained
     assert model.moments.is_fitted
     assert not torch.equal(model.moments.q_gen, model.moments.q_ref)
+    assert not torch.equal(model.moments.mixing.matrix, torch.eye(4 * GEO.n_layers))
     assert_batch_independent_and_reloads(model, out / "model", 8, "calibration_layer_moments")
 
 

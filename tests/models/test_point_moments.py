@@ -20,14 +20,17 @@ Z = np.asarray(GEO.layer_z_mm)
 
 
 def _clouds(rng: np.random.Generator, n: int, width: tuple[float, float], offset: float,
-            angles: torch.Tensor, depth: np.ndarray = Z, points: int = 8):
+            angles: torch.Tensor, depth: np.ndarray = Z, points: int = 8,
+            common: float = 0.0):
     """``points`` points per layer, Gaussian around a centre off the axis through the
-    layers at ``depth`` (sd ``offset``), of random width (mean, sd; mm); with padding."""
+    layers at ``depth`` (sd ``offset``; a share ``common`` of its variance the same in
+    every layer), of random width (mean, sd; mm); with padding."""
     n_l = GEO.n_layers
     a = angles.double().numpy()
     along = np.tan(a[:, 0])[:, None] * depth[None]
     centre = np.stack([along * np.cos(a[:, 1])[:, None], along * np.sin(a[:, 1])[:, None]], 2)
-    centre = centre + rng.normal(0, offset, (n, n_l, 2))
+    centre = centre + np.sqrt(1 - common) * rng.normal(0, offset, (n, n_l, 2))
+    centre = centre + np.sqrt(common) * rng.normal(0, offset, (n, 1, 2))
     w = np.clip(rng.normal(*width, (n, n_l)), 1.0, None)
     xy = centre[:, :, None] + w[:, :, None, None] * rng.normal(size=(n, n_l, points, 2))
     e = rng.exponential(1.0, (n, n_l, points))
@@ -107,13 +110,16 @@ def test_a_trained_point_model_fits_the_maps_and_keeps_them(write_toy_points, tm
     cfg = TrainConfig(steps=6, batch_size=16, validate_every=0, checkpoint_every=0)
     model = train("caloclouds2", path, tmp_path / "run", preset="tiny", train_config=cfg,
                   model_config={"moment_knots": 9, "moment_energy_bins": 1,
-                                "occupancy_showers": 0}, progress=False)
+                                "occupancy_showers": 0, "moment_copula": True},
+                  progress=False)
     assert model.moments.is_fitted
     assert not torch.equal(model.moments.q_gen, model.moments.q_ref)
     e = np.geomspace(3e3, 4e4, 9)
     mapped = model.sample(e, 3)
     again = load(tmp_path / "run" / "model")
     assert again.moments.is_fitted
+    torch.testing.assert_close(again.moments.mixing.matrix, model.moments.mixing.matrix,
+                               rtol=0, atol=0)
     np.testing.assert_array_equal(again.sample(e, 3).x, mapped.x)
     np.testing.assert_allclose(model.sample(e, 3, batch_size=4).x, mapped.x, rtol=1e-5,
                                atol=1e-4)
@@ -182,3 +188,34 @@ def test_the_maps_measure_from_the_trained_impact_point_after_reloading(write_to
     model.save(tmp_path / "moved")
     again = load(tmp_path / "moved")
     np.testing.assert_array_equal(again.sample(e, 2).x, moved)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_with_the_copula_the_layers_centres_wander_together_as_in_training(seed):
+    """``moment_copula``: the moved centres get the training clouds' correlation between
+    layers (the plain maps keep the generator's), traced and row by row alike."""
+    rng = np.random.default_rng(seed)
+    n = 3000
+    angles = _angles(rng, n)
+    e_inc = torch.full((n,), 2e4)
+    ref = _clouds(rng, n, (6.0, 1.0), 8.0, angles, common=0.8)
+    gen = _clouds(rng, n, (6.0, 1.0), 8.0, angles)
+    module = PointMoments(GEO, 1, 1, 17, copula=True)
+    module.fit([(ref, e_inc, angles)], [(gen, e_inc, angles)])
+
+    def correlation(clouds: tuple) -> float:
+        c = module.layer_moments(clouds, angles)[0][..., 1].numpy()  # centre v
+        return float(np.mean([np.corrcoef(c[:, k], c[:, k + 1])[0, 1]
+                              for k in range(GEO.n_layers - 1)]))
+
+    fresh_gen = _clouds(rng, n, (6.0, 1.0), 8.0, angles)
+    moved = module(*fresh_gen, e_inc, angles)
+    want = correlation(_clouds(rng, n, (6.0, 1.0), 8.0, angles, common=0.8))
+    assert want > 0.6 and abs(correlation(fresh_gen)) < 0.1
+    assert abs(correlation((moved, *fresh_gen[1:])) - want) < 0.1
+    few = tuple(t[:20] for t in fresh_gen)
+    traced = torch.jit.trace(module, (*few, e_inc[:20], angles[:20]), check_trace=False)
+    torch.testing.assert_close(traced(*few, e_inc[:20], angles[:20]), moved[:20])
+    for i in (0, 13):
+        assert torch.equal(module(*(t[i:i + 1] for t in few), e_inc[:1],
+                                  angles[i:i + 1])[0], moved[i])

@@ -238,3 +238,22 @@ def test_files_of_another_format_are_refused(run_files, tmp_path, capsys, untouc
     expect_failure(capsys, ["merge", out, run_files["s0"], other, run_files["s2"]],
                    "cc.h5", "format 'calochallenge' differs from 'caloforge'")
     assert not out.exists()
+
+
+def test_whole_runs_of_other_settings_are_concatenated_on_request(run_files, tmp_path,
+                                                                   capsys, untouched):
+    """--concatenate: e.g. single-energy samples of their own seeds joined into one file,
+    in the order given, each input's run settings kept per input."""
+    d = tmp_path / "runs"
+    d.mkdir()
+    one = _simulate(d, "e1.h5", "--energy", "1", "--seed", "3")
+    two = _simulate(d, "e2.h5", "--energy", "2", "-n", "4", "--seed", "4")
+    out = tmp_path / "joined.h5"
+    expect_failure(capsys, ["merge", out, one, two], two, "not a shard of the same run")
+    assert run_cli(["merge", out, one, two, "--concatenate", "--batch-size", "4"]) == 0
+    joined, a, b = read_showers(out), read_showers(one), read_showers(two)
+    np.testing.assert_array_equal(joined.energies, np.concatenate([a.energies, b.energies]))
+    np.testing.assert_array_equal(joined.incident_energy, [1e3] * 6 + [2e3] * 4)
+    meta = _meta(out)
+    assert "run_id" not in meta and "complete" not in meta
+    assert [s["seed"] for s in meta["per_input_metadata"]["simulation"]] == [3, 4]

@@ -39,13 +39,18 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "Shards of one run (`caloforge simulate --shard i/N`) must come from the "
                     "same settings and seed, must not overlap and must together cover the "
                     "whole run; they are written in the order of their shower indices. "
-                    "Files that are no shards are concatenated in the order given.")
+                    "Files that are no shards are concatenated in the order given, and so "
+                    "are whole runs with --concatenate (e.g. single-energy samples).")
     p.add_argument("output", metavar="OUT")
     p.add_argument("inputs", metavar="SHARD", nargs="+")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     p.add_argument("--allow-partial", action="store_true",
                    help="merge shards that do not cover the whole run; OUT records the "
                         "covered and missing index ranges and is marked incomplete")
+    p.add_argument("--concatenate", action="store_true",
+                   help="join the inputs one after another in the order given, whatever "
+                        "runs they come from (each input's run settings are kept under "
+                        "per_input_metadata)")
     p.add_argument("--batch-size", type=positive_int, default=1000,
                    help="showers per batch (default 1000)")
     add_no_progress(p)
@@ -60,7 +65,7 @@ def _describe(path: str) -> dict[str, Any]:
                 "shard": shard_info(path, meta, f.n_showers)}
 
 
-def _plan(files: list[dict[str, Any]], allow_partial: bool
+def _plan(files: list[dict[str, Any]], allow_partial: bool, concatenate: bool = False
           ) -> tuple[list[tuple[str, int, int]], dict[str, Any]]:
     """Rows to copy, as (path, first row, stop row) in output order, and the metadata of
     the merged file."""
@@ -74,7 +79,7 @@ def _plan(files: list[dict[str, Any]], allow_partial: bool
         meta["per_input_metadata"] = {k: [m.get(k) for m in metas] for k in differing}
     meta["merged_from"] = [f["path"] for f in files]
     shards: list[ShardInfo | None] = [f["shard"] for f in files]
-    if all(s is None for s in shards):
+    if concatenate or all(s is None for s in shards):
         return [(f["path"], 0, f["n"]) for f in files], meta
     if any(s is None for s in shards):
         plain = next(f["path"] for f, s in zip(files, shards) if s is None)
@@ -101,12 +106,13 @@ def _plan(files: list[dict[str, Any]], allow_partial: bool
 
 
 def merge(output: str, inputs: list[str], overwrite: bool = False, batch_size: int = 1000,
-          progress_bar: bool = True, allow_partial: bool = False
-          ) -> tuple[int, dict[str, Any]]:
+          progress_bar: bool = True, allow_partial: bool = False,
+          concatenate: bool = False) -> tuple[int, dict[str, Any]]:
     """Merge ``inputs`` into ``output``; returns the number of showers written and the
     metadata of ``output``.
 
-    Shards of a run must cover it completely unless ``allow_partial``.
+    Shards of a run must cover it completely unless ``allow_partial``; with
+    ``concatenate`` the inputs are joined in the order given whatever their runs.
     """
     if batch_size < 1:
         raise InputError(f"batch size must be >= 1, got {batch_size}")
@@ -128,7 +134,7 @@ def merge(output: str, inputs: list[str], overwrite: bool = False, batch_size: i
             if f[key] != ref[key]:
                 raise InputError(f"{key} {f[key]!r} differs from {ref[key]!r} of {ref['path']}",
                                  f["path"])
-    rows, meta = _plan(files, allow_partial)
+    rows, meta = _plan(files, allow_partial, concatenate)
     bar = progress(total=sum(hi - lo for _, lo, hi in rows), desc="merging", unit="shower",
                    enabled=None if progress_bar else False)
     with write_showers(output, ref["format"], ref["geometry"], overwrite=overwrite,
@@ -148,7 +154,8 @@ def merge(output: str, inputs: list[str], overwrite: bool = False, batch_size: i
 
 def run(args: argparse.Namespace) -> int:
     n, meta = merge(args.output, args.inputs, args.overwrite, args.batch_size,
-                    progress_bar=not args.no_progress, allow_partial=args.allow_partial)
+                    progress_bar=not args.no_progress, allow_partial=args.allow_partial,
+                    concatenate=args.concatenate)
     print(f"merged {len(args.inputs)} files, {n} showers, into {args.output}")
     if meta.get("complete") is False:
         missing = [tuple(s) for s in meta["missing_ranges"]]

@@ -136,6 +136,9 @@ class L2LFlowsConfig(ModelConfig):
     calibration_moment_theta_bins: int = 8
     calibration_moment_energy_bins: int = 3
     calibration_moment_layer_bins: int = 1  # ... and bins of each layer's own energy
+    # ... with the training showers' correlations between layers and moments
+    # (a Gaussian copula, :mod:`caloforge.models.moment_copula`)
+    calibration_moment_copula: bool = False
     # ... and refit the response table on showers read out with every table (a second
     # generation pass): the read-out moves E_vis by a few per cent against the raw
     # response the table is first fitted on.
@@ -346,7 +349,8 @@ class L2LFlows(L2LCalibration, L2LGeneration, GenerativeModel):
                                         if self.takes_angles else 1,
                                         c.calibration_moment_energy_bins,
                                         c.calibration_layer_moments,
-                                        n_layer_bins=c.calibration_moment_layer_bins)
+                                        n_layer_bins=c.calibration_moment_layer_bins,
+                                        copula=c.calibration_moment_copula)
         self.shared = bool(c.shared_layer_flow)
         self.frame: AxisFrame | None = None  # the axis frame, where the config asks for it
         if self.shared:

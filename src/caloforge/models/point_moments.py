@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from caloforge.geometry import Geometry
-from caloforge.models.layer_moments import MomentMaps
+from caloforge.models.moment_maps import MomentMaps
 
 
 class PointMoments(MomentMaps):
@@ -31,10 +31,10 @@ class PointMoments(MomentMaps):
 
     def __init__(self, geometry: Geometry, n_theta_bins: int = 8, n_energy_bins: int = 3,
                  n_knots: int = 33, min_points: int = 3, max_scale: float = 3.0,
-                 n_layer_bins: int = 1) -> None:
+                 n_layer_bins: int = 1, copula: bool = False) -> None:
         super().__init__(np.asarray(geometry.layer_z_mm, dtype=np.float64), n_theta_bins,
                          n_energy_bins, n_knots, min_points, fit_depth=True,
-                         n_layer_bins=n_layer_bins)
+                         n_layer_bins=n_layer_bins, copula=copula)
         self.max_scale = float(max_scale)
 
     def _frame(self, xy: Tensor, layer: Tensor, e: Tensor, angles: Tensor
@@ -75,12 +75,12 @@ class PointMoments(MomentMaps):
         (B, 2) rad)."""
         u, v, total, count, cu, cv, vu, vv, (axis, c, s) = self._frame(xy, layer, e, angles)
         wu, wv = vu.sqrt(), vv.sqrt()
+        ok = count >= self.min_hits
         tgt = self._targets(torch.stack([cu, cv, wu, wv], -1), e_inc, angles[:, 0],
-                            total).to(u)
+                            total, ok).to(u)
         lo, hi = 1.0 / self.max_scale, self.max_scale
         su = torch.where(wu > 1e-6, tgt[..., 2] / wu.clamp_min(1e-6), torch.ones_like(wu))
         sv = torch.where(wv > 1e-6, tgt[..., 3] / wv.clamp_min(1e-6), torch.ones_like(wv))
-        ok = count >= self.min_hits
         one = torch.ones_like(su)
         per_layer = torch.stack([torch.where(ok, tgt[..., 0], cu), cu,
                                  torch.where(ok, su.clamp(lo, hi), one),

@@ -77,6 +77,7 @@ class PointModelConfig(ModelConfig):
     moment_theta_bins: int = 8
     moment_energy_bins: int = 3
     moment_layer_bins: int = 1  # ... and bins of each layer's energy (equal counts)
+    moment_copula: bool = False  # ... with the training clouds' correlations (copula)
     moment_showers: int = 10000
 
     def validate(self) -> None:
@@ -138,7 +139,8 @@ class PointDiffusionModel(GenerativeModel):
             self.moments = PointMoments(geometry, config.moment_theta_bins
                                         if self.takes_angles else 1,
                                         config.moment_energy_bins, config.moment_knots,
-                                        n_layer_bins=config.moment_layer_bins)
+                                        n_layer_bins=config.moment_layer_bins,
+                                        copula=config.moment_copula)
 
     # ---- data -----------------------------------------------------------------------------
     def layers_of(self, z: Tensor) -> Tensor:
