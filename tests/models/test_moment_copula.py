@@ -123,3 +123,14 @@ def test_the_mixing_is_the_same_for_any_chunking():
     z = torch.as_tensor(rng.normal(size=(300, 12)), dtype=torch.float32)
     whole = mix(z)
     assert torch.equal(torch.cat([mix(z[i:i + 7]) for i in range(0, 300, 7)]), whole)
+
+
+def test_a_copula_without_its_maps_is_refused():
+    from caloforge.errors import ConfigError
+    from caloforge.models import build
+    from caloforge.models.pointdiffusion import PointModelConfig
+
+    with pytest.raises(ConfigError, match="calibration_moment_copula.*calibration_layer_moments"):
+        build("l2lflows", GEO, config={"calibration_moment_copula": True}, preset="compact")
+    with pytest.raises(ConfigError, match="moment_copula.*moment_knots"):
+        PointModelConfig(moment_copula=True).validate()

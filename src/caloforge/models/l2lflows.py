@@ -246,6 +246,10 @@ class L2LFlowsConfig(ModelConfig):
             from caloforge.errors import ConfigError
             raise ConfigError("config key 'calibration_layer_moments' must be 0 (off) or "
                               ">= 2 quantile knots")
+        if self.calibration_moment_copula and not self.calibration_layer_moments:
+            from caloforge.errors import ConfigError
+            raise ConfigError("config key 'calibration_moment_copula' needs the maps it "
+                              "acts in: set 'calibration_layer_moments' (e.g. 33)")
         if min(self.calibration_moment_theta_bins, self.calibration_moment_energy_bins,
                self.calibration_moment_layer_bins) < 1:
             from caloforge.errors import ConfigError

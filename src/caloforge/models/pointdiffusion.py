@@ -91,6 +91,9 @@ class PointModelConfig(ModelConfig):
             raise ConfigError("config key 'moment_knots' must be 0 (off) or >= 2, and "
                               "'moment_theta_bins', 'moment_energy_bins' and "
                               "'moment_layer_bins' >= 1")
+        if self.moment_copula and not self.moment_knots:
+            raise ConfigError("config key 'moment_copula' needs the maps it acts in: set "
+                              "'moment_knots' (e.g. 33)")
         for key in ("occupancy_showers", "occupancy_iterations", "moment_knots",
                     "moment_showers"):
             value = getattr(self, key)
