@@ -100,4 +100,4 @@ class ScoreMixing(nn.Module):
         if torch.jit.is_tracing():
             return (z[:, None, :] * m[None]).sum(-1)
         return torch.cat([(part[:, None, :] * m[None]).sum(-1)
-                          for part in z.split(CHUNK)]) if len(z) else z
+                          for part in z.split(CHUNK)]) if len(z) else z[:, :self.n_moved]

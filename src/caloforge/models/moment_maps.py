@@ -169,13 +169,23 @@ class MomentMaps(nn.Module):
         k = self.knot_z
         return _map(z.clamp(k[0], k[-1]), k.expand_as(q), q)
 
+    def _bin_scores(self, full: Tensor, table: Tensor, bins: tuple[Tensor, ...],
+                    layer_energy: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Normal scores of ``full`` (moments and log E_layer) under ``table`` in the
+        lower and upper energy bin of ``bins`` (from :meth:`_bins_of`), and interpolated
+        between them."""
+        tb, lo, hi, w = bins
+        za = self._score(full, self._maps(table, tb, lo, layer_energy))
+        zb = self._score(full, self._maps(table, tb, hi, layer_energy))
+        return za, zb, za + w[:, None, None] * (zb - za)
+
     def _targets(self, mom: Tensor, e_inc: Tensor, theta: Tensor,
                  layer_energy: Tensor, ok: Tensor | None = None) -> Tensor:
         """(B, L, 4) mapped moments: the maps of the shower's theta bin and each layer's
         energy bin, linear in log E between the energy bins' (constant beyond the outer
         ones); with the copula, the scores of the eligible layers ``ok`` (B, L) mixed
         first."""
-        tb, lo, hi, w = self._bins_of(torch.log(e_inc.double()).float(), theta)
+        bins = tb, lo, hi, w = self._bins_of(torch.log(e_inc.double()).float(), theta)
         mom = mom.to(self.q_gen)
         n_m = len(MOMENTS)
         g_lo, r_lo = (self._maps(q, tb, lo, layer_energy) for q in (self.q_gen, self.q_ref))
@@ -183,9 +193,8 @@ class MomentMaps(nn.Module):
         a, b = _map(mom, g_lo[..., :n_m, :], r_lo[..., :n_m, :]), \
             _map(mom, g_hi[..., :n_m, :], r_hi[..., :n_m, :])
         if self.mixing is not None and ok is not None:
-            full = self._with_energy(mom, layer_energy)
-            za, zb = self._score(full, g_lo), self._score(full, g_hi)
-            z = za + w[:, None, None] * (zb - za)
+            za, zb, z = self._bin_scores(self._with_energy(mom, layer_energy), self.q_gen,
+                                         bins, layer_energy)
             dz = self.mixing(self._mixing_input(z, ok)).view_as(mom) - z[..., :n_m]
             # the move of the score, read through the training quantiles: unmixed (A = 1)
             # this is exactly the plain map, tails included
@@ -248,11 +257,8 @@ class MomentMaps(nn.Module):
         parts = []
         for i in range(0, len(data[0]), 1000):
             mom, log_e, theta, ok, layer_e = (d[i:i + 1000] for d in data)
-            tb, lo, hi, w = self._bins_of(log_e.to(self.q_gen), theta)
-            mom = mom.to(self.q_gen)
-            za = self._score(mom, self._maps(table, tb, lo, layer_e.to(self.q_gen)))
-            zb = self._score(mom, self._maps(table, tb, hi, layer_e.to(self.q_gen)))
-            z = za + w[:, None, None] * (zb - za)
+            bins = self._bins_of(log_e.to(self.q_gen), theta)
+            z = self._bin_scores(mom.to(self.q_gen), table, bins, layer_e.to(self.q_gen))[2]
             parts.append(self._mixing_input(z, ok.to(z.device)).cpu())
         return torch.cat(parts)
 
