@@ -169,13 +169,14 @@ def test_read_out_of_all_layers_matches_one_layer_at_a_time(calibrated_compact, 
     assert sum(int((x > 0).sum()) for x in fast) > 0
 
 
-@pytest.mark.parametrize("context_age", [False, True])
+@pytest.mark.parametrize("context", [None, "context_age", "context_hits"])
 def test_generation_is_the_same_with_and_without_the_fast_paths(calibrated_compact,
-                                                                context_age):
+                                                                context):
     """The whole generation at batch 1: inference (the fast flow paths) vs gradients on
-    (module calls and zuko's own transform objects); with ``context_age`` the batched
-    drawing and the per-layer loop (the exporters' path) give the flow the same age."""
-    model = _calibrated_compact(context_age=True) if context_age else calibrated_compact
+    (module calls and zuko's own transform objects); with ``context_age`` or
+    ``context_hits`` the batched drawing and the per-layer loop (the exporters' path) give
+    the flow the same per-layer context."""
+    model = _calibrated_compact(**{context: True}) if context else calibrated_compact
     for part, seed in ((model.layer_flows, 10), (model.context_nets, 11),
                        (model.energy_flow, 12)):
         _randomise(part, seed)

@@ -185,6 +185,13 @@ class L2LFlowsConfig(ModelConfig):
     # energies).  A layer's width follows how far the shower has developed, which its own
     # energy and the embedding of the previous images do not tell the flow.
     context_age: bool = False
+    # Shared layer flow on log_threshold features only: the energy flow also draws each
+    # layer's number of hits (log(1 + n + u), u uniform: dequantised counts), jointly with
+    # the layer energies, and each layer's context holds its drawn count.  Without it the
+    # flow sets the number of hits only through its leak across the gap between empty and
+    # hit cells (pions: 234 drawn per shower against 332 simulated), and the occupancy
+    # cuts make up the rest with empty-mode cells anywhere in the layer.
+    context_hits: bool = False
 
     def validate(self) -> None:
         super().validate()
@@ -202,6 +209,11 @@ class L2LFlowsConfig(ModelConfig):
         if self.context_age and not self.shared_layer_flow:
             from caloforge.errors import ConfigError
             raise ConfigError("config key 'context_age' needs shared_layer_flow = true")
+        if self.context_hits and not (self.shared_layer_flow
+                                      and self.cell_feature == "log_threshold"):
+            from caloforge.errors import ConfigError
+            raise ConfigError("config key 'context_hits' needs shared_layer_flow = true and "
+                              "cell_feature = log_threshold (e.g. preset 'compact')")
         if self.lean_affine and (self.bins or not self.shared_layer_flow):
             from caloforge.errors import ConfigError
             raise ConfigError("lean_affine needs bins = 0 and shared_layer_flow = true")
@@ -306,8 +318,11 @@ class L2LFlows(L2LCalibration, L2LGeneration, GenerativeModel):
         # flow's tails otherwise gave 0.2 % of pion showers a layer with up to 130 times
         # that (one layer above the incident energy).  inf: no cap (folders saved before).
         self.register_buffer("layer_cap", torch.full((n_e,), math.inf))
+        # context_hits: the layers' hit counts, drawn by the energy flow after the energies
+        self.hits_std = Standardize(n_e) if c.context_hits else None
         n_c = self.n_conditions  # energy (+ direction): in the context of every flow
-        self.energy_flow = spline_coupling_flow(n_e, n_c, c.energy_transforms, c.energy_bins,
+        self.energy_flow = spline_coupling_flow(n_e * (2 if c.context_hits else 1), n_c,
+                                                c.energy_transforms, c.energy_bins,
                                                 c.energy_hidden)
         self.voxel_std = Standardize(geometry.n_voxels, min_std=1e-2)  # logit units
         self.axis_cal: AxisCalibration | None = None  # direction-conditioned log_threshold
@@ -398,6 +413,8 @@ class L2LFlows(L2LCalibration, L2LGeneration, GenerativeModel):
             ctx += 2  # where the axis crosses the layer within the central cell
         if c.context_age:
             ctx += 2  # energy fractions before and after the layer (_layer_extras)
+        if c.context_hits:
+            ctx += 1  # the layer's drawn hit count (_layer_extras)
         if c.lean_affine:
             self.layer_flows["shared"] = AffineCouplingFlow(
                 self.n_cells, ctx, c.transforms, tuple(c.hidden))
@@ -427,6 +444,12 @@ class L2LFlows(L2LCalibration, L2LGeneration, GenerativeModel):
 
     def _energy_features(self, el: Tensor, e_inc: Tensor) -> Tensor:
         return torch.log(el / e_inc[:, None] + self.config.energy_eps)
+
+    def _hit_features(self, x: Tensor, gen: torch.Generator | None) -> Tensor:
+        """log(1 + n + u) per active layer, n its read-out hits (``x``: thresholded), u
+        uniform: a continuous feature that the energy flow can model."""
+        n = torch.stack([(x[:, self._slice(k)] > 0).sum(1) for k in self.active], 1)
+        return torch.log1p(n + torch.rand(n.shape, generator=gen, device=x.device))
 
     def _fractions(self, x: Tensor, el: Tensor, noise: Tensor | None = None) -> Tensor:
         """Cell energy / layer energy per layer, logit-transformed (B, n_voxels)."""
@@ -482,6 +505,10 @@ class L2LFlows(L2LCalibration, L2LGeneration, GenerativeModel):
         el = self._layer_energies(x.double()).float()
         self.energy_std.fit(self._energy_features(el, e_inc), e_inc)
         self.layer_cap.copy_((el / e_inc[:, None].to(el)).amax(0))
+        if self.hits_std is not None:  # own stream: the cell features' fit below unchanged
+            hit_gen = torch.Generator().manual_seed(1)
+            self.hits_std.fit_chunks(self._hit_features(x[i:i + 1000], hit_gen)
+                                     for i in range(0, len(x), 1000))
         # Fit on the same dequantised fractions that training sees: a cell that is always
         # empty would otherwise get a zero width and blow its noise up to huge values.
         gen = torch.Generator().manual_seed(0)
@@ -528,15 +555,18 @@ class L2LFlows(L2LCalibration, L2LGeneration, GenerativeModel):
         c = self.condition_features(e_inc, batch.angles)
         el = self._layer_energies(x)
         e_feat = self.energy_std(self._energy_features(el, e_inc), e_inc)
+        h_feat = None if self.hits_std is None \
+            else self.hits_std(self._hit_features(x, ctx.generator), e_inc)
         remainder = None
         if self.frame is not None:
             shift, remainder = self._axis_offsets(batch.angles, len(x))
             x = self._to_axis_frame(x, shift)
-        extras = self._layer_extras(el, e_inc, remainder)
+        extras = self._layer_extras(el, e_inc, remainder, h_feat)
         y = self.voxel_std(self._cell_features(x, el, ctx.generator), e_inc)
         # No autocast: spline log-densities and their Jacobians overflow in bf16/fp16, so
         # the flows train in float32 even when the loop enables mixed precision.
-        nll_e = -self.energy_flow(c).log_prob(e_feat).mean() / e_feat.shape[1]
+        drawn = e_feat if h_feat is None else torch.cat([e_feat, h_feat], 1)
+        nll_e = -self.energy_flow(c).log_prob(drawn).mean() / drawn.shape[1]
         if self.shared:
             nll_l = self._shared_nll(y, el, e_feat, c, extras)
             loss = nll_e + nll_l
@@ -555,12 +585,13 @@ class L2LFlows(L2LCalibration, L2LGeneration, GenerativeModel):
         ctx.step("flows", loss)
         return {"nll_energy": nll_e.item(), "nll_layers": nll_l.item()}
 
-    def _layer_extras(self, el: Tensor, e_inc: Tensor,
-                      remainder: Tensor | None) -> Tensor | None:
+    def _layer_extras(self, el: Tensor, e_inc: Tensor, remainder: Tensor | None,
+                      hits: Tensor | None = None) -> Tensor | None:
         """The per-layer end of the shared flow's context, ``(B, n_mod, .)``: the axis
-        frame's sub-cell axis position (``remainder``) and, with ``context_age``, the log
+        frame's sub-cell axis position (``remainder``), with ``context_age`` the log
         fractions of the incident energy deposited before and after each layer (``el``: the
-        active layers' energies)."""
+        active layers' energies) and with ``context_hits`` the layer's standardised hit
+        count feature (``hits``, per active layer)."""
         parts = [] if remainder is None else [remainder]
         if self.config.context_age:
             upto = el.cumsum(1)
@@ -569,6 +600,8 @@ class L2LFlows(L2LCalibration, L2LGeneration, GenerativeModel):
             frac = torch.stack([before, after], 2) / e_inc[:, None, None]
             # log(1e-4) .. log(1) mapped to about -2 .. 2
             parts.append((torch.log(frac.clamp_min(0) + 1e-4) + 4.6) / 2.3)
+        if hits is not None:
+            parts.append(hits.index_select(1, self.mod_energy_index)[:, :, None])
         if len(parts) < 2:  # no copy on the batch-1 path
             return parts[0] if parts else None
         return torch.cat(parts, 2)
@@ -712,10 +745,14 @@ class L2LFlows(L2LCalibration, L2LGeneration, GenerativeModel):
         """Voxel energies (MeV) and, in log_threshold mode, the raw log features."""
         c = self.condition_features(e_inc, angles)
         n_e = len(self.active)
+        n_draw = n_e * (1 if self.hits_std is None else 2)  # context_hits: + hit counts
         if isinstance(generator, ShowerNoise):  # all normals of a shower in one draw
-            generator.reserve(n_e + sum(self.cells[k] for k in self.modelled))
-        e_feat = self._sample_flow(self.energy_flow, c, n_e, generator)
+            generator.reserve(n_draw + sum(self.cells[k] for k in self.modelled))
+        e_feat = self._sample_flow(self.energy_flow, c, n_draw, generator)
         e_feat = e_feat.clamp(-10, 10)  # guard against rare outliers of the flow's tails
+        h_feat = None
+        if self.hits_std is not None:
+            e_feat, h_feat = e_feat[:, :n_e], e_feat[:, n_e:]
         el = (torch.exp(self.energy_std.inverse(e_feat, e_inc)) - self.config.energy_eps) \
             .clamp_min(0) * e_inc[:, None]
         el = torch.minimum(el, self.layer_cap * e_inc[:, None])
@@ -744,7 +781,7 @@ class L2LFlows(L2LCalibration, L2LGeneration, GenerativeModel):
         a = self.config.alpha
         drawn = mod_feats = None
         # without gradients, not traced (the exporters: the plain loop below)
-        extras = self._layer_extras(el, e_inc, remainder) if self.shared else None
+        extras = self._layer_extras(el, e_inc, remainder, h_feat) if self.shared else None
         if self.shared and not torch.is_grad_enabled() and not torch.jit.is_tracing():
             drawn = self._draw_shared(e_feat, c, extras, generator)
             if self._log_thr:  # element-wise: many layers at once, the same values
