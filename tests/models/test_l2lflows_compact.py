@@ -79,3 +79,25 @@ def test_hit_map_is_monotone_and_identity_before_calibration():
     out = map_hits(h, model.voxel_group[s], model.hit_q_gen, model.hit_q_ref)
     assert (out[1:] >= out[:-1]).all()
     assert torch.allclose(out[:30], 2 * h[:30], atol=1e-3)
+
+
+def test_calibration_on_the_first_showers_of_more_not_a_whole_number_of_chunks(toy_geo):
+    """``calibration_showers`` below the showers handed to finalize and not a multiple of
+    the 500-shower generation chunks: every pass generates exactly the first ones (a
+    fresh training run hands finalize all its showers)."""
+    from caloforge.models.toy import toy_showers
+
+    rng = np.random.default_rng(3)
+    data = toy_showers(toy_geo, np.exp(rng.uniform(np.log(2e3), np.log(5e4), 700)), rng)
+    model = build("l2lflows", toy_geo, preset="compact",
+                  config={**TINY_COMPACT, "calibration_showers": 600,
+                          "calibration_axis_tables": True, "calibration_response_refine": True,
+                          "calibration_occupancy_refine": True, "calibration_hit_refine": 1,
+                          "calibration_layer_moments": 5, "calibration_moment_copula": True})
+    x = torch.from_numpy(data.energies)
+    e = torch.from_numpy(data.incident_energy.astype(np.float32))
+    model.fit_preprocessing(x, e)
+    model.finalize(x, e, torch.Generator().manual_seed(0))
+    assert model.axis_cal.is_fitted and model.moments.is_fitted
+    out = model.eval().sample(np.array([3e3, 3e4]), seed=1).energies
+    assert np.isfinite(out).all() and (out > 0).any()

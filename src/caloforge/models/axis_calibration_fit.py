@@ -277,8 +277,9 @@ def _fit_tables(cal: AxisCalibration, x: Tensor, angles: Tensor, feats: Tensor,
                            _part(ref_le, i, _CHUNK), _part(centres[0], i, _CHUNK))
 
     def rows(i: int) -> Tensor:  # generated showers (the conditions of the first n)
-        return _fit_groups(cal, angles[i:i + _CHUNK], _part(gen_bin, i, _CHUNK),
-                           _part(gen_le, i, _CHUNK), _part(centres[1], i, _CHUNK))
+        m = min(_CHUNK, n - i)
+        return _fit_groups(cal, angles[i:i + m], _part(gen_bin, i, m),
+                           _part(gen_le, i, m), _part(centres[1], i, m))
 
     total, ref_hits, ref_v, ref_g = torch.zeros(n_grp), torch.zeros(n_grp), [], []
     for i in range(0, len(x), _CHUNK):

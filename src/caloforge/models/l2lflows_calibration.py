@@ -68,8 +68,10 @@ class L2LCalibration:
         was_training = self.training
         self.eval()
         # Generate at the training energies, with the current cuts switched off.
-        parts = [self._generate(e_inc[i:i + 500].to(self.device), generator, calibrated=False,
-                                angles=None if angles is None else angles[i:i + 500].to(self.device))
+        # chunks of 500 that end at n (x may hold more showers than the calibration uses)
+        parts = [self._generate(e_inc[i:min(i + 500, n)].to(self.device), generator,
+                                calibrated=False, angles=None if angles is None
+                                else angles[i:min(i + 500, n)].to(self.device))
                  for i in range(0, n, 500)]
         feats = torch.cat([p[1].cpu() for p in parts])
         gen_r = torch.cat([p[0].sum(1).double().cpu() for p in parts]) / e_inc[:n].double().cpu()
@@ -134,9 +136,10 @@ class L2LCalibration:
         self.eval()
         try:
             for i in range(0, n, 500):
-                a = angles[i:i + 500].to(self.device) if self.takes_angles else None
+                j = min(i + 500, n)
+                a = angles[i:j].to(self.device) if self.takes_angles else None
                 with torch.no_grad():  # also when called outside finalize
-                    showers = self._generate(e_inc[i:i + 500].to(self.device), generator,
+                    showers = self._generate(e_inc[i:j].to(self.device), generator,
                                              angles=a)[0].cpu()
                 yield showers
         finally:
