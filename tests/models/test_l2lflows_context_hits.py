@@ -110,3 +110,60 @@ def test_trained_layers_follow_the_drawn_hit_count(tmp_path, seed):
     assert n_drawn[dense].mean() > 2 * n_drawn[~dense].mean()
     corr = np.corrcoef(n_drawn.flatten().numpy(), wanted.flatten().numpy())[0, 1]
     assert corr > 0.6
+
+
+def test_count_shift_leaves_exactly_the_count_above_the_cut():
+    from caloforge.models.l2lflows_generation import _count_shift
+
+    gen = torch.Generator().manual_seed(4)
+    margin = torch.randn(5, 3 * 20, generator=gen)
+    count = torch.tensor([[0, 1, 20], [3, 7, 0], [19, 2, 5], [1, 1, 1], [10, 0, 4]])
+    shift = _count_shift(margin, count, [20, 20, 20])
+    above = ((margin.view(5, 3, 20) - shift[..., None]) >= 0).sum(2)
+    assert torch.equal(above, count)
+    # row by row: the same shifts for one shower alone
+    assert torch.equal(_count_shift(margin[2:3], count[2:3], [20, 20, 20]), shift[2:3])
+
+
+def test_readout_drawn_hits_needs_the_drawn_counts():
+    with pytest.raises(ConfigError, match="readout_drawn_hits"):
+        build("l2lflows", "ild-ecal", preset="compact", config={"readout_drawn_hits": True})
+
+
+@pytest.mark.parametrize("axis_tables", [False, True])
+def test_read_out_layers_hold_the_drawn_number_of_hits(toy_data, axis_tables):
+    """Every layer with the energy for them holds exactly the hits the energy flow drew
+    (the calibrated read-out, per-cell or ring tables), batch by batch the same."""
+    m = build("l2lflows", toy_data.geometry, preset="compact",
+              config={**TINY, "context_hits": True, "readout_drawn_hits": True,
+                      "calibration_showers": 256, "calibration_axis_tables": axis_tables,
+                      "thin_starved_layers": True, "rescue_empty_layers": True})
+    x = torch.from_numpy(toy_data.energies)
+    e = torch.from_numpy(toy_data.incident_energy.astype(np.float32))
+    m.fit_preprocessing(x, e)
+    m.finalize(x, e, torch.Generator().manual_seed(0))
+    m.eval()
+    drawn = {}
+    layer_extras = m._layer_extras
+
+    def keep_hits(el, e_inc, remainder, hits=None):
+        drawn["hits"] = hits
+        return layer_extras(el, e_inc, remainder, hits)
+
+    m._layer_extras = keep_hits
+    e_gen = torch.full((64,), 3e4)
+    with torch.no_grad():
+        out = m._generate(e_gen, torch.Generator().manual_seed(1))[0]
+    want = torch.expm1(m.hits_std.inverse(drawn["hits"], None)).floor().clamp(max=m.n_cells)
+    got = _layer_hits(m, out).float()
+    el = torch.stack([out[:, m._slice(k)].sum(1) for k in m.active], 1)
+    thr = m.geometry.readout_threshold_mev
+    room = el >= want * thr  # thinning keeps fewer where the energy is too small
+    assert room.float().mean() > 0.5
+    sel = room & (want > 0)
+    assert torch.equal(got[sel], want[sel])
+    assert (got <= want.clamp_min(1)).all()
+    again = m.sample(e_gen[:5].numpy(), seed=3).energies
+    one = np.concatenate([m.sample(e_gen[i:i + 1].numpy(), seed=3, batch_size=1).energies
+                          for i in range(1)])
+    np.testing.assert_allclose(again[:1], one, rtol=1e-5, atol=1e-6)

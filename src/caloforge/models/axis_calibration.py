@@ -373,12 +373,7 @@ class AxisCalibration(nn.Module):
         Interpolations are written out as a + w (b - a): ``torch.lerp`` fuses a
         multiply-add in its vectorised loop only, so its last bit would depend on where an
         element sits in the tensor, i.e. on the batch size."""
-        flat_cut = self.cut.reshape(-1)
-        if energy is None:
-            cut = flat_cut[group]
-        else:
-            c0 = flat_cut[group + energy[0]]
-            cut = c0 + energy[2] * (flat_cut[group + energy[1]] - c0)
+        cut = self.cuts(group, energy)
         if not torch.jit.is_tracing():  # few hits (one shower at a time): map only them
             hit = f >= cut
             if int(hit.sum()) * 4 < hit.numel():
@@ -389,6 +384,15 @@ class AxisCalibration(nn.Module):
                                                group[rows, cols], part)
                 return out, cut
         return self._mapped(f, cut, group, energy), cut
+
+    def cuts(self, group: Tensor, energy: tuple[Tensor, Tensor, Tensor] | None = None
+             ) -> Tensor:
+        """The occupancy cut of every element of ``group`` (as :meth:`read_out`)."""
+        flat_cut = self.cut.reshape(-1)
+        if energy is None:
+            return flat_cut[group]
+        c0 = flat_cut[group + energy[0]]
+        return c0 + energy[2] * (flat_cut[group + energy[1]] - c0)
 
     def _mapped(self, f: Tensor, cut: Tensor, group: Tensor,
                 energy: tuple[Tensor, Tensor, Tensor] | None) -> Tensor:

@@ -192,6 +192,10 @@ class L2LFlowsConfig(ModelConfig):
     # hit cells (pions: 234 drawn per shower against 332 simulated), and the occupancy
     # cuts make up the rest with empty-mode cells anywhere in the layer.
     context_hits: bool = False
+    # ... and read out in each layer exactly the number of hits that the energy flow drew
+    # (the cells furthest above their cuts; the calibration tables are fitted the same
+    # way): the layer flow follows the drawn count (correlation ~0.9) but draws too few.
+    readout_drawn_hits: bool = False
 
     def validate(self) -> None:
         super().validate()
@@ -214,6 +218,10 @@ class L2LFlowsConfig(ModelConfig):
             from caloforge.errors import ConfigError
             raise ConfigError("config key 'context_hits' needs shared_layer_flow = true and "
                               "cell_feature = log_threshold (e.g. preset 'compact')")
+        if self.readout_drawn_hits and not self.context_hits:
+            from caloforge.errors import ConfigError
+            raise ConfigError("config key 'readout_drawn_hits' needs the drawn hit counts: "
+                              "set 'context_hits: true'")
         if self.lean_affine and (self.bins or not self.shared_layer_flow):
             from caloforge.errors import ConfigError
             raise ConfigError("lean_affine needs bins = 0 and shared_layer_flow = true")
@@ -782,6 +790,10 @@ class L2LFlows(L2LCalibration, L2LGeneration, GenerativeModel):
         drawn = mod_feats = None
         # without gradients, not traced (the exporters: the plain loop below)
         extras = self._layer_extras(el, e_inc, remainder, h_feat) if self.shared else None
+        drawn_hits = None  # readout_drawn_hits: each modelled layer's number of hits
+        if calibrated and self.config.readout_drawn_hits:
+            n = torch.expm1(self.hits_std.inverse(h_feat, e_inc)).floor()
+            drawn_hits = n.index_select(1, self.mod_energy_index).clamp(0, self.n_cells)
         if self.shared and not torch.is_grad_enabled() and not torch.jit.is_tracing():
             drawn = self._draw_shared(e_feat, c, extras, generator)
             if self._log_thr:  # element-wise: many layers at once, the same values
@@ -846,7 +858,7 @@ class L2LFlows(L2LCalibration, L2LGeneration, GenerativeModel):
                                        None if axis is None else axis.energy_offsets(
                                            e_inc, el.sum(1) / e_inc if axis.n_r > 1 else None,
                                            angles[:, 0]),
-                                       axis_distance))
+                                       axis_distance, drawn_hits))
             layers = [next(read) if t is None else t for t in layers]
         x = torch.cat(layers, 1)
         if calibrated and self.moments is not None and self.moments.is_fitted:

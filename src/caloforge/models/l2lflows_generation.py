@@ -134,7 +134,8 @@ class L2LGeneration:
     def _read_out(self, feats: list[Tensor], el: Tensor, calibrated: bool,
                   axis_groups: Tensor | None = None,
                   axis_energy: tuple[Tensor, Tensor, Tensor] | None = None,
-                  axis_distance: Tensor | None = None) -> list[Tensor]:
+                  axis_distance: Tensor | None = None,
+                  drawn_hits: Tensor | None = None) -> list[Tensor]:
         """:meth:`_read_out_layers` on groups of consecutive layers of at most
         ``READ_OUT_ELEMENTS`` values (one layer per group when traced for export): one
         group at batch 1, a few layers each at batch 1000, where whole-shower temporaries
@@ -153,15 +154,17 @@ class L2LGeneration:
                 n += 1
             part = None if axis_groups is None else axis_groups[:, col:col + width]
             dist = None if axis_distance is None else axis_distance[:, col:col + width]
+            hits = None if drawn_hits is None else drawn_hits[:, first:first + n]
             out += self._read_out_layers(feats[first:first + n], el, calibrated, part,
-                                         first, col, axis_energy, dist)
+                                         first, col, axis_energy, dist, hits)
             first, col = first + n, col + width
         return out
 
     def _read_out_layers(self, feats: list[Tensor], el: Tensor, calibrated: bool,
                          axis_groups: Tensor | None, first: int, col: int,
                          axis_energy: tuple[Tensor, Tensor, Tensor] | None = None,
-                         axis_distance: Tensor | None = None) -> list[Tensor]:
+                         axis_distance: Tensor | None = None,
+                         drawn_hits: Tensor | None = None) -> list[Tensor]:
         """log_threshold mode: the cell energies (MeV) of modelled layers ``first``, ...
         (their cells start at column ``col`` of the modelled cells) from their
         log features (``feats``: (B, cells) per modelled layer), cut, hit-energy
@@ -169,7 +172,9 @@ class L2LGeneration:
         ``axis_groups`` (B, modelled cells): each cell's axis-calibration group, for
         direction-conditioned models (``axis_energy``: where each shower's energy falls
         between the calibration's energy bins; ``axis_distance`` (B, modelled cells): each
-        cell's distance from its shower's axis in pitches, for ``rescue_axis_scale``).
+        cell's distance from its shower's axis in pitches, for ``rescue_axis_scale``;
+        ``drawn_hits`` (B, layers): the number of hits to read out in each layer,
+        ``readout_drawn_hits``).
 
         One layer's operations, run on all layers at once where they round exactly
         (element-wise arithmetic, comparisons, copies: the same bits in any shape); exp
@@ -185,6 +190,10 @@ class L2LGeneration:
         f = torch.cat(feats, 1)
         # Below the cut (0 = the readout threshold): not read out.
         widths = [x.shape[1] for x in feats]
+        if drawn_hits is not None:  # each layer's cells moved so that n are above the cut
+            cells_cut = cut if axis_groups is None \
+                else self.axis_cal.cuts(axis_groups, axis_energy)
+            f = f - _count_shift(f - cells_cut, drawn_hits, widths).index_select(1, layer_of)
         if axis_groups is not None:  # direction-conditioned: per shower and cell
             g, cut = self.axis_cal.read_out(f, axis_groups, axis_energy)
             g_layers = g.clamp(0, 20).split(widths, 1)
@@ -259,6 +268,22 @@ class L2LGeneration:
             best = F.one_hot(m.argmax(1), c.shape[1]).bool()
             parts.append(torch.where(best & empty, target[:, i:i + 1], c))
         return torch.cat(parts, 1)
+
+
+def _count_shift(margin: Tensor, count: Tensor, widths: list[int]) -> Tensor:
+    """(B, layers): per layer the shift that leaves exactly ``count`` (B, layers) of its
+    cells' ``margin`` (B, cells of the layers; feature - cut) at or above 0: half way
+    between the count-th and the next largest margin (so that float rounding of the
+    shifted feature against the cut cannot move a cell across; count 0: above the
+    largest margin, count = all cells: below the smallest).  Sorted row by row:
+    independent of the batch."""
+    shifts = []
+    for i, m in enumerate(margin.split(widths, 1)):
+        top = torch.sort(m, dim=1, descending=True)[0]
+        top = torch.cat([top[:, :1] + 2.0, top, top[:, -1:] - 2.0], 1)
+        k = count[:, i:i + 1].long().clamp(0, m.shape[1])
+        shifts.append(0.5 * (top.gather(1, k) + top.gather(1, k + 1)))
+    return torch.cat(shifts, 1)
 
 
 def _thin_rows(rows: Tensor, target: Tensor, thr: float) -> Tensor:
