@@ -335,9 +335,10 @@ def test_shipped_default_reproduces_generate(name, fmt, tmp_path):
     # ... drawing its layers in the frame that follows the shower axis
     ("l2lflows", {"cell_feature": "log_threshold", "shared_layer_flow": True,
                   "axis_frame": True}),
-    # ... with the hit counts that the energy flow draws in every layer's context
+    # ... with the hit counts that the energy flow draws in every layer's context and
+    # read out
     ("l2lflows", {"cell_feature": "log_threshold", "shared_layer_flow": True,
-                  "context_hits": True})])
+                  "context_hits": True, "readout_drawn_hits": True})])
 def test_angle_conditioned_model_takes_theta_phi_in_degrees(name, config, tmp_path):
     """The direction inputs reach the networks: runtime == generate at those angles."""
     from caloforge.data import Conditions

@@ -792,7 +792,7 @@ class L2LFlows(L2LCalibration, L2LGeneration, GenerativeModel):
         extras = self._layer_extras(el, e_inc, remainder, h_feat) if self.shared else None
         drawn_hits = None  # readout_drawn_hits: each modelled layer's number of hits
         if calibrated and self.config.readout_drawn_hits:
-            n = torch.expm1(self.hits_std.inverse(h_feat, e_inc)).floor()
+            n = (torch.exp(self.hits_std.inverse(h_feat, e_inc)) - 1.0).floor()  # ONNX: no expm1
             drawn_hits = n.index_select(1, self.mod_energy_index).clamp(0, self.n_cells)
         if self.shared and not torch.is_grad_enabled() and not torch.jit.is_tracing():
             drawn = self._draw_shared(e_feat, c, extras, generator)
