@@ -1,5 +1,5 @@
-"""The shipped AHCAL pion model: it loads from the package, is small, and generates
-hadron showers that follow the requested incident energy within its trained range."""
+"""The shipped AHCAL pion models: they load from the package, are small, and generate
+hadron showers that follow the requested incident energy within their trained range."""
 
 import numpy as np
 import pytest
@@ -10,20 +10,21 @@ from caloforge.errors import CaloforgeError
 from caloforge.models import list_zoo, load
 from caloforge.models.base import WEIGHTS_FILE
 
-NAME = "ild-ahcal-pions"
+NAMES = ["ild-ahcal-pions", "ild-ahcal-pions-shapes"]
 
 
-def test_pion_model_is_shipped_with_a_card():
-    assert NAME in list_zoo()
-    folder = zoo.path(NAME)
+@pytest.mark.parametrize("name", NAMES)
+def test_pion_model_is_shipped_with_a_card(name):
+    assert name in list_zoo()
+    folder = zoo.path(name)
     card = (folder / "MODEL_CARD.md").read_text()
     assert "caloforge simulate --detector ild-ahcal --particle pi+" in card
     assert (folder / WEIGHTS_FILE).stat().st_size < 20 * 2**20
 
 
-@pytest.fixture(scope="module")
-def pion_model():
-    return load(NAME)
+@pytest.fixture(scope="module", params=NAMES)
+def pion_model(request):
+    return load(request.param)
 
 
 def test_pion_model_follows_its_energy_condition(pion_model):
@@ -52,3 +53,11 @@ def test_pion_model_refuses_what_it_was_not_trained_on(pion_model):
         pion_model.sample(np.array([150e3]), 1)
     with pytest.raises(CaloforgeError, match="theta"):
         pion_model.sample(Conditions(np.array([30e3]), theta=np.array([0.3])), 1)
+
+
+def test_shapes_variant_reads_out_the_drawn_hit_counts():
+    """The shapes variant draws every layer's hit count with the layer energies and
+    reads out exactly that many hits where the layer's energy allows it."""
+    model = load("ild-ahcal-pions-shapes")
+    assert model.config.context_hits and model.config.readout_drawn_hits
+    assert not load("ild-ahcal-pions").config.context_hits
