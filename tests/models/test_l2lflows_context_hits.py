@@ -167,3 +167,33 @@ def test_read_out_layers_hold_the_drawn_number_of_hits(toy_data, axis_tables):
     one = np.concatenate([m.sample(e_gen[i:i + 1].numpy(), seed=3, batch_size=1).energies
                           for i in range(1)])
     np.testing.assert_allclose(again[:1], one, rtol=1e-5, atol=1e-6)
+
+
+def test_count_exponent_scales_the_counts_with_the_response_table(toy_data, monkeypatch):
+    """A response table that doubles every layer energy doubles the counts read out
+    with readout_count_exponent 1 (each layer's mean hit energy kept) and leaves them
+    with 0."""
+    import caloforge.models.l2lflows as l2l
+
+    got = {}
+    for exponent in (0.0, 1.0):
+        m = build("l2lflows", toy_data.geometry, preset="compact",
+                  config={**TINY, "context_hits": True, "readout_drawn_hits": True,
+                          "readout_count_exponent": exponent, "calibration_showers": 0,
+                          "thin_starved_layers": False, "rescue_empty_layers": False})
+        x = torch.from_numpy(toy_data.energies)
+        m.fit_preprocessing(x, torch.from_numpy(toy_data.incident_energy.astype(np.float32)))
+        monkeypatch.setattr(l2l.calib, "calibrate_response", lambda el, *a: 2.0 * el)
+        with torch.no_grad():
+            out = m.eval()._generate(torch.full((32,), 3e4),
+                                     torch.Generator().manual_seed(2))[0]
+        got[exponent] = _layer_hits(m, out)
+    small = (got[0.0] > 0) & (got[0.0] <= m.n_cells // 2)
+    assert small.float().mean() > 0.3
+    assert torch.equal(got[1.0][small], 2 * got[0.0][small])
+
+
+def test_count_exponent_needs_the_drawn_read_out():
+    with pytest.raises(ConfigError, match="readout_count_exponent"):
+        build("l2lflows", "ild-ecal", preset="compact",
+              config={"context_hits": True, "readout_count_exponent": 1.0})

@@ -196,6 +196,12 @@ class L2LFlowsConfig(ModelConfig):
     # (the cells furthest above their cuts; the calibration tables are fitted the same
     # way): the layer flow follows the drawn count (correlation ~0.9) but draws too few.
     readout_drawn_hits: bool = False
+    # ... with each count scaled by s ** this (rounded), s the factor by which the
+    # response table rescales the shower's layer energies: 1 keeps each layer's mean hit
+    # energy (energy / count) the energy flow's, which software compensation reads (the
+    # response table otherwise moves the energies of showers with a high or low
+    # response and not their counts).  0 = the drawn counts as they are.
+    readout_count_exponent: float = 0.0
 
     def validate(self) -> None:
         super().validate()
@@ -222,6 +228,11 @@ class L2LFlowsConfig(ModelConfig):
             from caloforge.errors import ConfigError
             raise ConfigError("config key 'readout_drawn_hits' needs the drawn hit counts: "
                               "set 'context_hits: true'")
+        if self.readout_count_exponent < 0 or (self.readout_count_exponent
+                                               and not self.readout_drawn_hits):
+            from caloforge.errors import ConfigError
+            raise ConfigError("config key 'readout_count_exponent' must be >= 0 and needs "
+                              "'readout_drawn_hits: true'")
         if self.lean_affine and (self.bins or not self.shared_layer_flow):
             from caloforge.errors import ConfigError
             raise ConfigError("lean_affine needs bins = 0 and shared_layer_flow = true")
@@ -764,6 +775,7 @@ class L2LFlows(L2LCalibration, L2LGeneration, GenerativeModel):
         el = (torch.exp(self.energy_std.inverse(e_feat, e_inc)) - self.config.energy_eps) \
             .clamp_min(0) * e_inc[:, None]
         el = torch.minimum(el, self.layer_cap * e_inc[:, None])
+        drawn_sum = el.sum(1, keepdim=True)  # before the response table
         axis = self.axis_cal if calibrated and self.axis_cal is not None \
             and self.axis_cal.is_fitted else None
         if axis is not None:
@@ -775,6 +787,9 @@ class L2LFlows(L2LCalibration, L2LGeneration, GenerativeModel):
         elif calibrated and self._log_thr and self.config.calibration_energy_bins:
             el = calib.calibrate_response(el, e_inc, self.resp_log_e, self.resp_mu_gen,
                                           self.resp_mu_ref, self.resp_k)
+        response_factor = None  # readout_count_exponent: what the response table did
+        if calibrated and self.config.readout_count_exponent:
+            response_factor = el.sum(1, keepdim=True) / drawn_sum.clamp_min(1e-30)
         # Each layer is generated into its own tensor and the voxel vector is one
         # concatenation at the end: writing layers into slices of a preallocated tensor
         # would export as one ONNX ScatterND per layer (issue 12), copying the whole vector.
@@ -793,6 +808,9 @@ class L2LFlows(L2LCalibration, L2LGeneration, GenerativeModel):
         drawn_hits = None  # readout_drawn_hits: each modelled layer's number of hits
         if calibrated and self.config.readout_drawn_hits:
             n = (torch.exp(self.hits_std.inverse(h_feat, e_inc)) - 1.0).floor()  # ONNX: no expm1
+            if response_factor is not None:
+                n = torch.floor(n * response_factor ** self.config.readout_count_exponent
+                                + 0.5)
             drawn_hits = n.index_select(1, self.mod_energy_index).clamp(0, self.n_cells)
         if self.shared and not torch.is_grad_enabled() and not torch.jit.is_tracing():
             drawn = self._draw_shared(e_feat, c, extras, generator)
