@@ -57,7 +57,9 @@ def test_pion_model_refuses_what_it_was_not_trained_on(pion_model):
 
 def test_shapes_variant_reads_out_the_drawn_hit_counts():
     """The shapes variant draws every layer's hit count with the layer energies and
-    reads out exactly that many hits where the layer's energy allows it."""
+    reads out that many hits (scaled with the response table) where the layer's energy
+    allows it."""
     model = load("ild-ahcal-pions-shapes")
     assert model.config.context_hits and model.config.readout_drawn_hits
+    assert model.config.readout_count_exponent == 1.0
     assert not load("ild-ahcal-pions").config.context_hits
