@@ -775,7 +775,8 @@ class L2LFlows(L2LCalibration, L2LGeneration, GenerativeModel):
         el = (torch.exp(self.energy_std.inverse(e_feat, e_inc)) - self.config.energy_eps) \
             .clamp_min(0) * e_inc[:, None]
         el = torch.minimum(el, self.layer_cap * e_inc[:, None])
-        drawn_sum = el.sum(1, keepdim=True)  # before the response table
+        scale_counts = calibrated and bool(self.config.readout_count_exponent)
+        drawn_sum = el.sum(1, keepdim=True) if scale_counts else None  # before the table
         axis = self.axis_cal if calibrated and self.axis_cal is not None \
             and self.axis_cal.is_fitted else None
         if axis is not None:
@@ -788,7 +789,7 @@ class L2LFlows(L2LCalibration, L2LGeneration, GenerativeModel):
             el = calib.calibrate_response(el, e_inc, self.resp_log_e, self.resp_mu_gen,
                                           self.resp_mu_ref, self.resp_k)
         response_factor = None  # readout_count_exponent: what the response table did
-        if calibrated and self.config.readout_count_exponent:
+        if scale_counts:
             response_factor = el.sum(1, keepdim=True) / drawn_sum.clamp_min(1e-30)
         # Each layer is generated into its own tensor and the voxel vector is one
         # concatenation at the end: writing layers into slices of a preallocated tensor
