@@ -96,7 +96,8 @@ def main() -> None:
     p.add_argument("--min-seconds", type=float, default=5.0)
     p.add_argument("--reference-showers", type=int, default=0,
                    help="use the first N showers of the reference (0: all)")
-    p.add_argument("--simulation-showers", type=int, default=200)
+    p.add_argument("--simulation-showers", type=int, default=200,
+                   help="showers to time the builtin simulation on (0: skip it)")
     p.add_argument("--no-fidelity", action="store_true")
     args = p.parse_args()
     models = {label: load(name) for label, name in _pairs(args.model, "--model").items()}
@@ -115,8 +116,10 @@ def main() -> None:
         print(f"{label:10s} ({model.name}): batch 1, 1 thread {one:8.2f} ms; best batch, "
               f"2 threads {best[0]:7.3f} ms (batch {best[1]})", flush=True)
     torch.set_num_threads(1)
-    print(f"reference simulation: {simulation_ms(cond, geometry, args.simulation_showers):.1f} "
-          f"ms/shower (builtin engine, points, 1 process, {args.simulation_showers} showers)")
+    if args.simulation_showers > 0:
+        sim = simulation_ms(cond, geometry, args.simulation_showers)
+        print(f"reference simulation: {sim:.1f} ms/shower (builtin engine, points, 1 process, "
+              f"{args.simulation_showers} showers)")
     if not args.no_fidelity:
         fidelity(reference, models, caps)
 

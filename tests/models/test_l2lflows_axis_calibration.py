@@ -142,12 +142,13 @@ def test_models_without_angles_have_no_axis_tables():
 
 def test_normal_incidence_models_keep_their_per_cell_tables():
     """Models without angles keep the per-cell calibration unless their config asks for
-    ring tables: the shipped pion model's per-cell tables (its first calibration, kept in
-    its folder; it now generates with ring tables, ``calibration_axis_tables``) give the
-    values recorded before the axis frame and the per-group hit-map grid."""
+    ring tables: the shipped ``ild-ahcal-pions-cuts``'s per-cell tables (its first
+    calibration, kept in its folder; it now generates with ring tables,
+    ``calibration_axis_tables``) give the values recorded before the axis frame and the
+    per-group hit-map grid (recorded when it was the pion default)."""
     from caloforge import zoo
 
-    model = zoo.load("ild-ahcal-pions")
+    model = zoo.load("ild-ahcal-pions-cuts")
     assert model.frame is None
     # recorded before the read-out kept layers that fell below their cuts, and the hits
     # of layers whose energy cannot carry them all

@@ -10,7 +10,7 @@ from caloforge.errors import CaloforgeError
 from caloforge.models import list_zoo, load
 from caloforge.models.base import WEIGHTS_FILE
 
-NAMES = ["ild-ahcal-pions", "ild-ahcal-pions-shapes"]
+NAMES = ["ild-ahcal-pions", "ild-ahcal-pions-cuts"]
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -55,11 +55,11 @@ def test_pion_model_refuses_what_it_was_not_trained_on(pion_model):
         pion_model.sample(Conditions(np.array([30e3]), theta=np.array([0.3])), 1)
 
 
-def test_shapes_variant_reads_out_the_drawn_hit_counts():
-    """The shapes variant draws every layer's hit count with the layer energies and
-    reads out that many hits (scaled with the response table) where the layer's energy
-    allows it."""
-    model = load("ild-ahcal-pions-shapes")
+def test_the_default_reads_out_the_drawn_hit_counts():
+    """The default draws every layer's hit count with the layer energies and reads out
+    that many hits (scaled with the response table) where the layer's energy allows it;
+    the previous default, kept as ``ild-ahcal-pions-cuts``, reads out by the cuts."""
+    model = load("ild-ahcal-pions")
     assert model.config.context_hits and model.config.readout_drawn_hits
-    assert model.config.readout_count_exponent == 1.0
-    assert not load("ild-ahcal-pions").config.context_hits
+    assert model.config.readout_count_exponent == 1.25
+    assert not load("ild-ahcal-pions-cuts").config.context_hits

@@ -46,6 +46,7 @@ from caloforge.models.occupancy import fit_count_scale
 from caloforge.models.point_moments import PointMoments
 from caloforge.models.pointnets import PointDenoiser
 from caloforge.models.showerflow import ShowerFlow, ShowerSummary, summarise
+from caloforge.models.showerflow_fit import fit_showerflow
 
 FEATURES = 4  # per point: dx, dy, layer, log E
 # showers per network call in a large batch: groups of similar size, padded only to their
@@ -66,6 +67,11 @@ class PointModelConfig(ModelConfig):
     lr: float = 1e-3
     lr_flow: float = 1e-3
     showerflow_fraction: float = 0.3  # share of the steps that train the ShowerFlow
+    # > 0: the ShowerFlow is instead fitted before the loop, on the summaries of the
+    # preprocessing showers, for this many steps of showerflow_fit_batch showers
+    # (caloforge.models.showerflow_fit), and every step of the loop trains the points
+    showerflow_fit_steps: int = 0
+    showerflow_fit_batch: int = 512
     max_points_factor: float = 2.0  # generation draws at most this x the largest cloud seen
     # after training: training showers for the occupancy calibration (0: none) and its steps
     occupancy_showers: int = 2000
@@ -83,7 +89,7 @@ class PointModelConfig(ModelConfig):
     def validate(self) -> None:
         super().validate()
         positive(self, "hidden", "summary", "blocks", "embed_dim", "flow_transforms", "lr",
-                 "lr_flow", "max_points_factor")
+                 "lr_flow", "max_points_factor", "showerflow_fit_batch")
         if not 0 < self.showerflow_fraction < 1:
             raise ConfigError("config key 'showerflow_fraction' must lie in (0, 1)")
         if self.moment_knots == 1 or min(self.moment_theta_bins, self.moment_energy_bins,
@@ -95,7 +101,7 @@ class PointModelConfig(ModelConfig):
             raise ConfigError("config key 'moment_copula' needs the maps it acts in: set "
                               "'moment_knots' (e.g. 33)")
         for key in ("occupancy_showers", "occupancy_iterations", "moment_knots",
-                    "moment_showers"):
+                    "moment_showers", "showerflow_fit_steps"):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ConfigError(f"config key {key!r} must be an integer >= 0, got {value!r}")
@@ -189,9 +195,38 @@ class PointDiffusionModel(GenerativeModel):
                                             .clamp_min(0.05)]))
         self.max_points.fill_(max(1, math.ceil(float(s.n_points.max())
                                                 * self.config.max_points_factor)))
-        if self.owns_showerflow:
+        if self.owns_showerflow and self.config.showerflow_fit_steps:
+            self.fit_showerflow(x, e_inc, mask, angles)
+        elif self.owns_showerflow:
             u = torch.rand(len(e_inc), 1 + self.geometry.n_layers, generator=gen)
             self.showerflow.fit(self.showerflow.encode(s, e_inc, u))
+
+    def fit_showerflow(self, x: Tensor, e_inc: Tensor, mask: Tensor,
+                       angles: Tensor | None = None, seed: int = 0,
+                       show_progress: bool | None = None) -> dict[str, float]:
+        """A new ShowerFlow (the config's sizes, weights from ``seed``) fitted for
+        ``showerflow_fit_steps`` steps on the summaries of training clouds ``x`` (padded,
+        with ``mask``); nothing else of the model changes, so a trained model's flow can
+        be refitted.  Returns :func:`~caloforge.models.showerflow_fit.fit_showerflow`'s
+        record."""
+        c = self.config
+        if not self.owns_showerflow:
+            raise InputError(f"model {self.name!r} borrows its teacher's ShowerFlow: refit "
+                             "the teacher's")
+        if c.showerflow_fit_steps < 1:
+            raise ConfigError("set config key 'showerflow_fit_steps' (> 0) to fit the "
+                              "ShowerFlow on its own")
+        _, _, s = self._prepare(x, mask)
+        cond = self.condition_features(e_inc, angles)
+        with torch.random.fork_rng(devices=[]):  # its coupling masks, too, from the seed
+            torch.manual_seed(seed)
+            flow = ShowerFlow(self.geometry.n_layers, self.n_conditions, c.flow_transforms,
+                              tuple(c.flow_hidden), c.flow_bins)
+        record = fit_showerflow(flow, s, e_inc, cond, c.showerflow_fit_steps,
+                                c.showerflow_fit_batch, c.lr_flow, seed,
+                                show_progress=show_progress)
+        self.showerflow = flow.to(self.layer_z.device)
+        return record
 
     # ---- training -------------------------------------------------------------------------
     def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:
@@ -202,6 +237,8 @@ class PointDiffusionModel(GenerativeModel):
         return out
 
     def phases(self) -> list[tuple[str, float]]:
+        if self.config.showerflow_fit_steps:
+            return [("diffusion", 1.0)]  # the flow is fitted before the loop
         f = self.config.showerflow_fraction
         return [("showerflow", f), ("diffusion", 1 - f)]
 
