@@ -196,7 +196,7 @@ class PointDiffusionModel(GenerativeModel):
         self.max_points.fill_(max(1, math.ceil(float(s.n_points.max())
                                                 * self.config.max_points_factor)))
         if self.owns_showerflow and self.config.showerflow_fit_steps:
-            self.fit_showerflow(x, e_inc, mask, angles)
+            self._fit_flow(s, e_inc, angles)
         elif self.owns_showerflow:
             u = torch.rand(len(e_inc), 1 + self.geometry.n_layers, generator=gen)
             self.showerflow.fit(self.showerflow.encode(s, e_inc, u))
@@ -216,7 +216,12 @@ class PointDiffusionModel(GenerativeModel):
         if c.showerflow_fit_steps < 1:
             raise ConfigError("set config key 'showerflow_fit_steps' (> 0) to fit the "
                               "ShowerFlow on its own")
-        _, _, s = self._prepare(x, mask)
+        return self._fit_flow(self._prepare(x, mask)[2], e_inc, angles, seed, show_progress)
+
+    def _fit_flow(self, s: ShowerSummary, e_inc: Tensor, angles: Tensor | None,
+                  seed: int = 0, show_progress: bool | None = None) -> dict[str, float]:
+        """:meth:`fit_showerflow` on the clouds' summaries ``s``."""
+        c = self.config
         cond = self.condition_features(e_inc, angles)
         with torch.random.fork_rng(devices=[]):  # its coupling masks, too, from the seed
             torch.manual_seed(seed)

@@ -17,6 +17,7 @@ the same flow.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
@@ -26,12 +27,11 @@ from caloforge.errors import InputError
 from caloforge.models.showerflow import ShowerFlow, ShowerSummary
 from caloforge.utils import progress
 
-SUMMARY_FIELDS = ("n_points", "e_vis", "layer_counts", "layer_energy", "cog")
 MIN_SHOWERS = 20  # a held-out part and some batches to train on
 
 
 def _rows(s: ShowerSummary, index: Tensor) -> ShowerSummary:
-    return ShowerSummary(*[getattr(s, k)[index] for k in SUMMARY_FIELDS])
+    return ShowerSummary(*[getattr(s, f.name)[index] for f in dataclasses.fields(s)])
 
 
 def fit_showerflow(flow: ShowerFlow, summary: ShowerSummary, e_inc: Tensor, context: Tensor,
