@@ -331,7 +331,8 @@ def test_shipped_default_reproduces_generate(name, fmt, tmp_path):
     # ... and the per-shower maps of the layers' centres and widths (the traced path)
     ("l2lflows", {"cell_feature": "log_threshold", "calibration_layer_moments": 9,
                   "calibration_moment_theta_bins": 1, "calibration_moment_energy_bins": 1,
-                  "calibration_moment_layer_bins": 2, "calibration_moment_copula": True}),
+                  "calibration_moment_layer_bins": 2, "calibration_moment_copula": True,
+                  "calibration_moment_passes": 2}),
     # ... drawing its layers in the frame that follows the shower axis
     ("l2lflows", {"cell_feature": "log_threshold", "shared_layer_flow": True,
                   "axis_frame": True}),

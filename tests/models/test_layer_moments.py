@@ -134,14 +134,53 @@ def test_fitted_maps_bring_generated_moments_onto_the_reference(seed):
         got_before[..., 2].mean() - want[..., 2].mean())
 
 
-def test_batch_independent_and_the_traced_path_agrees():
+def _distance_to_targets(x: torch.Tensor, out: torch.Tensor, module: LayerMoments,
+                         shift_u: float, width_scale: float) -> torch.Tensor:
+    """(B, L) how far each layer of ``out`` is from the mapped moments of ``x`` (mm)."""
+    angles = torch.zeros(len(x), 2)
+    want = module.layer_moments(x, angles)[0].clone()
+    want[..., 0] += shift_u
+    want[..., 2] *= width_scale
+    return (module.layer_moments(out, angles)[0] - want)[..., [0, 2]].abs().sum(-1)
+
+
+@pytest.mark.parametrize("seed", [5, 6])
+def test_further_passes_go_further_within_the_same_bounds(seed):
+    """Targets out of reach of one pass (whose step stops at the first hit meeting a
+    bound): more passes hold that hit and move the others, never past a bound; with more
+    than one pass a hit loses at most 1 - w_min of its energy above the threshold, so
+    the halo's hits near the threshold stay off it."""
+    rng = np.random.default_rng(seed)
+    core = _blobs(rng, 30, (9.0, 1.0), 3.0)
+    x = torch.where(core > 40 * THR, core, 0.15 * core)  # a halo at 1.5 x the threshold
+    e, angles = torch.full((30,), 2e4), torch.zeros(30, 2)
+    outs = {}
+    for passes in (1, 4):
+        module = LayerMoments(GEO, n_theta_bins=1, n_energy_bins=1, n_knots=K, passes=passes)
+        set_maps(module, 6.0, 0.75)
+        outs[passes] = out = module(x, e, angles)
+        torch.testing.assert_close(_layer_energies(out), _layer_energies(x), rtol=1e-5, atol=0)
+        assert torch.equal(out > 0, x > 0)
+        w = out[x > 0] / x[x > 0]
+        assert w.max() <= module.w_max + 1e-4
+    e0, e4 = x[x > 0].double(), outs[4][x > 0].double()
+    assert (e4 - THR >= module.w_min * (e0 - THR) - 1e-4).all()
+    near = lambda v: int(((v >= THR) & (v < 1.05 * THR)).sum())  # noqa: E731
+    assert near(outs[4]) == near(x) < near(outs[1])
+    d1, d4 = (_distance_to_targets(x, outs[p], module, 6.0, 0.75) for p in (1, 4))
+    assert d4.mean() < 0.6 * d1.mean(), (d1.mean(), d4.mean())
+    assert (d4 <= d1 + 1e-3).float().mean() > 0.9
+
+
+@pytest.mark.parametrize("passes", [1, 3])
+def test_batch_independent_and_the_traced_path_agrees(passes):
     rng = np.random.default_rng(3)
     x = _blobs(rng, 9, (9.0, 1.0), 3.0) * torch.as_tensor(rng.random((9, GEO.n_voxels)) > 0.4)
     e = torch.full((9,), 2e4)
     angles = torch.as_tensor(np.c_[np.radians(rng.uniform(0, 30, 9)),
                                    rng.uniform(0, 6.28, 9)], dtype=torch.float32)
-    module = LayerMoments(GEO, n_theta_bins=1, n_energy_bins=1, n_knots=K)
-    set_maps(module, 1.0, 1.05)
+    module = LayerMoments(GEO, n_theta_bins=1, n_energy_bins=1, n_knots=K, passes=passes)
+    set_maps(module, 1.0 + 3 * (passes > 1), 1.05)
     whole = module(x, e, angles)
     for i in range(9):
         assert torch.equal(module(x[i:i + 1], e[i:i + 1], angles[i:i + 1])[0], whole[i])
@@ -161,7 +200,10 @@ def test_the_unrolled_solver_solves():
                                      ("calibration_layer_moments", -3),
                                      ("calibration_moment_theta_bins", 0),
                                      ("calibration_moment_energy_bins", 0),
-                                     ("calibration_moment_layer_bins", 0)])
+                                     ("calibration_moment_layer_bins", 0),
+                                     ("calibration_moment_passes", 0),
+                                     ("calibration_moment_min_weight", 0.0),
+                                     ("calibration_moment_min_weight", 1.5)])
 def test_bad_moment_options_are_refused(key, bad):
     with pytest.raises(ConfigError, match=key):
         build("l2lflows", GEO, config={"calibration_layer_moments": 9, key: bad},

@@ -62,4 +62,6 @@ def test_the_default_reads_out_the_drawn_hit_counts():
     model = load("ild-ahcal-pions")
     assert model.config.context_hits and model.config.readout_drawn_hits
     assert model.config.readout_count_exponent == 1.25
+    # the layer-moment maps solved twice, a hit keeping half its energy above threshold
+    assert model.moments.passes == 2 and model.moments.w_min == 0.5
     assert not load("ild-ahcal-pions-cuts").config.context_hits

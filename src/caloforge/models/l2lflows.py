@@ -139,6 +139,13 @@ class L2LFlowsConfig(ModelConfig):
     # ... with the training showers' correlations between layers and moments
     # (a Gaussian copula, :mod:`caloforge.models.moment_copula`)
     calibration_moment_copula: bool = False
+    # ... solved this many times per layer, each pass with the hits that reached a bound
+    # of their weight held (one pass stops a layer where its first hit meets a bound) ...
+    calibration_moment_passes: int = 1
+    # ... with each hit's weight at least this (of its energy above the threshold when
+    # passes > 1, so that hits do not pile up at the threshold, where digitisation loses
+    # half of them)
+    calibration_moment_min_weight: float = 0.3
     # ... and refit the response table on showers read out with every table (a second
     # generation pass): the read-out moves E_vis by a few per cent against the raw
     # response the table is first fitted on.
@@ -282,11 +289,16 @@ class L2LFlowsConfig(ModelConfig):
             raise ConfigError("config key 'calibration_moment_copula' needs the maps it "
                               "acts in: set 'calibration_layer_moments' (e.g. 33)")
         if min(self.calibration_moment_theta_bins, self.calibration_moment_energy_bins,
-               self.calibration_moment_layer_bins) < 1:
+               self.calibration_moment_layer_bins, self.calibration_moment_passes) < 1:
             from caloforge.errors import ConfigError
             raise ConfigError("config keys 'calibration_moment_theta_bins', "
-                              "'calibration_moment_energy_bins' and "
-                              "'calibration_moment_layer_bins' must be >= 1")
+                              "'calibration_moment_energy_bins', "
+                              "'calibration_moment_layer_bins' and "
+                              "'calibration_moment_passes' must be >= 1")
+        if not 0.0 < self.calibration_moment_min_weight < 1.0:
+            from caloforge.errors import ConfigError
+            raise ConfigError("config key 'calibration_moment_min_weight' must be in (0, 1), "
+                              f"got {self.calibration_moment_min_weight}")
         if self.axis_frame and not (self.shared_layer_flow
                                     and self.cell_feature == "log_threshold"):
             from caloforge.errors import ConfigError
@@ -388,7 +400,9 @@ class L2LFlows(L2LCalibration, L2LGeneration, GenerativeModel):
                                         c.calibration_moment_energy_bins,
                                         c.calibration_layer_moments,
                                         n_layer_bins=c.calibration_moment_layer_bins,
-                                        copula=c.calibration_moment_copula)
+                                        copula=c.calibration_moment_copula,
+                                        passes=c.calibration_moment_passes,
+                                        w_min=c.calibration_moment_min_weight)
         self.shared = bool(c.shared_layer_flow)
         self.frame: AxisFrame | None = None  # the axis frame, where the config asks for it
         if self.shared:

@@ -15,6 +15,9 @@ linear in beta, so the mapped moments are met exactly at t = 1; t <= 1 is the la
 step that keeps every hit within [w_min, w_max] of its energy and at or above the
 readout threshold.  The layer's energy and its hits are unchanged
 (sum_i E_i (phi_i - <phi>) = 0); only layers with at least ``min_hits`` hits are mapped.
+With ``passes`` > 1 the system is solved again with the hits at a bound held (and the
+lower bound is ``w_min`` of a hit's energy above the threshold), so that one hit at a
+bound no longer stops its whole layer.
 
 Why: a generator whose layers have the right energies and hit counts can still scatter
 their centres and widths from shower to shower more (or less) than the simulation does.
@@ -33,6 +36,7 @@ operations, so generation stays independent of the batch and exports to ONNX.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -89,7 +93,8 @@ class LayerMoments(MomentMaps):
 
     def __init__(self, geometry: Geometry, n_theta_bins: int = 8, n_energy_bins: int = 3,
                  n_knots: int = 33, min_hits: int = 3, w_min: float = 0.3,
-                 w_max: float = 3.0, n_layer_bins: int = 1, copula: bool = False) -> None:
+                 w_max: float = 3.0, n_layer_bins: int = 1, copula: bool = False,
+                 passes: int = 1) -> None:
         centres = np.array(geometry.cell_centres, dtype=np.float64)  # a writable copy
         # the cells' depth unless the model knows better (its fitted axis frame)
         z = np.zeros(int(geometry.n_layers))
@@ -99,6 +104,7 @@ class LayerMoments(MomentMaps):
         table, where = _layer_table(geometry)
         padded = np.concatenate([centres, np.zeros((1, 3))])[table]  # (L, C, 3)
         self.w_min, self.w_max = float(w_min), float(w_max)
+        self.passes = int(passes)
         self.threshold = float(geometry.readout_threshold_mev)
         self.register_buffer("table", torch.as_tensor(table.reshape(-1)), persistent=False)
         self.register_buffer("where", torch.as_tensor(where), persistent=False)
@@ -193,13 +199,25 @@ class LayerMoments(MomentMaps):
         return self._moments(st), count >= self.min_hits, st["total"]
 
     # ---- generation ------------------------------------------------------------------------
-    def _weight_polynomial(self, st: dict[str, Tensor], tgt: Tensor) -> Tensor:
+    def _weight_polynomial(self, st: dict[str, Tensor], tgt: Tensor,
+                           cur: dict[str, Tensor] | None = None) -> Tensor:
         """(B, L, 5) coefficients (1, u, v, u^2, v^2) of d = beta . (phi - <phi>), whose
-        weights 1 + d move each layer's moments onto ``tgt`` (B, L, 4) exactly."""
-        shift_u, shift_v = tgt[..., 0] - st["cu"], tgt[..., 1] - st["cv"]
+        weights 1 + d of the hits that ``st`` sums move each layer's moments onto ``tgt``
+        (B, L, 4) exactly.  ``cur``: the moments of all the layer's hits where ``st``
+        holds only those still free to move (later passes; the others keep d = 0)."""
+        cur = st if cur is None else cur
+        shift_u, shift_v = tgt[..., 0] - cur["cu"], tgt[..., 1] - cur["cv"]
         wu, wv = tgt[..., 2].clamp_min(0), tgt[..., 3].clamp_min(0)
-        rhs = torch.stack([shift_u, shift_v, wu * wu + shift_u * shift_u - st["uu"],
-                           wv * wv + shift_v * shift_v - st["vv"]], -1)
+        if cur is st:
+            rhs = torch.stack([shift_u, shift_v, wu * wu + shift_u * shift_u - st["uu"],
+                               wv * wv + shift_v * shift_v - st["vv"]], -1)
+        else:  # second moments about the free hits' centre, in units of their energy
+            du_t, dv_t = tgt[..., 0] - st["cu"], tgt[..., 1] - st["cv"]
+            du_c, dv_c = cur["cu"] - st["cu"], cur["cv"] - st["cv"]
+            share = cur["total"] / st["total"].clamp_min(1e-30)
+            rhs = share[..., None] * torch.stack([
+                shift_u, shift_v, wu * wu + du_t * du_t - cur["uu"] - du_c * du_c,
+                wv * wv + dv_t * dv_t - cur["vv"] - dv_c * dv_c], -1)
         uu, vv = st["uu"], st["vv"]
         cov = torch.stack([
             torch.stack([uu, st["uv"], st["uuu"], st["uvv"]], -1),
@@ -230,39 +248,111 @@ class LayerMoments(MomentMaps):
         return torch.where(d < 0, (1 - low) / (-d).clamp_min(1e-30),
                            torch.where(d > 0, (self.w_max - 1) / d.clamp_min(1e-30), big))
 
+    def _floor(self, e0: Tensor) -> Tensor:
+        """The lowest energy a hit read out with ``e0`` may be given."""
+        thr = self.threshold * (1 + 1e-4)
+        if self.passes > 1:  # w_min of its energy above the threshold
+            return thr + self.w_min * (e0 - thr).clamp_min(0)
+        return torch.clamp(e0 * self.w_min, min=thr)
+
+    def _passes(self, e: Tensor, u: Tensor, v: Tensor, st: dict[str, Tensor], tgt: Tensor,
+                ok: Tensor, per_hit: Callable[[Tensor], Tensor],
+                layer_sums: Callable[[Tensor], Tensor],
+                layer_total: Callable[[Tensor], Tensor]) -> Tensor:
+        """The hit energies ``e`` after ``passes`` solves, each with the hits inside their
+        bounds (those at a bound held): the solution's full step with every hit clamped
+        to its bounds, then what the clamps added to or took from the layer's energy
+        taken back from (given back to) its hits in proportion to their room above
+        (below) their bounds, so that the energy is kept and no bound is crossed."""
+        e0, total0 = e, st["total"]
+        hit = e0 > 0
+        low, high = self._floor(e0), self.w_max * e0
+        for _ in range(self.passes):
+            cur = self._central(layer_sums(e))
+            free = hit & (e > low * (1 + 1e-6)) & (e < high * (1 - 1e-6))
+            zero = torch.zeros_like(e)
+            free_sums = layer_sums(torch.where(free, e, zero))
+            n_free = layer_total(free.to(e))
+            poly = self._weight_polynomial(self._central(free_sums), tgt, cur)
+            p = per_hit(poly.to(e)).unbind(-1)
+            d = p[0] + p[1] * u + p[2] * v + p[3] * u * u + p[4] * v * v
+            moved = torch.minimum(torch.maximum(e * (1 + d), low), high)
+            moved = torch.where(free & per_hit(ok & (n_free >= self.min_hits)), moved, e)
+            up = torch.where(hit, (high - moved).clamp_min(0), zero)
+            down = torch.where(hit, (moved - low).clamp_min(0), zero)
+            missing = total0 - layer_total(moved)
+            share = torch.where(missing > 0, missing / layer_total(up).clamp_min(1e-30),
+                                missing / layer_total(down).clamp_min(1e-30)).clamp(-1, 1)
+            e = moved + per_hit(share.clamp_min(0)) * up + per_hit(share.clamp_max(0)) * down
+        return e
+
     def forward(self, x: Tensor, e_inc: Tensor, angles: Tensor) -> Tensor:
         """Showers ``x`` (B, voxels; MeV) with each eligible layer's hits reweighted to
-        its mapped centre and width; ``e_inc`` (B,) MeV, ``angles`` (B, 2) rad."""
+        its mapped centre and width; ``e_inc`` (B,) MeV, ``angles`` (B, 2) rad.
+
+        One pass (``passes`` = 1) stops all of a layer's hits where the first of them
+        meets a bound; more passes (:meth:`_passes`) move the others on."""
         sums, count, hits = self._sums(x, angles)
         st = self._central(sums)
         ok = count >= self.min_hits
-        poly = self._weight_polynomial(st, self._targets(self._moments(st), e_inc,
-                                                         angles[:, 0], st["total"], ok))
+        tgt = self._targets(self._moments(st), e_inc, angles[:, 0], st["total"], ok)
         b, n_l = x.shape[0], self.n_layers
-        if torch.jit.is_tracing():
+        traced = torch.jit.is_tracing()
+        if traced:  # dense (B, L, C): every cell, 0 below the threshold
             e, u, v = hits
-            p = poly.to(e)[..., None, :].unbind(-1)  # each (B, L, 1)
-            d = p[0] + p[1] * u + p[2] * v + p[3] * u * u + p[4] * v * v
-            lim = torch.where(e > 0, self._limit(e, d), torch.full_like(d, math.inf))
-            step = torch.where(ok, lim.amin(-1).clamp(0, 1), torch.zeros_like(lim[..., 0]))
-            moved = e * (1 + step[..., None] * d)
+            hit = e > 0
+
+            def per_hit(t: Tensor) -> Tensor:
+                return t[..., None, :] if t.dim() == 3 else t[..., None]
+
+            def layer_sums(w: Tensor) -> Tensor:
+                return torch.stack([w.sum(-1)] + [(w * m).sum(-1)
+                                                  for m in self._monomials(u, v)], -1)
+
+            def layer_min(t: Tensor) -> Tensor:
+                return torch.where(hit, t, torch.full_like(t, math.inf)).amin(-1)
+
+            def layer_total(t: Tensor) -> Tensor:
+                return t.sum(-1)
+        else:  # the hits only, each with its (shower, layer) key
+            rows, cols, e, key, u, v = hits
+
+            def per_hit(t: Tensor) -> Tensor:
+                return t.reshape(b * n_l, *t.shape[2:])[key]
+
+            def layer_sums(w: Tensor) -> Tensor:
+                terms = torch.stack([w] + [w * m for m in self._monomials(u, v)], 1)
+                return terms.new_zeros(b * n_l, terms.shape[1]).index_add_(
+                    0, key, terms).view(b, n_l, -1)
+
+            def layer_min(t: Tensor) -> Tensor:
+                return torch.ones(b * n_l, dtype=t.dtype, device=t.device).scatter_reduce(
+                    0, key, t, "amin").view(b, n_l)
+
+            def layer_total(t: Tensor) -> Tensor:
+                return t.new_zeros(b * n_l).index_add_(0, key, t).view(b, n_l)
+        if self.passes == 1:  # one step along the solution, to the first bound met
+            poly = per_hit(self._weight_polynomial(st, tgt).to(e)).unbind(-1)
+            d = poly[0] + poly[1] * u + poly[2] * v + poly[3] * u * u + poly[4] * v * v
+            step = torch.where(ok, layer_min(self._limit(e, d)).clamp(0, 1),
+                               torch.zeros_like(st["total"]))
+            moved = e * (1 + per_hit(step) * d)
             # sum_i E_i d_i = 0 up to rounding, which a near-degenerate layer's large beta
             # can make visible: restore its energy (a common factor keeps its moments)
-            moved = moved * (e.sum(-1) / moved.sum(-1).clamp_min(1e-30))[..., None]
-            out = moved.reshape(b, -1).to(self.cell_x)
+            if traced:
+                e = moved * (e.sum(-1) / moved.sum(-1).clamp_min(1e-30))[..., None]
+            else:
+                new_total = torch.zeros(b * n_l, dtype=moved.dtype,
+                                        device=moved.device).index_add_(0, key, moved)
+                e = moved * (sums.reshape(b * n_l, -1)[:, 0]
+                             / new_total.clamp_min(1e-30))[key]
+        else:
+            e = self._passes(e, u, v, st, tgt, ok, per_hit, layer_sums, layer_total)
+        if traced:
+            out = e.reshape(b, -1).to(self.cell_x)
             out = torch.cat([out, out.new_zeros(b, 1)], 1).index_select(1, self.where)
             x32 = x.to(out)
             return torch.where(x32 >= self.threshold, out, x32).to(x.dtype)
-        rows, cols, e, key, u, v = hits
-        p = poly.reshape(b * n_l, 5)[key].unbind(-1)
-        d = p[0] + p[1] * u + p[2] * v + p[3] * u * u + p[4] * v * v
-        step = torch.ones(b * n_l, dtype=d.dtype, device=d.device)
-        step = step.scatter_reduce(0, key, self._limit(e, d), "amin").clamp(0, 1)
-        step = torch.where(ok.reshape(-1), step, torch.zeros_like(step))
-        moved = e * (1 + step[key] * d)
-        total = sums.reshape(b * n_l, -1)[:, 0]
-        new_total = torch.zeros_like(total).index_add_(0, key, moved)
-        moved = moved * (total / new_total.clamp_min(1e-30))[key]  # as in the traced path
         out = x.clone()
-        out[rows, cols] = moved.to(x.dtype)
+        out[rows, cols] = e.to(x.dtype)
         return out
