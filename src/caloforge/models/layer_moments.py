@@ -248,13 +248,6 @@ class LayerMoments(MomentMaps):
         return torch.where(d < 0, (1 - low) / (-d).clamp_min(1e-30),
                            torch.where(d > 0, (self.w_max - 1) / d.clamp_min(1e-30), big))
 
-    def _floor(self, e0: Tensor) -> Tensor:
-        """The lowest energy a hit read out with ``e0`` may be given."""
-        thr = self.threshold * (1 + 1e-4)
-        if self.passes > 1:  # w_min of its energy above the threshold
-            return thr + self.w_min * (e0 - thr).clamp_min(0)
-        return torch.clamp(e0 * self.w_min, min=thr)
-
     def _passes(self, e: Tensor, u: Tensor, v: Tensor, st: dict[str, Tensor], tgt: Tensor,
                 ok: Tensor, per_hit: Callable[[Tensor], Tensor],
                 layer_sums: Callable[[Tensor], Tensor],
@@ -266,9 +259,13 @@ class LayerMoments(MomentMaps):
         (below) their bounds, so that the energy is kept and no bound is crossed."""
         e0, total0 = e, st["total"]
         hit = e0 > 0
-        low, high = self._floor(e0), self.w_max * e0
-        for _ in range(self.passes):
-            cur = self._central(layer_sums(e))
+        # the lowest energy of a hit: w_min of its read-out energy above the threshold
+        thr = self.threshold * (1 + 1e-4)
+        low, high = thr + self.w_min * (e0 - thr).clamp_min(0), self.w_max * e0
+        cur = st  # the moments of the hits as they stand
+        for k in range(self.passes):
+            if k:
+                cur = self._central(layer_sums(e))
             free = hit & (e > low * (1 + 1e-6)) & (e < high * (1 - 1e-6))
             zero = torch.zeros_like(e)
             free_sums = layer_sums(torch.where(free, e, zero))
