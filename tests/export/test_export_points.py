@@ -34,8 +34,15 @@ def runs(write_toy_points, tmp_path_factory):
     train("caloclouds2-cm", data, root / "cm", preset="tiny",
           train_config=TrainConfig(**cfg, frozen_models={"teacher": teacher}), progress=False,
           model_config={"moment_knots": 9, "moment_energy_bins": 1, "moment_copula": True})
-    return {"caloclouds2-cm": root / "cm" / "model", "caloclouds2": root / "caloclouds2" /
-            "model", "caloclouds": root / "caloclouds" / "model"}
+    # ... and with the moment flow (its noise after the ShowerFlow's)
+    train("caloclouds2-cm", data, root / "cm_flow", preset="tiny",
+          train_config=TrainConfig(**cfg, frozen_models={"teacher": teacher}), progress=False,
+          model_config={"moment_knots": 9, "moment_energy_bins": 1, "moment_theta_bins": 1,
+                        "moment_flow_steps": 20, "moment_flow_transforms": 2,
+                        "moment_flow_hidden": 8})
+    return {"caloclouds2-cm": root / "cm" / "model", "cm_flow": root / "cm_flow" / "model",
+            "caloclouds2": root / "caloclouds2" / "model",
+            "caloclouds": root / "caloclouds" / "model"}
 
 
 def _inputs(sampler, energies_gev, seed):
@@ -84,6 +91,23 @@ def test_point_runtime_equals_pytorch_for_the_same_noise(fmt, runs, tmp_path):
     assert [i["name"] for i in stored["inputs"]] == ["energy", "theta", "phi", "noise"]
     doc = (tmp_path / f"cm.{fmt}.export.md").read_text()
     assert "quadruplets" in doc and f"maxNumElements = {4 * (n_l + p)}" in doc
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_the_moment_flow_exports_with_its_noise(fmt, runs, tmp_path):
+    model = load(runs["cm_flow"])
+    assert model.moments.flow is not None
+    path = tmp_path / f"cmf.{fmt}"
+    meta = export_model(model, path, to=fmt, convention="ddml-pointcloud", noise="input")
+    p, n_l = meta["max_points"], model.geometry.n_layers
+    sampler = PointSampler(model, internal_noise=False, max_points=p)
+    assert sampler.noise_dim == model.shower_flow().features + 4 * n_l + 4 * p
+    assert "for the moment flow" in meta["inputs"][3]["layout"]
+    batches = [_inputs(sampler, [20.0], 1), _inputs(sampler, [3.0, 12.0, 45.0], 2)]
+    outs, _ = run_fresh(fmt, path, batches, tmp_path)
+    for ins, out in zip(batches, outs):
+        assert_close(out, sampler(*[torch.from_numpy(a) for a in ins]).numpy())
+        check_layout(out, n_l, p)
 
 
 @pytest.mark.parametrize("halved", [False, True])

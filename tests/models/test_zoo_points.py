@@ -31,6 +31,10 @@ def test_shipped_with_cards_and_the_student_references_the_shipped_teacher(stude
     assert f"path: {TEACHER}" in meta  # by name, not a copy of its weights
     assert student.name == "caloclouds2-cm" and student.representation == "points"
     assert student.sampler_settings()["steps"] == 1
+    # the layers' centres and widths drawn by the fitted moment flow (session 26)
+    flow = student.moments.flow
+    assert flow is not None and student.moments.is_fitted and bool(flow.mapped.all())
+    assert student.config.moment_flow_steps > 0
 
 
 def _at(e_gev: float, n: int, theta_deg: float = 0.0) -> Conditions:

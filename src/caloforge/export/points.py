@@ -148,14 +148,21 @@ class PointSampler(nn.Module):
         m = self.model
         cond = m.condition_features(e_inc, angles if m.takes_angles else None)
         s = m.draw_summary(cond, noise, e_inc, self.max_points)
+        normals = m.draw_moment_noise(noise, len(e_inc), e_inc.device)
         slots = torch.arange(self.max_points, device=e_inc.device)
         mask = slots[None] < s.n_points[:, None]
         context = torch.cat([cond, m.count_feature(s.n_points)], 1)
         feats = m.sample_points(mask, context, noise)
         xy, layer, e = m.place_in_layers(feats, mask, s, e_inc,
-                                         angles if m.takes_angles else None)
+                                         angles if m.takes_angles else None, normals)
         points = torch.cat([xy, layer.to(xy.dtype)[..., None], e.clamp_min(0)[..., None]], 2)
         return s.layer_counts.to(xy.dtype), points * mask[..., None].to(xy.dtype)
+
+
+def _moment_width(model: GenerativeModel) -> str:
+    """The moment flow's share of the noise layout ('' without one)."""
+    flow = getattr(model.moments, "flow", None) if getattr(model, "moments", None) else None
+    return "" if flow is None else f"{flow.features} for the moment flow, then "
 
 
 def describe_points(sampler: PointSampler, fmt: str, batch: str) -> dict:
@@ -170,6 +177,7 @@ def describe_points(sampler: PointSampler, fmt: str, batch: str) -> dict:
         inputs.append({"name": "noise", "shape": [b, k], "dtype": "float32",
                        "unit": "standard normal",
                        "layout": f"{m.shower_flow().features} for the ShowerFlow, then "
+                                 f"{_moment_width(m)}"
                                  f"{FEATURES} per point slot ({p} slots) for each noise "
                                  f"draw of the point sampler, slot-major"})
     lo, hi = m.energy_range_mev

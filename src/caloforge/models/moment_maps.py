@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from caloforge.models.moment_copula import ScoreMixing, knot_scores
+from caloforge.models.moment_flow import MomentFlow
 
 MOMENTS = ("centre_u", "centre_v", "width_u", "width_v")
 MIN_FIT_LAYERS = 50  # fewer eligible layers in a (theta, energy) bin: identity map there
@@ -58,7 +59,8 @@ class MomentMaps(nn.Module):
     def __init__(self, layer_depth: np.ndarray, n_theta_bins: int = 8,
                  n_energy_bins: int = 3, n_knots: int = 33, min_hits: int = 3,
                  fit_depth: bool = False, n_layer_bins: int = 1,
-                 copula: bool = False) -> None:
+                 copula: bool = False, flow_steps: int = 0, flow_transforms: int = 8,
+                 flow_hidden: int = 256, flow_temperature: float = 1.0) -> None:
         super().__init__()
         self.n_layers = len(layer_depth)
         # maps also per bin of the layer's own energy (equal training counts per layer):
@@ -84,6 +86,11 @@ class MomentMaps(nn.Module):
         self.register_buffer("knot_z", knot_scores(k), persistent=False)
         self.mixing = ScoreMixing(self.n_layers * len(MOMENTS), self.n_layers) \
             if copula else None
+        # with flow_steps > 0 the moments are drawn by a flow (moment_flow) instead
+        self.flow_steps, self.flow_seed = int(flow_steps), 0
+        self.flow_temperature = float(flow_temperature)  # scales the flow's base normals
+        self.flow = MomentFlow(self.n_layers, t, e, flow_transforms, flow_hidden) \
+            if self.flow_steps > 0 and self.n_lb == 1 else None
         self.is_fitted = False  # python mirror of ``ready`` (no tensor test while tracing)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
@@ -180,14 +187,24 @@ class MomentMaps(nn.Module):
         return za, zb, za + w[:, None, None] * (zb - za)
 
     def _targets(self, mom: Tensor, e_inc: Tensor, theta: Tensor,
-                 layer_energy: Tensor, ok: Tensor | None = None) -> Tensor:
+                 layer_energy: Tensor, ok: Tensor | None = None,
+                 normals: Tensor | None = None) -> Tensor:
         """(B, L, 4) mapped moments: the maps of the shower's theta bin and each layer's
         energy bin, linear in log E between the energy bins' (constant beyond the outer
         ones); with the copula, the scores of the eligible layers ``ok`` (B, L) mixed
-        first."""
+        first; with the flow, its draw from standard normals ``normals`` (B, 4 L)."""
         bins = tb, lo, hi, w = self._bins_of(torch.log(e_inc.double()).float(), theta)
         mom = mom.to(self.q_gen)
         n_m = len(MOMENTS)
+        if self.flow is not None and normals is not None:
+            z = self.flow.sample(normals * self.flow_temperature,
+                                 self.flow.context(e_inc, theta, layer_energy))
+            r_lo = self._maps(self.q_ref, tb, lo, layer_energy)[..., :n_m, :]
+            r_hi = self._maps(self.q_ref, tb, hi, layer_energy)[..., :n_m, :]
+            a, b = self._unscore(z, r_lo), self._unscore(z, r_hi)
+            drawn = a + w[:, None, None] * (b - a)
+            mapped = (self.flow.mapped[tb, lo] & self.flow.mapped[tb, hi])[..., None]
+            return torch.where(mapped, drawn, mom).double()
         g_lo, r_lo = (self._maps(q, tb, lo, layer_energy) for q in (self.q_gen, self.q_ref))
         g_hi, r_hi = (self._maps(q, tb, hi, layer_energy) for q in (self.q_gen, self.q_ref))
         a, b = _map(mom, g_lo[..., :n_m, :], r_lo[..., :n_m, :]), \
@@ -248,8 +265,26 @@ class MomentMaps(nn.Module):
         self.q_ref.copy_(q_ref)
         if self.mixing is not None:
             self.mixing.fit(self._scores(gen, self.q_gen), self._scores(ref, self.q_ref))
+        if self.flow is not None:
+            self._fit_flow(ref)
         self.ready.fill_(1.0)
         self.is_fitted = True
+
+    def _fit_flow(self, ref: tuple[Tensor, ...]) -> None:
+        """Fit the moment flow on the training showers' scores under their own maps."""
+        ident = torch.linspace(-1.0, 1.0, self.n_knots).to(self.q_ref)
+        self.flow.mapped.copy_(~(self.q_ref[..., 0, :] == ident).all(-1))
+        n_m = len(MOMENTS)
+        scores, oks = [], []
+        for i in range(0, len(ref[0]), 1000):
+            mom, log_e, theta, ok, layer_e = (d[i:i + 1000].to(self.q_ref.device)
+                                              for d in ref)
+            bins = tb, lo, hi, _ = self._bins_of(log_e.to(self.q_gen), theta)
+            scores.append(self._bin_scores(mom.to(self.q_gen), self.q_ref, bins,
+                                           layer_e.to(self.q_gen))[2][..., :n_m].cpu())
+            oks.append((ok & self.flow.mapped[tb, lo] & self.flow.mapped[tb, hi]).cpu())
+        self.flow.fit(torch.cat(scores), torch.cat(oks), torch.exp(ref[1].double()),
+                      ref[2], ref[4], self.flow_steps, self.flow_seed)
 
     def _scores(self, data: tuple[Tensor, ...], table: Tensor) -> Tensor:
         """(N, L * 4 + L) normal scores of collected showers under the quantiles

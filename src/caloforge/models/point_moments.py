@@ -31,10 +31,14 @@ class PointMoments(MomentMaps):
 
     def __init__(self, geometry: Geometry, n_theta_bins: int = 8, n_energy_bins: int = 3,
                  n_knots: int = 33, min_points: int = 3, max_scale: float = 3.0,
-                 n_layer_bins: int = 1, copula: bool = False) -> None:
+                 n_layer_bins: int = 1, copula: bool = False, flow_steps: int = 0,
+                 flow_transforms: int = 8, flow_hidden: int = 256,
+                 flow_temperature: float = 1.0) -> None:
         super().__init__(np.asarray(geometry.layer_z_mm, dtype=np.float64), n_theta_bins,
                          n_energy_bins, n_knots, min_points, fit_depth=True,
-                         n_layer_bins=n_layer_bins, copula=copula)
+                         n_layer_bins=n_layer_bins, copula=copula, flow_steps=flow_steps,
+                         flow_transforms=flow_transforms, flow_hidden=flow_hidden,
+                         flow_temperature=flow_temperature)
         self.max_scale = float(max_scale)
 
     def _frame(self, xy: Tensor, layer: Tensor, e: Tensor, angles: Tensor
@@ -69,15 +73,15 @@ class PointMoments(MomentMaps):
                 total)
 
     def forward(self, xy: Tensor, layer: Tensor, e: Tensor, e_inc: Tensor,
-                angles: Tensor) -> Tensor:
+                angles: Tensor, normals: Tensor | None = None) -> Tensor:
         """The points' positions ``xy`` (B, P, 2; mm) moved so that every eligible
         layer's centre and width are the mapped ones (``e_inc`` (B,) MeV, ``angles``
-        (B, 2) rad)."""
+        (B, 2) rad; ``normals`` (B, 4 L) the moment flow's draw, if it has one)."""
         u, v, total, count, cu, cv, vu, vv, (axis, c, s) = self._frame(xy, layer, e, angles)
         wu, wv = vu.sqrt(), vv.sqrt()
         ok = count >= self.min_hits
         tgt = self._targets(torch.stack([cu, cv, wu, wv], -1), e_inc, angles[:, 0],
-                            total, ok).to(u)
+                            total, ok, normals).to(u)
         lo, hi = 1.0 / self.max_scale, self.max_scale
         su = torch.where(wu > 1e-6, tgt[..., 2] / wu.clamp_min(1e-6), torch.ones_like(wu))
         sv = torch.where(wv > 1e-6, tgt[..., 3] / wv.clamp_min(1e-6), torch.ones_like(wv))

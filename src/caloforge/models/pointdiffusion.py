@@ -41,7 +41,7 @@ from caloforge.errors import ConfigError, InputError
 from caloforge.geometry import Geometry
 from caloforge.models.base import GenerativeModel, StepContext, TrainBatch
 from caloforge.models.config import ModelConfig, positive
-from caloforge.models.noise import ShowerNoise, Source, subset
+from caloforge.models.noise import ShowerNoise, Source, randn, subset
 from caloforge.models.occupancy import fit_count_scale
 from caloforge.models.point_moments import PointMoments
 from caloforge.models.pointnets import PointDenoiser
@@ -85,11 +85,19 @@ class PointModelConfig(ModelConfig):
     moment_layer_bins: int = 1  # ... and bins of each layer's energy (equal counts)
     moment_copula: bool = False  # ... with the training clouds' correlations (copula)
     moment_showers: int = 10000
+    # ... with > 0: the moments drawn by a flow fitted in this many steps (moment_flow)
+    moment_flow_steps: int = 0
+    moment_flow_transforms: int = 8
+    moment_flow_hidden: int = 256
+    # the flow's base normals scaled by this (< 1: draws nearer the mode, a common
+    # trade of a flow's spread for its typical samples)
+    moment_flow_temperature: float = 1.0
 
     def validate(self) -> None:
         super().validate()
         positive(self, "hidden", "summary", "blocks", "embed_dim", "flow_transforms", "lr",
-                 "lr_flow", "max_points_factor", "showerflow_fit_batch")
+                 "lr_flow", "max_points_factor", "showerflow_fit_batch",
+                 "moment_flow_transforms", "moment_flow_hidden")
         if not 0 < self.showerflow_fraction < 1:
             raise ConfigError("config key 'showerflow_fraction' must lie in (0, 1)")
         if self.moment_knots == 1 or min(self.moment_theta_bins, self.moment_energy_bins,
@@ -97,11 +105,17 @@ class PointModelConfig(ModelConfig):
             raise ConfigError("config key 'moment_knots' must be 0 (off) or >= 2, and "
                               "'moment_theta_bins', 'moment_energy_bins' and "
                               "'moment_layer_bins' >= 1")
+        if self.moment_flow_steps and (not self.moment_knots or self.moment_layer_bins > 1):
+            raise ConfigError("config key 'moment_flow_steps' needs the maps it draws in: "
+                              "set 'moment_knots' (e.g. 33) and 'moment_layer_bins: 1'")
+        if not 0 < self.moment_flow_temperature <= 2:
+            raise ConfigError("config key 'moment_flow_temperature' must lie in (0, 2], got "
+                              f"{self.moment_flow_temperature!r}")
         if self.moment_copula and not self.moment_knots:
             raise ConfigError("config key 'moment_copula' needs the maps it acts in: set "
                               "'moment_knots' (e.g. 33)")
         for key in ("occupancy_showers", "occupancy_iterations", "moment_knots",
-                    "moment_showers", "showerflow_fit_steps"):
+                    "moment_showers", "showerflow_fit_steps", "moment_flow_steps"):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ConfigError(f"config key {key!r} must be an integer >= 0, got {value!r}")
@@ -149,7 +163,11 @@ class PointDiffusionModel(GenerativeModel):
                                         if self.takes_angles else 1,
                                         config.moment_energy_bins, config.moment_knots,
                                         n_layer_bins=config.moment_layer_bins,
-                                        copula=config.moment_copula)
+                                        copula=config.moment_copula,
+                                        flow_steps=config.moment_flow_steps,
+                                        flow_transforms=config.moment_flow_transforms,
+                                        flow_hidden=config.moment_flow_hidden,
+                                        flow_temperature=config.moment_flow_temperature)
 
     # ---- data -----------------------------------------------------------------------------
     def layers_of(self, z: Tensor) -> Tensor:
@@ -293,6 +311,7 @@ class PointDiffusionModel(GenerativeModel):
                   ) -> tuple[Tensor, Tensor]:
         cond = self.condition_features(e_inc, angles)
         s = self.draw_summary(cond, noise, e_inc, int(self.max_points))
+        normals = self.draw_moment_noise(noise, len(e_inc), cond.device)
         p = int(s.n_points.max()) if len(e_inc) else 1
         mask = torch.arange(p, device=cond.device)[None] < s.n_points[:, None]
         context = torch.cat([cond, self.count_feature(s.n_points)], 1)
@@ -300,7 +319,15 @@ class PointDiffusionModel(GenerativeModel):
             feats = self.sample_points(mask, context, noise)
         else:
             feats = self._sample_by_size(s.n_points, context, noise)
-        return self.place(feats, mask, s, e_inc, angles), mask
+        return self.place(feats, mask, s, e_inc, angles, normals), mask
+
+    def draw_moment_noise(self, noise: Source, n: int, device: torch.device | str
+                          ) -> Tensor | None:
+        """The moment flow's standard normals (B, 4 L) from each shower's stream, right
+        after the ShowerFlow's; None without a moment flow."""
+        if self.moments is None or self.moments.flow is None:
+            return None
+        return randn(noise, n, self.moments.flow.features, device=device)
 
     def draw_summary(self, cond: Tensor, noise: Source, e_inc: Tensor, max_points: int
                      ) -> ShowerSummary:
@@ -333,6 +360,8 @@ class PointDiffusionModel(GenerativeModel):
         clouds ``x`` (B, P, 4) against clouds generated at their conditions."""
         self.moments.reset()
         self.moments.impact = self._impact()
+        if self.moments.flow is not None:  # (models without one: the same draws as before)
+            self.moments.flow_seed = int(torch.randint(0, 2**31, (1,), generator=generator))
         n = len(x)
         ang = torch.zeros(n, 2) if angles is None else angles
         seed = int(torch.randint(0, 2**62, (1,), generator=generator))
@@ -409,17 +438,17 @@ class PointDiffusionModel(GenerativeModel):
         return feats
 
     def place(self, feats: Tensor, mask: Tensor, s: ShowerSummary, e_inc: Tensor,
-              angles: Tensor | None) -> Tensor:
+              angles: Tensor | None, normals: Tensor | None = None) -> Tensor:
         """Standardised points -> ``(B, P, 4)`` x, y, z (mm), E (MeV) matching the shower
         summary: layers by rank of the layer coordinate, energies scaled per layer, cloud
         shifted to the centre of gravity (see the module docstring)."""
-        xy, layer, e = self.place_in_layers(feats, mask, s, e_inc, angles)
+        xy, layer, e = self.place_in_layers(feats, mask, s, e_inc, angles, normals)
         out = torch.cat([xy, self.layer_z[layer][..., None], e[..., None]], 2)
         return out * mask[..., None]
 
     def place_in_layers(self, feats: Tensor, mask: Tensor, s: ShowerSummary,
-                        e_inc: Tensor, angles: Tensor | None
-                        ) -> tuple[Tensor, Tensor, Tensor]:
+                        e_inc: Tensor, angles: Tensor | None,
+                        normals: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """:meth:`place` as ``(xy (B, P, 2) mm, layer index (B, P), E (B, P) MeV)``,
         not yet masked (the export writes layer indices); the layer-moment maps applied
         where fitted."""
@@ -444,7 +473,7 @@ class PointDiffusionModel(GenerativeModel):
             if angles is None:
                 angles = xy.new_zeros(xy.shape[0], 2)
             self.moments.impact = self._impact()  # as the axis tables: from the model
-            xy = self.moments(xy, layer, e, e_inc, angles)
+            xy = self.moments(xy, layer, e, e_inc, angles, normals)
         return xy, layer, e
 
     def metadata(self) -> dict[str, Any]:
