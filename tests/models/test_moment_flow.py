@@ -7,7 +7,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from test_point_moments import GEO, _angles, _clouds  # same folder: on sys.path under pytest
+from test_point_moments import (  # same folder: on sys.path under pytest
+    GEO,
+    _angles,
+    _clouds,
+    centre_correlation,
+)
 
 from caloforge.errors import ConfigError, InputError
 from caloforge.models import load
@@ -15,12 +20,6 @@ from caloforge.models.moment_flow import MomentFlow
 from caloforge.models.point_moments import PointMoments
 from caloforge.models.pointdiffusion import PointModelConfig
 from caloforge.training import TrainConfig, train
-
-
-def _correlation(module: PointMoments, clouds: tuple, angles: torch.Tensor) -> float:
-    c = module.layer_moments(clouds, angles)[0][..., 1].numpy()  # centre v
-    return float(np.mean([np.corrcoef(c[:, k], c[:, k + 1])[0, 1]
-                          for k in range(GEO.n_layers - 1)]))
 
 
 @pytest.mark.parametrize("seed", [0, 1])
@@ -37,9 +36,9 @@ def test_the_flow_draws_centres_that_wander_together_as_in_training(seed):
     fresh = _clouds(rng, n, (6.0, 1.0), 8.0, angles)
     normals = torch.randn(n, module.flow.features, generator=torch.Generator().manual_seed(9))
     moved = module(*fresh, e_inc, angles, normals)
-    want = _correlation(module, _clouds(rng, n, (6.0, 1.0), 8.0, angles, common=0.8), angles)
-    assert want > 0.6 and abs(_correlation(module, fresh, angles)) < 0.1
-    assert abs(_correlation(module, (moved, *fresh[1:]), angles) - want) < 0.1
+    want = centre_correlation(module, _clouds(rng, n, (6.0, 1.0), 8.0, angles, common=0.8), angles)
+    assert want > 0.6 and abs(centre_correlation(module, fresh, angles)) < 0.1
+    assert abs(centre_correlation(module, (moved, *fresh[1:]), angles) - want) < 0.1
     # a temperature below 1 draws nearer the mode: the layers' centres spread less
     module.flow_temperature = 0.5
     cooler = module(*fresh, e_inc, angles, normals)
@@ -51,7 +50,7 @@ def test_the_flow_draws_centres_that_wander_together_as_in_training(seed):
     assert spread(cooler) < 0.8 * spread(moved)
     # without the flow's draw the plain maps act (they keep the generator's ranks)
     plain = module(*fresh, e_inc, angles)
-    assert abs(_correlation(module, (plain, *fresh[1:]), angles)) < 0.1
+    assert abs(centre_correlation(module, (plain, *fresh[1:]), angles)) < 0.1
     few = tuple(t[:20] for t in fresh)
     traced = torch.jit.trace(module, (*few, e_inc[:20], angles[:20], normals[:20]),
                              check_trace=False)

@@ -43,6 +43,13 @@ def _clouds(rng: np.random.Generator, n: int, width: tuple[float, float], offset
             torch.as_tensor(e, dtype=torch.float32))
 
 
+def centre_correlation(module: PointMoments, clouds: tuple, angles: torch.Tensor) -> float:
+    """Mean correlation of the centres (v) of neighbouring layers over the clouds."""
+    c = module.layer_moments(clouds, angles)[0][..., 1].numpy()
+    return float(np.mean([np.corrcoef(c[:, k], c[:, k + 1])[0, 1]
+                          for k in range(GEO.n_layers - 1)]))
+
+
 def _angles(rng: np.random.Generator, n: int) -> torch.Tensor:
     return torch.as_tensor(np.c_[np.radians(rng.uniform(0, 30, n)), rng.uniform(0, 6.28, n)],
                            dtype=torch.float32)
@@ -204,9 +211,7 @@ def test_with_the_copula_the_layers_centres_wander_together_as_in_training(seed)
     module.fit([(ref, e_inc, angles)], [(gen, e_inc, angles)])
 
     def correlation(clouds: tuple) -> float:
-        c = module.layer_moments(clouds, angles)[0][..., 1].numpy()  # centre v
-        return float(np.mean([np.corrcoef(c[:, k], c[:, k + 1])[0, 1]
-                              for k in range(GEO.n_layers - 1)]))
+        return centre_correlation(module, clouds, angles)
 
     fresh_gen = _clouds(rng, n, (6.0, 1.0), 8.0, angles)
     moved = module(*fresh_gen, e_inc, angles)

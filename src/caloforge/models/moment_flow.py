@@ -58,12 +58,15 @@ class MomentFlow(nn.Module):
         return AffineCouplingFlow(self.features, self.context_width, self.transforms,
                                   (self.hidden, self.hidden))
 
-    def context(self, e_inc: Tensor, theta: Tensor, layer_energy: Tensor) -> Tensor:
-        """Standardised (log E_inc, theta, log(E_layer / E_inc + 1e-7) per layer)."""
+    def _raw_context(self, e_inc: Tensor, theta: Tensor, layer_energy: Tensor) -> Tensor:
+        """(log E_inc, theta, log(E_layer / E_inc + 1e-7) per layer)."""
         e = e_inc.to(self.ctx_mean)[:, None]
-        raw = torch.cat([torch.log(e), theta.to(e)[:, None],
-                         torch.log(layer_energy.to(e) / e + 1e-7)], 1)
-        return (raw - self.ctx_mean) / self.ctx_std
+        return torch.cat([torch.log(e), theta.to(e)[:, None],
+                          torch.log(layer_energy.to(e) / e + 1e-7)], 1)
+
+    def context(self, e_inc: Tensor, theta: Tensor, layer_energy: Tensor) -> Tensor:
+        """The flow's standardised condition."""
+        return (self._raw_context(e_inc, theta, layer_energy) - self.ctx_mean) / self.ctx_std
 
     def sample(self, normals: Tensor, context: Tensor) -> Tensor:
         """(B, L, 4) scores from standard normals ``normals`` (B, 4 L)."""
@@ -89,12 +92,10 @@ class MomentFlow(nn.Module):
             self.flow = self._new_flow().to(self.ctx_mean.device)
         fill = torch.randn(scores.shape, generator=gen).to(scores)
         z = torch.where(ok[..., None], scores, fill).flatten(1).float()
-        e = e_inc.float()[:, None]
-        raw = torch.cat([torch.log(e), theta.float()[:, None],
-                         torch.log(layer_energy.float() / e + 1e-7)], 1)
+        raw = self._raw_context(e_inc, theta, layer_energy)
         self.ctx_mean.copy_(raw.mean(0))
         self.ctx_std.copy_(raw.std(0).clamp_min(1e-3))
-        ctx = (raw - self.ctx_mean) / self.ctx_std
+        ctx = self.context(e_inc, theta, layer_energy)
         n_val = max(1, n // 10)
         n_fit = n - n_val
 
